@@ -1,0 +1,162 @@
+//! Affinity strategies: what a request says about its session, and how the response records
+//! the binding.
+//!
+//! Strategies are synchronous and pure: they read (and strip) the request head, say what they
+//! found as a [`Stickiness`], and edit the response head. The router resolves a stick-table
+//! [`Stickiness::Lookup`] through the store. Dispatch is an enum: the set is closed and each
+//! strategy lives in its own file.
+
+pub mod cookies;
+pub mod insert;
+pub mod prefix;
+pub mod stick_table;
+
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use crate::config::AffinityConfig;
+use crate::pool::Pool;
+use insert::Insert;
+use prefix::Prefix;
+use stick_table::StickTable;
+
+/// What a request says about the session it belongs to. Never an error: a forged, garbled or
+/// stale value is [`Stickiness::Invalid`], which routes like a new session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stickiness {
+    /// A cookie named a known backend (index into the pool).
+    Pinned(usize),
+    /// Stick table: this app session id must be resolved through the store.
+    Lookup(String),
+    /// Nothing that names a session: the balancer chooses.
+    New,
+    /// A value that names no backend: the balancer chooses, counted apart.
+    Invalid,
+}
+
+/// How a request's backend was chosen, for the access log (and, later, metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The session's backend was usable and served it.
+    Hit,
+    /// No session yet: the balancer chose.
+    New,
+    /// The session's backend was unusable (ejected, refused the connection): another one served
+    /// it and the binding was rewritten.
+    Redispatch,
+    /// The affinity value was forged, garbled or stale: treated as a new session.
+    Invalid,
+}
+
+impl Outcome {
+    /// The word used in logs: `hit`, `new`, `redispatch`, `invalid`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::New => "new",
+            Outcome::Redispatch => "redispatch",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// A change to the stick table that a response asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableUpdate {
+    /// Bind this session id to the backend that answered, for `ttl`.
+    Bind { key: String, ttl: Duration },
+    /// The app expired its cookie: drop this session id.
+    Forget(String),
+}
+
+/// The affinity strategy of one service.
+#[derive(Debug)]
+pub enum Affinity {
+    /// Balancing only.
+    None,
+    /// stickyd's own cookie names the backend.
+    Insert(Insert),
+    /// The app's cookie is prefixed with the backend id.
+    Prefix(Prefix),
+    /// The app's cookie is the key of a learned table.
+    StickTable(StickTable),
+}
+
+impl Affinity {
+    /// Builds the strategy for `pool`'s backends.
+    pub fn new(config: &AffinityConfig, pool: &Pool) -> Affinity {
+        match config {
+            AffinityConfig::None => Affinity::None,
+            AffinityConfig::Insert(config) => Affinity::Insert(Insert::new(config, pool)),
+            AffinityConfig::Prefix(config) => Affinity::Prefix(Prefix::new(config)),
+            AffinityConfig::StickTable(config) => Affinity::StickTable(StickTable::new(config)),
+        }
+    }
+
+    /// Reads, and strips where the strategy says so, the affinity state of a request head.
+    pub fn on_request(&self, headers: &mut HeaderMap, pool: &Pool) -> Stickiness {
+        match self {
+            Affinity::None => Stickiness::New,
+            Affinity::Insert(insert) => insert.on_request(headers, pool),
+            Affinity::Prefix(prefix) => prefix.on_request(headers, pool),
+            Affinity::StickTable(table) => table.on_request(headers),
+        }
+    }
+
+    /// The app's session value as the backend will see it, needed after the request is gone
+    /// to re-issue a prefix cookie on redispatch. Only the prefix strategy has one to keep.
+    pub fn session_to_reissue(&self, headers: &HeaderMap) -> Option<String> {
+        match self {
+            Affinity::Prefix(prefix) => cookies::find(headers, prefix.cookie()).map(str::to_string),
+            _ => None,
+        }
+    }
+
+    /// Records the binding in the response head: `Set-Cookie` for insert (only when it
+    /// changed), prefix rewrite, and for the stick table the update the router must apply.
+    /// `session` is the request's session value: the stick-table key, or the prefix value
+    /// kept by [`Affinity::session_to_reissue`].
+    pub fn on_response(
+        &self,
+        pool: &Pool,
+        backend: usize,
+        outcome: Outcome,
+        session: Option<&str>,
+        headers: &mut HeaderMap,
+    ) -> Option<TableUpdate> {
+        match self {
+            Affinity::None => None,
+            Affinity::Insert(insert) => {
+                insert.on_response(backend, outcome, headers);
+                None
+            }
+            Affinity::Prefix(prefix) => {
+                prefix.on_response(&pool.get(backend).id, outcome, session, headers);
+                None
+            }
+            Affinity::StickTable(table) => table.on_response(session, headers),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use crate::config::BackendConfig;
+    use crate::pool::Pool;
+
+    /// Three backends with ids `s1`, `s2`, `s3`.
+    pub fn pool() -> Pool {
+        let backends: Vec<BackendConfig> = (1..=3)
+            .map(|n| BackendConfig {
+                name: format!("app{n}"),
+                id: format!("s{n}"),
+                address: format!("127.0.0.1:{}", 3000 + n).parse().unwrap(),
+                weight: 1,
+            })
+            .collect();
+        Pool::new(&backends, Duration::from_secs(5))
+    }
+}

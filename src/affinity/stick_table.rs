@@ -1,0 +1,91 @@
+//! Stick table: the app's own session cookie, unchanged, is the key of a table of
+//! session -> backend learned from the app's `Set-Cookie` (HAProxy `stick on req.cook(..)` plus
+//! `stick store-response res.cook(..)`). This part only reads and tells; the router keeps the
+//! table in the [`crate::store::StickStore`].
+
+use std::time::Duration;
+
+use http::header::HeaderMap;
+
+use super::cookies::{self, Lifetime};
+use super::{Stickiness, TableUpdate};
+use crate::config::StickTableConfig;
+
+/// The stick-table strategy of one service.
+#[derive(Debug)]
+pub struct StickTable {
+    cookie: String,
+    ttl: Duration,
+}
+
+impl StickTable {
+    /// Builds the strategy from its config.
+    pub fn new(config: &StickTableConfig) -> StickTable {
+        StickTable { cookie: config.cookie.clone(), ttl: config.ttl }
+    }
+
+    /// A request with the app's cookie asks the table; one without is `New`.
+    pub fn on_request(&self, headers: &HeaderMap) -> Stickiness {
+        match cookies::find(headers, &self.cookie) {
+            Some(value) if !value.is_empty() => Stickiness::Lookup(value.to_string()),
+            _ => Stickiness::New,
+        }
+    }
+
+    /// What the response's `Set-Cookie` teaches: bind its value for the cookie's own lifetime
+    /// (the configured `ttl` for a session cookie), or forget the request's session (`session`)
+    /// when the app expires its cookie.
+    pub fn on_response(&self, session: Option<&str>, headers: &HeaderMap) -> Option<TableUpdate> {
+        let (value, lifetime) = cookies::find_set_cookie(headers, &self.cookie)?;
+        Some(match lifetime {
+            Lifetime::Expired => TableUpdate::Forget(session.map_or(value, str::to_string)),
+            Lifetime::Session => TableUpdate::Bind { key: value, ttl: self.ttl },
+            Lifetime::For(ttl) => TableUpdate::Bind { key: value, ttl },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::header::{COOKIE, HeaderValue, SET_COOKIE};
+
+    use super::*;
+
+    fn table() -> StickTable {
+        StickTable::new(&StickTableConfig { cookie: "PHPSESSID".into(), ttl: Duration::from_secs(1800), max_entries: 10 })
+    }
+
+    fn with(name: http::HeaderName, value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn the_app_cookie_is_looked_up_untouched() {
+        let headers = with(COOKIE, "PHPSESSID=abc123");
+        assert_eq!(table().on_request(&headers), Stickiness::Lookup("abc123".into()));
+        assert_eq!(table().on_request(&with(COOKIE, "x=1")), Stickiness::New);
+    }
+
+    #[test]
+    fn set_cookie_binds_for_its_own_lifetime_or_the_default_ttl() {
+        let own = with(SET_COOKIE, "PHPSESSID=new; Max-Age=90; path=/");
+        assert_eq!(
+            table().on_response(None, &own),
+            Some(TableUpdate::Bind { key: "new".into(), ttl: Duration::from_secs(90) })
+        );
+        let session = with(SET_COOKIE, "PHPSESSID=new; path=/");
+        assert_eq!(
+            table().on_response(None, &session),
+            Some(TableUpdate::Bind { key: "new".into(), ttl: Duration::from_secs(1800) })
+        );
+        assert_eq!(table().on_response(None, &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn an_expired_app_cookie_forgets_the_requests_session() {
+        let deleted = with(SET_COOKIE, "PHPSESSID=deleted; expires=Thu, 01-Jan-1970 00:00:01 GMT; Max-Age=0");
+        assert_eq!(table().on_response(Some("abc"), &deleted), Some(TableUpdate::Forget("abc".into())));
+    }
+}

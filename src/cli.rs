@@ -1,0 +1,41 @@
+//! The command line: `stickyd [run] --config PATH`, `stickyd check --config PATH`, `stickyd demo`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Where the daemon looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/stickyd/stickyd.toml";
+
+/// stickyd: a reverse-proxy load balancer for sticky HTTP sessions.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Config file of the daemon (when no command is given).
+    #[arg(long, short, global = false, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// What to do; runs the daemon when absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon on a config file.
+    Run {
+        /// Config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a config file: one summary line per service, or every problem as
+    /// PATH:LINE:COL: message and exit status 1.
+    Check {
+        /// Config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Start three demo backends behind stickyd on 127.0.0.1:8080 (insert affinity) and print
+    /// curl commands to try.
+    Demo,
+}

@@ -1,0 +1,210 @@
+//! The raw shape of the TOML file, as serde reads it.
+//!
+//! Every struct denies unknown keys, and every value that needs checking beyond its TOML type
+//! is wrapped in [`Spanned`], so that [`super::Config::load`] can point at the exact line and
+//! column of a problem. Defaults live here as `DEFAULT_*` constants; the validated, typed
+//! config is in [`super`].
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+/// Log level when neither `log_level` nor `RUST_LOG` says otherwise.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Time in-flight requests get to finish after SIGTERM/SIGINT. Default: 30 s.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Time allowed to open a TCP connection to a backend. Default: 3 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time allowed from sending a request to a backend until its response head arrives; past it
+/// the client gets 504. Default: 60 s.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a backend that refused a connection is skipped. Default: 5 s.
+pub const DEFAULT_EJECTION_TIME: Duration = Duration::from_secs(5);
+/// Name of the cookie the insert strategy sets (HAProxy's customary `SERVERID`).
+pub const DEFAULT_INSERT_COOKIE: &str = "SERVERID";
+/// Path attribute of the inserted cookie.
+pub const DEFAULT_COOKIE_PATH: &str = "/";
+/// Separator between the backend id and the app's value in the prefix strategy.
+pub const DEFAULT_PREFIX_DELIMITER: char = '~';
+/// Lifetime of a stick-table entry when the app's cookie carries no Max-Age/Expires. Default: 30 min.
+pub const DEFAULT_STICK_TTL: Duration = Duration::from_secs(30 * 60);
+/// Bound on the number of stick-table entries; the least recently used is evicted past it.
+pub const DEFAULT_STICK_MAX_ENTRIES: u64 = 1_000_000;
+/// Weight of a backend that names none.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Largest weight a backend may have.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub log_level: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<DurationValue>>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<Spanned<RawService>>,
+}
+
+/// One `[[service]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Spanned<String>,
+    pub listen: Spanned<Vec<Spanned<std::net::SocketAddr>>>,
+    #[serde(default)]
+    pub balance: Balance,
+    pub connect_timeout: Option<Spanned<DurationValue>>,
+    pub response_timeout: Option<Spanned<DurationValue>>,
+    pub ejection_time: Option<Spanned<DurationValue>>,
+    pub affinity: Option<Spanned<RawAffinity>>,
+    #[serde(rename = "backend")]
+    pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+}
+
+/// How a new session picks its backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Weighted round-robin, smooth (no bursts to the heaviest backend).
+    #[default]
+    RoundRobin,
+    /// Fewest in-flight requests per unit of weight.
+    LeastConnections,
+    /// Power of two choices: two weighted random picks, the less loaded wins.
+    Random,
+}
+
+impl Balance {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConnections => "least-connections",
+            Balance::Random => "random",
+        }
+    }
+}
+
+/// Which affinity strategy a service uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Insert,
+    Prefix,
+    StickTable,
+    None,
+}
+
+/// `SameSite` attribute of the inserted cookie (RFC 6265bis §4.1.2.7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    #[default]
+    Lax,
+    Strict,
+    None,
+}
+
+/// The `[service.affinity]` table: one strategy and the keys of every strategy; keys that do
+/// not belong to the chosen strategy are rejected by validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAffinity {
+    pub strategy: Spanned<Strategy>,
+    pub cookie: Option<Spanned<String>>,
+    // insert
+    pub path: Option<Spanned<String>>,
+    pub domain: Option<Spanned<String>>,
+    pub max_age: Option<Spanned<DurationValue>>,
+    pub http_only: Option<Spanned<bool>>,
+    pub secure: Option<Spanned<bool>>,
+    pub same_site: Option<Spanned<SameSite>>,
+    pub indirect: Option<Spanned<bool>>,
+    pub nocache: Option<Spanned<bool>>,
+    // prefix
+    pub delimiter: Option<Spanned<String>>,
+    // stick-table
+    pub ttl: Option<Spanned<DurationValue>>,
+    pub max_entries: Option<Spanned<u64>>,
+}
+
+/// One `[[service.backend]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub weight: Option<Spanned<u32>>,
+    pub id: Option<Spanned<String>>,
+}
+
+/// A duration written as a string with a unit: `"500ms"`, `"30s"`, `"15m"`, `"1h"`, `"1d"`.
+/// Parsed while deserializing, so a bad value is reported at its own line and column.
+#[derive(Debug, Clone, Copy)]
+pub struct DurationValue(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a duration string such as "500ms", "30s", "15m", "1h" or "1d""#)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<DurationValue, E> {
+                parse_duration(text).map(DurationValue).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// Parses `"<integer><unit>"` with unit `ms`, `s`, `m`, `h` or `d`.
+///
+/// # Errors
+/// A message naming the accepted forms when the number or the unit is missing or unknown.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let hint = r#"write a whole number and a unit: "500ms", "30s", "15m", "1h" or "1d""#;
+    let Ok(number) = number.parse::<u64>() else {
+        return Err(format!("invalid duration {text:?}: {hint}"));
+    };
+    let seconds_per_unit = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("invalid duration unit in {text:?}: {hint}")),
+    };
+    number
+        .checked_mul(seconds_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_every_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn durations_without_a_known_unit_are_rejected_with_a_hint() {
+        for bad in ["30", "s", "", "1.5s", "10 s", "5w", "-1s"] {
+            let error = parse_duration(bad).unwrap_err();
+            assert!(error.contains("\"30s\""), "{bad}: {error}");
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! The validated configuration: typed durations, resolved addresses, one affinity enum.
+//!
+//! [`Config::load`] reads the TOML file ([`file`] holds its raw shape), checks everything a
+//! service needs to run and reports each problem as `PATH:LINE:COL: what is wrong and what to
+//! write instead`.
+
+pub mod file;
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+pub use file::{Balance, SameSite};
+use file::{RawAffinity, RawBackend, RawConfig, RawService, Strategy};
+
+/// Everything stickyd runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `tracing` filter directive used when `RUST_LOG` is unset. Default: `info`.
+    pub log_level: String,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT. Default: 30 s.
+    pub shutdown_grace: Duration,
+    /// The services, in file order.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One service: listeners, backends, and how sessions stick to them.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Unique name, used in logs.
+    pub name: String,
+    /// Addresses the service listens on (port 0 lets the OS choose, for tests).
+    pub listen: Vec<SocketAddr>,
+    /// How a new session picks its backend.
+    pub balance: Balance,
+    /// Time allowed to open a TCP connection to a backend. Default: 3 s.
+    pub connect_timeout: Duration,
+    /// Time allowed for a backend's response head; past it the client gets 504. Default: 60 s.
+    pub response_timeout: Duration,
+    /// How long a backend that refused a connection is skipped. Default: 5 s.
+    pub ejection_time: Duration,
+    /// The affinity strategy.
+    pub affinity: AffinityConfig,
+    /// At least one backend, in file order.
+    pub backends: Vec<BackendConfig>,
+}
+
+impl ServiceConfig {
+    /// One line for `stickyd check`: listeners, balance, affinity and backends.
+    pub fn summary(&self) -> String {
+        let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+        let affinity = match &self.affinity {
+            AffinityConfig::None => "none".to_string(),
+            AffinityConfig::Insert(insert) => format!("insert cookie {}", insert.cookie),
+            AffinityConfig::Prefix(prefix) => format!("prefix cookie {} delimiter {}", prefix.cookie, prefix.delimiter),
+            AffinityConfig::StickTable(table) => {
+                format!("stick-table cookie {} ttl {}s max_entries {}", table.cookie, table.ttl.as_secs(), table.max_entries)
+            }
+        };
+        let backends: Vec<String> = self
+            .backends
+            .iter()
+            .map(|backend| format!("{} (id {}) {} weight {}", backend.name, backend.id, backend.address, backend.weight))
+            .collect();
+        format!(
+            "service {}: listen {}; balance {}; affinity {}; {} backend(s): {}",
+            self.name,
+            listen.join(", "),
+            self.balance.as_str(),
+            affinity,
+            self.backends.len(),
+            backends.join(", ")
+        )
+    }
+}
+
+/// One backend server.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Unique name within the service, used in logs.
+    pub name: String,
+    /// Stable id written in cookies; defaults to `name`. Never the address.
+    pub id: String,
+    /// Resolved address, once at load.
+    pub address: SocketAddr,
+    /// Relative share of new sessions, 1..=1000. Default: 1.
+    pub weight: u32,
+}
+
+/// The affinity strategy of a service and its settings.
+#[derive(Debug, Clone)]
+pub enum AffinityConfig {
+    /// Balancing only: every request is a new session.
+    None,
+    /// stickyd sets its own cookie naming the backend (HAProxy `cookie SRV insert`).
+    Insert(InsertConfig),
+    /// stickyd prefixes the app's session cookie with the backend id (HAProxy `cookie ... prefix`).
+    Prefix(PrefixConfig),
+    /// stickyd learns session id -> backend from the app's `Set-Cookie`.
+    StickTable(StickTableConfig),
+}
+
+/// Settings of the insert strategy.
+#[derive(Debug, Clone)]
+pub struct InsertConfig {
+    /// Our cookie's name. Default: `SERVERID`.
+    pub cookie: String,
+    /// `Path` attribute. Default: `/`.
+    pub path: String,
+    /// `Domain` attribute. Default: none (host-only cookie).
+    pub domain: Option<String>,
+    /// `Max-Age` attribute. Default: none (a browser-session cookie).
+    pub max_age: Option<Duration>,
+    /// `HttpOnly` attribute. Default: true.
+    pub http_only: bool,
+    /// `Secure` attribute. Default: false.
+    pub secure: bool,
+    /// `SameSite` attribute. Default: Lax.
+    pub same_site: SameSite,
+    /// Remove our cookie from requests before the backend sees them. Default: true.
+    pub indirect: bool,
+    /// Add `Cache-Control: private` where we set the cookie (HAProxy `nocache`). Default: true.
+    pub nocache: bool,
+}
+
+/// Settings of the prefix strategy.
+#[derive(Debug, Clone)]
+pub struct PrefixConfig {
+    /// The app's session cookie (`JSESSIONID`, `PHPSESSID`, `connect.sid`).
+    pub cookie: String,
+    /// Separator between backend id and the app's value. Default: `~`.
+    pub delimiter: char,
+}
+
+/// Settings of the stick-table strategy.
+#[derive(Debug, Clone)]
+pub struct StickTableConfig {
+    /// The app's session cookie.
+    pub cookie: String,
+    /// Entry lifetime when the app's cookie has no Max-Age/Expires; refreshed on use. Default: 30 min.
+    pub ttl: Duration,
+    /// Most entries kept; the least recently used is evicted past it. Default: 1 000 000.
+    pub max_entries: u64,
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the config file: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// The file was read but has problems; each names its place.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One problem in a config file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file as named by the caller.
+    pub origin: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.origin, self.line, self.column, self.message)
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when the file cannot be read; [`ConfigError::Invalid`] with every
+    /// problem found, each as `PATH:LINE:COL: message`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: origin.clone(), source })?;
+        Config::parse(&text, &origin)
+    }
+
+    /// Validates config `text`; `origin` names it in problems (a path, or `<inline>`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every problem found.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut checker = Checker { text, origin, problems: Vec::new() };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(error) => {
+                checker.report(error.span(), error.message().trim_end().to_string());
+                return Err(ConfigError::Invalid(checker.problems));
+            }
+        };
+        let config = checker.config(raw);
+        if checker.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(checker.problems))
+        }
+    }
+}
+
+/// Collects problems while turning the raw file into a [`Config`].
+struct Checker<'a> {
+    text: &'a str,
+    origin: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, span: Option<Range<usize>>, message: String) {
+        let offset = span.map_or(0, |span| span.start).min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+        let column = before[line_start..].chars().count() + 1;
+        self.problems.push(Problem { origin: self.origin.to_string(), line, column, message });
+    }
+
+    fn report_at<T>(&mut self, at: &Spanned<T>, message: String) {
+        self.report(Some(at.span()), message);
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        if raw.services.is_empty() {
+            self.report(None, "no service is configured: add a [[service]] table".into());
+        }
+        let mut services: Vec<ServiceConfig> = Vec::new();
+        for raw_service in raw.services {
+            let span = raw_service.span();
+            let service = self.service(raw_service.into_inner(), span.clone());
+            if services.iter().any(|other| other.name == service.name) {
+                self.report(
+                    Some(span.clone()),
+                    format!("service name {:?} is used twice: give each service its own name", service.name),
+                );
+            }
+            for address in &service.listen {
+                let taken = services.iter().any(|other| other.listen.contains(address));
+                if address.port() != 0 && taken {
+                    self.report(
+                        Some(span.clone()),
+                        format!("listen address {address} is used by two services: give each its own port"),
+                    );
+                }
+            }
+            services.push(service);
+        }
+        if let Some(level) = &raw.log_level {
+            if let Err(error) = tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+                self.report_at(level, format!(r#"invalid log_level: {error}: write "error", "warn", "info", "debug" or "trace""#));
+            }
+        }
+        Config {
+            log_level: raw
+                .log_level
+                .map_or_else(|| file::DEFAULT_LOG_LEVEL.to_string(), Spanned::into_inner),
+            shutdown_grace: raw.shutdown_grace.map_or(file::DEFAULT_SHUTDOWN_GRACE, |d| d.into_inner().0),
+            services,
+        }
+    }
+
+    fn service(&mut self, raw: RawService, span: Range<usize>) -> ServiceConfig {
+        self.check_token(&raw.name, "service name");
+        if raw.listen.get_ref().is_empty() {
+            self.report_at(&raw.listen, r#"listen is empty: add an address such as "0.0.0.0:8080""#.into());
+        }
+        let backends = match raw.backends {
+            Some(backends) => self.backends(backends.into_inner()),
+            None => Vec::new(),
+        };
+        if backends.is_empty() {
+            self.report(
+                Some(span),
+                format!("service {:?} has no backend: add a [[service.backend]] table", raw.name.get_ref()),
+            );
+        }
+        let affinity = match raw.affinity {
+            Some(affinity) => self.affinity(affinity.into_inner()),
+            None => AffinityConfig::None,
+        };
+        ServiceConfig {
+            name: raw.name.into_inner(),
+            listen: raw.listen.into_inner().into_iter().map(Spanned::into_inner).collect(),
+            balance: raw.balance,
+            connect_timeout: raw.connect_timeout.map_or(file::DEFAULT_CONNECT_TIMEOUT, |d| d.into_inner().0),
+            response_timeout: raw.response_timeout.map_or(file::DEFAULT_RESPONSE_TIMEOUT, |d| d.into_inner().0),
+            ejection_time: raw.ejection_time.map_or(file::DEFAULT_EJECTION_TIME, |d| d.into_inner().0),
+            affinity,
+            backends,
+        }
+    }
+
+    fn backends(&mut self, raw: Vec<Spanned<RawBackend>>) -> Vec<BackendConfig> {
+        let mut backends: Vec<BackendConfig> = Vec::with_capacity(raw.len());
+        for raw_backend in raw {
+            let raw_backend = raw_backend.into_inner();
+            self.check_token(&raw_backend.name, "backend name");
+            let id = raw_backend.id.as_ref().unwrap_or(&raw_backend.name);
+            if raw_backend.id.is_some() {
+                self.check_token(id, "backend id");
+            }
+            if backends.iter().any(|other| &other.name == raw_backend.name.get_ref()) {
+                self.report_at(&raw_backend.name, "backend name is used twice in this service: give each backend its own name".into());
+            }
+            if backends.iter().any(|other| &other.id == id.get_ref()) {
+                self.report_at(id, format!("backend id {:?} is used twice in this service: set a unique `id`", id.get_ref()));
+            }
+            let weight = raw_backend.weight.as_ref().map_or(file::DEFAULT_WEIGHT, |w| *w.get_ref());
+            if !(1..=file::MAX_WEIGHT).contains(&weight) {
+                let at = raw_backend.weight.as_ref().expect("a weight out of range was written");
+                self.report_at(at, format!("weight must be from 1 to {}", file::MAX_WEIGHT));
+            }
+            let address = self.resolve(&raw_backend.address);
+            backends.push(BackendConfig {
+                name: raw_backend.name.get_ref().clone(),
+                id: id.get_ref().clone(),
+                address,
+                weight,
+            });
+        }
+        backends
+    }
+
+    fn resolve(&mut self, address: &Spanned<String>) -> SocketAddr {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        match address.get_ref().to_socket_addrs().map(|mut found| found.next()) {
+            Ok(Some(resolved)) => resolved,
+            Ok(None) | Err(_) => {
+                self.report_at(
+                    address,
+                    format!(r#"cannot resolve backend address {:?}: write "host:port", e.g. "127.0.0.1:3001""#, address.get_ref()),
+                );
+                unspecified
+            }
+        }
+    }
+
+    fn affinity(&mut self, raw: RawAffinity) -> AffinityConfig {
+        let strategy = *raw.strategy.get_ref();
+        let strategy_name = match strategy {
+            Strategy::Insert => "insert",
+            Strategy::Prefix => "prefix",
+            Strategy::StickTable => "stick-table",
+            Strategy::None => "none",
+        };
+        let misplaced: [(Option<Range<usize>>, &str, &str); 11] = [
+            (raw.path.as_ref().map(Spanned::span), "path", "insert"),
+            (raw.domain.as_ref().map(Spanned::span), "domain", "insert"),
+            (raw.max_age.as_ref().map(Spanned::span), "max_age", "insert"),
+            (raw.http_only.as_ref().map(Spanned::span), "http_only", "insert"),
+            (raw.secure.as_ref().map(Spanned::span), "secure", "insert"),
+            (raw.same_site.as_ref().map(Spanned::span), "same_site", "insert"),
+            (raw.indirect.as_ref().map(Spanned::span), "indirect", "insert"),
+            (raw.nocache.as_ref().map(Spanned::span), "nocache", "insert"),
+            (raw.delimiter.as_ref().map(Spanned::span), "delimiter", "prefix"),
+            (raw.ttl.as_ref().map(Spanned::span), "ttl", "stick-table"),
+            (raw.max_entries.as_ref().map(Spanned::span), "max_entries", "stick-table"),
+        ];
+        for (span, key, owner) in misplaced {
+            if span.is_some() && owner != strategy_name {
+                self.report(
+                    span,
+                    format!(r#"`{key}` applies only to strategy = "{owner}", not "{strategy_name}": remove it"#),
+                );
+            }
+        }
+        if strategy == Strategy::None {
+            if let Some(cookie) = &raw.cookie {
+                self.report_at(cookie, r#"`cookie` has no use with strategy = "none": remove it"#.into());
+            }
+            return AffinityConfig::None;
+        }
+        let cookie = match &raw.cookie {
+            Some(cookie) => {
+                self.check_token(cookie, "cookie name");
+                cookie.get_ref().clone()
+            }
+            None if strategy == Strategy::Insert => file::DEFAULT_INSERT_COOKIE.to_string(),
+            None => {
+                self.report_at(
+                    &raw.strategy,
+                    format!(r#"strategy "{strategy_name}" needs the app's session cookie: add cookie = "JSESSIONID" (or PHPSESSID, connect.sid, ...)"#),
+                );
+                String::new()
+            }
+        };
+        match strategy {
+            Strategy::Insert => AffinityConfig::Insert(self.insert(raw, cookie)),
+            Strategy::Prefix => {
+                let delimiter = match &raw.delimiter {
+                    Some(text) => self.delimiter(text),
+                    None => file::DEFAULT_PREFIX_DELIMITER,
+                };
+                AffinityConfig::Prefix(PrefixConfig { cookie, delimiter })
+            }
+            Strategy::StickTable => {
+                let max_entries = raw.max_entries.as_ref().map_or(file::DEFAULT_STICK_MAX_ENTRIES, |n| *n.get_ref());
+                if max_entries == 0 {
+                    let at = raw.max_entries.as_ref().expect("zero was written");
+                    self.report_at(at, "max_entries must be at least 1".into());
+                }
+                AffinityConfig::StickTable(StickTableConfig {
+                    cookie,
+                    ttl: raw.ttl.map_or(file::DEFAULT_STICK_TTL, |d| d.into_inner().0),
+                    max_entries,
+                })
+            }
+            Strategy::None => unreachable!("handled above"),
+        }
+    }
+
+    fn insert(&mut self, raw: RawAffinity, cookie: String) -> InsertConfig {
+        for attribute in [&raw.path, &raw.domain].into_iter().flatten() {
+            if attribute.get_ref().bytes().any(|b| b == b';' || b.is_ascii_control()) {
+                self.report_at(attribute, "cookie attributes cannot contain ';' or control characters".into());
+            }
+        }
+        let flag = |value: &Option<Spanned<bool>>, default: bool| value.as_ref().map_or(default, |v| *v.get_ref());
+        let secure = flag(&raw.secure, false);
+        let same_site = raw.same_site.as_ref().map_or(SameSite::Lax, |s| *s.get_ref());
+        if same_site == SameSite::None && !secure {
+            let at = raw.same_site.as_ref().expect("same_site = none was written");
+            self.report_at(at, r#"same_site = "none" is refused by browsers without Secure: add secure = true"#.into());
+        }
+        InsertConfig {
+            cookie,
+            path: raw.path.map_or_else(|| file::DEFAULT_COOKIE_PATH.to_string(), Spanned::into_inner),
+            domain: raw.domain.map(Spanned::into_inner),
+            max_age: raw.max_age.map(|d| d.into_inner().0),
+            http_only: flag(&raw.http_only, true),
+            secure,
+            same_site,
+            indirect: flag(&raw.indirect, true),
+            nocache: flag(&raw.nocache, true),
+        }
+    }
+
+    fn delimiter(&mut self, text: &Spanned<String>) -> char {
+        let mut chars = text.get_ref().chars();
+        match (chars.next(), chars.next()) {
+            // A cookie-octet (RFC 6265 §4.1.1) that cannot occur in a backend id.
+            (Some(c), None) if "!#$%&'()*+/:<>?@[]^`{|}~".contains(c) => c,
+            _ => {
+                self.report_at(
+                    text,
+                    r#"delimiter must be one of the characters !#$%&'()*+/:<>?@[]^`{|}~, such as "~""#.into(),
+                );
+                file::DEFAULT_PREFIX_DELIMITER
+            }
+        }
+    }
+
+    /// Names and ids travel in cookies and logs: letters, digits, `.`, `_`, `-` only.
+    fn check_token(&mut self, value: &Spanned<String>, what: &str) {
+        let text = value.get_ref();
+        if text.is_empty() || !text.chars().all(is_token_char) {
+            self.report_at(value, format!("{what} {text:?} must be non-empty and use only letters, digits, '.', '_' and '-'"));
+        }
+    }
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}

@@ -1,0 +1,62 @@
+//! What can go wrong while proxying one request, and the one mapping from error to status.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+
+use crate::proxy::body::ProxyBody;
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Every backend is ejected (or the service has none usable): 503.
+    #[error("no usable backend in service {service}")]
+    NoUsableBackend { service: String },
+    /// The TCP connection to the backend failed or timed out; nothing was sent, so the request
+    /// can go to another backend. 502 when no other backend is left.
+    #[error("cannot connect to backend {backend}: {source}")]
+    ConnectFailed { backend: String, source: std::io::Error },
+    /// The backend accepted the connection but the HTTP exchange failed (reset, closed early,
+    /// malformed response): 502.
+    #[error("backend {backend} failed: {source}")]
+    Upstream { backend: String, source: hyper::Error },
+    /// The backend sent no response head within `response_timeout`: 504.
+    #[error("backend {backend} sent no response within {after:?}")]
+    ResponseTimeout { backend: String, after: Duration },
+    /// The request is malformed and never reaches a backend: 400.
+    #[error("bad request: {reason}")]
+    BadRequest { reason: &'static str },
+}
+
+impl ProxyError {
+    /// Whether the request was never sent, so another backend may take it.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProxyError::ConnectFailed { .. })
+    }
+
+    /// The status the client gets (RFC 9110 §15.6.3 502, §15.6.4 503, §15.6.5 504).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoUsableBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailed { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A short plain-text response that names the status and nothing internal.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let status = self.status();
+        let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+        let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+        if status == StatusCode::BAD_REQUEST {
+            headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        }
+        response
+    }
+}

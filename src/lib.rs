@@ -1,0 +1,29 @@
+//! stickyd: a reverse-proxy load balancer whose core job is HTTP session affinity.
+//!
+//! # Layout
+//! - [`cli`]: the command line (`run`, `check`, `demo`).
+//! - [`config`]: the TOML file, raw ([`config::file`]) and validated ([`config::Config`]).
+//! - [`server`]: accept loops over bound listeners, graceful shutdown.
+//! - [`router`]: one service's request path: affinity, balance, redispatch, forward, record.
+//! - [`affinity`]: the strategies (insert, prefix, stick table), synchronous and pure.
+//! - [`balance`]: how a new session picks a backend (round-robin, least-connections, random).
+//! - [`pool`]: backends and their live state (in-flight count, passive ejection).
+//! - [`store`]: where stick-table bindings live (in memory, moka).
+//! - [`proxy`]: forwarding one request: head rewriting, pooled backend connections, streaming
+//!   bodies, WebSocket tunnels.
+//! - [`error`]: what can go wrong on a request and which status it becomes.
+//! - [`demo`]: `stickyd demo`, demo backends behind a proxy.
+//! - [`telemetry`]: logging setup.
+
+pub mod affinity;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod pool;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod store;
+pub mod telemetry;

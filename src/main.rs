@@ -1,0 +1,51 @@
+//! The `stickyd` binary: parses the command line and calls into the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use stickyd::cli::{Cli, Command};
+use stickyd::config::Config;
+use stickyd::{demo, server, telemetry};
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run { config: cli.config }) {
+        Command::Check { config: path } => match Config::load(&path) {
+            Ok(config) => {
+                for service in &config.services {
+                    println!("{}", service.summary());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Run { config: path } => {
+            let config = match Config::load(&path) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            telemetry::init(&config.log_level);
+            runtime()?.block_on(async {
+                let listeners = server::bind(&config).await?;
+                server::run(&config, listeners, server::shutdown_signal()).await;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Demo => {
+            telemetry::init("info");
+            runtime()?.block_on(demo::run(server::shutdown_signal())).context("demo failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")
+}

@@ -1,0 +1,127 @@
+//! Keep-alive HTTP/1.1 connections to backends: one idle list per backend, most recently
+//! used first.
+//!
+//! stickyd keeps its own pool rather than hyper-util's client so that a request whose
+//! connection could not be opened is handed back unsent and can go to another backend.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::pool::InFlight;
+
+/// An idle pooled connection older than this is closed rather than reused, so stickyd does not
+/// race a backend closing it: below Node.js's 5 s `keepAliveTimeout`, the shortest common one.
+pub const POOLED_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Most idle connections kept per backend; more are closed when they become idle.
+pub const MAX_IDLE_PER_BACKEND: usize = 512;
+
+/// A connection ready to take one request.
+pub type Sender = SendRequest<Incoming>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The idle connections of every backend of a service, by backend index.
+pub struct Connections {
+    idle: Vec<Mutex<Vec<Idle>>>,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections").field("backends", &self.idle.len()).finish()
+    }
+}
+
+impl Connections {
+    /// An empty pool for `backends` backends; new connections time out after `connect_timeout`.
+    pub fn new(backends: usize, connect_timeout: Duration) -> Connections {
+        Connections { idle: (0..backends).map(|_| Mutex::new(Vec::new())).collect(), connect_timeout }
+    }
+
+    /// A connection to `backend` at `address`: an idle one when a live one is pooled (`true`),
+    /// else a new one (`false`).
+    ///
+    /// # Errors
+    /// The connect error, or `TimedOut` after the connect timeout: nothing was sent.
+    pub async fn checkout(&self, backend: usize, address: SocketAddr) -> io::Result<(Sender, bool)> {
+        while let Some(mut sender) = self.pop_idle(backend) {
+            // The sender was pooled when its last response ended; `ready` resolves as soon as the
+            // connection task has seen that end, or fails when the backend closed it.
+            if sender.ready().await.is_ok() {
+                return Ok((sender, true));
+            }
+        }
+        Ok((self.connect(address).await?, false))
+    }
+
+    fn pop_idle(&self, backend: usize) -> Option<Sender> {
+        let mut idle = self.idle[backend].lock().expect("idle list lock poisoned");
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < POOLED_IDLE_TIMEOUT && !entry.sender.is_closed() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, address: SocketAddr) -> io::Result<Sender> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:?}", self.connect_timeout)))??;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%address, %error, "backend connection closed with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn check_in(&self, backend: usize, sender: Sender) {
+        let mut idle = self.idle[backend].lock().expect("idle list lock poisoned");
+        if idle.len() < MAX_IDLE_PER_BACKEND {
+            idle.push(Idle { sender, since: Instant::now() });
+        }
+    }
+}
+
+/// What a response body holds until it ends: the connection it came on and the in-flight count.
+pub struct Release {
+    connections: Arc<Connections>,
+    backend: usize,
+    sender: Sender,
+    _in_flight: InFlight,
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Release").field("backend", &self.backend).finish()
+    }
+}
+
+impl Release {
+    /// Ties `sender` (and the in-flight count) to a response of `backend`.
+    pub fn new(connections: Arc<Connections>, backend: usize, sender: Sender, in_flight: InFlight) -> Release {
+        Release { connections, backend, sender, _in_flight: in_flight }
+    }
+
+    /// The response ended cleanly: the connection goes back to the idle list. Dropping a
+    /// `Release` instead closes the connection.
+    pub fn reuse(self) {
+        self.connections.check_in(self.backend, self.sender);
+    }
+}

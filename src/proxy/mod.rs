@@ -1,0 +1,307 @@
+//! Forwarding one request to one backend: the request and response heads as a proxy must
+//! rewrite them, the exchange on a pooled connection, and the WebSocket (Upgrade) tunnel.
+
+pub mod body;
+pub mod connections;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version, request};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::error::ProxyError;
+use crate::pool::Pool;
+use body::ProxyBody;
+use connections::{Connections, Release};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Hop-by-hop fields that never cross a proxy (RFC 9110 §7.6.1), besides those that
+/// `Connection` itself lists. `Upgrade` is restored for an upgrade exchange.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    PROXY_CONNECTION,
+    KEEP_ALIVE,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Rejects what must never reach a backend (RFC 9112 §3.2 Host, §6.3 framing).
+///
+/// # Errors
+/// [`ProxyError::BadRequest`] for an HTTP/1.1 request without exactly one `Host`, or with both
+/// `Content-Length` and `Transfer-Encoding` (a request-smuggling vector).
+pub fn check_request(head: &request::Parts) -> Result<(), ProxyError> {
+    let hosts = head.headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest { reason: "more than one Host header" });
+    }
+    if hosts == 0 && head.version == Version::HTTP_11 && head.uri.authority().is_none() {
+        return Err(ProxyError::BadRequest { reason: "HTTP/1.1 request without Host" });
+    }
+    if head.headers.contains_key(header::CONTENT_LENGTH) && head.headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(ProxyError::BadRequest { reason: "both Content-Length and Transfer-Encoding" });
+    }
+    Ok(())
+}
+
+/// Whether the request asks to switch protocols (RFC 9110 §7.8), e.g. to WebSocket.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(option))
+}
+
+/// Removes hop-by-hop fields: every field `Connection` names, then the fixed list. When
+/// `upgrade` is set, keeps `Upgrade` and sends `Connection: upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(protocol) = upgrade_value {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Rewrites a client's request head for the backend: origin-form target (the authority of an
+/// absolute-form target becomes `Host`, RFC 9112 §3.2.2), hop-by-hop fields removed,
+/// `X-Forwarded-For` appended with the client address, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` set, `Host` otherwise preserved.
+pub fn prepare_request(head: &mut request::Parts, client: SocketAddr, upgrade: bool) {
+    if let Some(authority) = head.uri.authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            head.headers.insert(header::HOST, host);
+        }
+        let origin_form = head.uri.path_and_query().map_or("/", |target| target.as_str());
+        head.uri = origin_form.parse().expect("a path and query parsed before");
+    }
+    head.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut head.headers, upgrade);
+    append_forwarded_for(&mut head.headers, client);
+    head.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = head.headers.get(header::HOST).cloned() {
+        head.headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let previous: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|value| value.to_str().ok()).collect();
+    let value = if previous.is_empty() { ip } else { format!("{}, {ip}", previous.join(", ")) };
+    let value = HeaderValue::from_str(&value).expect("visible ASCII joined with an IP address");
+    headers.insert(X_FORWARDED_FOR, value);
+}
+
+/// Rewrites a backend's response head for the client: hop-by-hop fields removed, except the
+/// `Upgrade` of a `101 Switching Protocols`.
+pub fn prepare_response<B>(response: &mut Response<B>) {
+    *response.version_mut() = Version::HTTP_11;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(response.headers_mut(), switching);
+}
+
+/// Why [`Upstream::send`] failed, with the request when it was never sent.
+#[derive(Debug)]
+pub struct SendFailed {
+    /// What went wrong.
+    pub error: ProxyError,
+    /// The untouched request, when [`ProxyError::is_retryable`]: it may go to another backend.
+    pub request: Option<Request<Incoming>>,
+}
+
+/// Sends requests to the backends of one service over pooled connections.
+#[derive(Debug)]
+pub struct Upstream {
+    connections: Arc<Connections>,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    /// A pool for `backends` backends with the service's timeouts.
+    pub fn new(backends: usize, connect_timeout: Duration, response_timeout: Duration) -> Upstream {
+        Upstream { connections: Arc::new(Connections::new(backends, connect_timeout)), response_timeout }
+    }
+
+    /// Sends `request` to `backend` and returns its response head with a streaming body. A pooled
+    /// connection that turns out closed before the request was written is replaced by another.
+    ///
+    /// # Errors
+    /// [`SendFailed`], with the request when nothing was sent (connect refused or timed out).
+    pub async fn send(&self, pool: &Arc<Pool>, backend: usize, mut request: Request<Incoming>) -> Result<Response<ProxyBody>, SendFailed> {
+        let target = pool.get(backend);
+        loop {
+            let (mut sender, reused) = match self.connections.checkout(backend, target.address).await {
+                Ok(connection) => connection,
+                Err(source) => {
+                    let error = ProxyError::ConnectFailed { backend: target.name.clone(), source };
+                    return Err(SendFailed { error, request: Some(request) });
+                }
+            };
+            let in_flight = pool.start_request(backend);
+            let sent = tokio::time::timeout(self.response_timeout, sender.try_send_request(request)).await;
+            let mut failed = match sent {
+                Ok(Ok(response)) => {
+                    let release = Release::new(Arc::clone(&self.connections), backend, sender, in_flight);
+                    return Ok(with_release(response, release));
+                }
+                Ok(Err(failed)) => failed,
+                Err(_elapsed) => {
+                    let error = ProxyError::ResponseTimeout { backend: target.name.clone(), after: self.response_timeout };
+                    return Err(SendFailed { error, request: None });
+                }
+            };
+            let backend_name = target.name.clone();
+            match failed.take_message() {
+                // A pooled connection the backend had closed: try the next one, or a new one.
+                Some(unsent) if reused => request = unsent,
+                // A new connection that failed before the request was written: as good as refused.
+                Some(unsent) => {
+                    let source = std::io::Error::other(failed.into_error());
+                    let error = ProxyError::ConnectFailed { backend: backend_name, source };
+                    return Err(SendFailed { error, request: Some(unsent) });
+                }
+                None => {
+                    let error = ProxyError::Upstream { backend: backend_name, source: failed.into_error() };
+                    return Err(SendFailed { error, request: None });
+                }
+            }
+        }
+    }
+}
+
+fn with_release(response: Response<Incoming>, release: Release) -> Response<ProxyBody> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    response.map(|body| {
+        if switching {
+            // The connection now belongs to the tunnel; it is never pooled again.
+            ProxyBody::Upstream { body, release: None }
+        } else if http_body::Body::is_end_stream(&body) {
+            release.reuse();
+            ProxyBody::Upstream { body, release: None }
+        } else {
+            ProxyBody::Upstream { body, release: Some(release) }
+        }
+    })
+}
+
+/// Joins the client's and the backend's upgraded connections once both sides switched
+/// protocols, and copies bytes both ways until either side closes.
+pub fn tunnel(client: OnUpgrade, backend: &mut Response<ProxyBody>) {
+    let backend = hyper::upgrade::on(backend);
+    tokio::spawn(async move {
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(both) => both,
+            Err(error) => {
+                tracing::debug!(%error, "upgrade did not complete");
+                return;
+            }
+        };
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            tracing::debug!(%error, "tunnel closed with an error");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(request: &str) -> request::Parts {
+        let mut lines = request.lines();
+        let target = lines.next().unwrap();
+        let mut builder = Request::builder().uri(target);
+        for line in lines {
+            let (name, value) = line.split_once(": ").unwrap();
+            builder = builder.header(name, value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_removed() {
+        let mut parts = head("/a?b=1\nHost: app\nConnection: keep-alive, X-Secret\nX-Secret: 1\nKeep-Alive: timeout=5\nTE: trailers\nProxy-Connection: keep-alive\nX-End: kept");
+        prepare_request(&mut parts, "10.1.2.3:5555".parse().unwrap(), false);
+        for gone in ["connection", "x-secret", "keep-alive", "te", "proxy-connection"] {
+            assert!(!parts.headers.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(parts.headers["x-end"], "kept");
+        assert_eq!(parts.headers["host"], "app");
+        assert_eq!(parts.uri, "/a?b=1");
+    }
+
+    #[test]
+    fn forwarded_headers_append_the_client_and_name_host_and_proto() {
+        let mut parts = head("/\nHost: shop.example\nX-Forwarded-For: 203.0.113.9\nX-Forwarded-Proto: https");
+        prepare_request(&mut parts, "10.1.2.3:5555".parse().unwrap(), false);
+        assert_eq!(parts.headers["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert_eq!(parts.headers["x-forwarded-proto"], "http");
+        assert_eq!(parts.headers["x-forwarded-host"], "shop.example");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_upgrade_and_connection_upgrade_only() {
+        let mut parts = head("/ws\nHost: a\nConnection: Upgrade, X-Other\nUpgrade: websocket\nX-Other: 1");
+        assert!(is_upgrade(&parts.headers));
+        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), true);
+        assert_eq!(parts.headers["upgrade"], "websocket");
+        assert_eq!(parts.headers["connection"], "upgrade");
+        assert!(!parts.headers.contains_key("x-other"));
+    }
+
+    #[test]
+    fn an_absolute_form_target_becomes_origin_form_with_its_host() {
+        let mut parts = head("http://real.example:8080/p?q\nHost: other");
+        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), false);
+        assert_eq!(parts.uri, "/p?q");
+        assert_eq!(parts.headers["host"], "real.example:8080");
+    }
+
+    #[test]
+    fn requests_without_host_or_with_ambiguous_framing_are_rejected() {
+        let mut no_host = head("/");
+        no_host.version = Version::HTTP_11;
+        assert!(check_request(&no_host).is_err());
+        let mut http10 = head("/");
+        http10.version = Version::HTTP_10;
+        assert!(check_request(&http10).is_ok());
+        let two_hosts = {
+            let mut parts = head("/\nHost: a");
+            parts.headers.append(header::HOST, HeaderValue::from_static("b"));
+            parts
+        };
+        assert!(check_request(&two_hosts).is_err());
+        assert!(check_request(&head("/\nHost: a\nContent-Length: 5\nTransfer-Encoding: chunked")).is_err());
+    }
+}

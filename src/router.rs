@@ -1,0 +1,219 @@
+//! One service's request path: read affinity, choose (or redispatch to) a backend, forward,
+//! record the binding on the response, log one access line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::affinity::{Affinity, Outcome, Stickiness, TableUpdate};
+use crate::balance::Balancer;
+use crate::config::{AffinityConfig, ServiceConfig};
+use crate::error::ProxyError;
+use crate::pool::Pool;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::{self, Upstream};
+use crate::store::StickStore;
+
+/// The stick table of a service and the lifetime of a binding reserved before the app answers.
+#[derive(Debug)]
+struct Table {
+    store: StickStore,
+    ttl: Duration,
+}
+
+/// Everything one service needs to route a request.
+#[derive(Debug)]
+pub struct Router {
+    name: String,
+    pool: Arc<Pool>,
+    balancer: Balancer,
+    affinity: Affinity,
+    table: Option<Table>,
+    upstream: Upstream,
+}
+
+/// The backend a request is bound to before it is sent, and how it came to be.
+struct Choice {
+    backend: Option<usize>,
+    outcome: Outcome,
+    /// The stick-table key of the request, when it carried one.
+    session: Option<String>,
+}
+
+impl Router {
+    /// Builds the router of one service.
+    pub fn new(config: &ServiceConfig) -> Router {
+        let pool = Arc::new(Pool::new(&config.backends, config.ejection_time));
+        let table = match &config.affinity {
+            AffinityConfig::StickTable(table) => Some(Table { store: StickStore::new(table), ttl: table.ttl }),
+            _ => None,
+        };
+        Router {
+            name: config.name.clone(),
+            balancer: Balancer::new(config.balance, &pool),
+            affinity: Affinity::new(&config.affinity, &pool),
+            upstream: Upstream::new(config.backends.len(), config.connect_timeout, config.response_timeout),
+            table,
+            pool,
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Proxies one request from `client` and always answers: a backend's response, or stickyd's
+    /// own 400 / 502 / 503 / 504.
+    pub async fn handle(&self, request: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let (mut head, body) = request.into_parts();
+        let (method, uri) = (head.method.clone(), head.uri.clone());
+        let (response, backend, outcome) = match proxy::check_request(&head) {
+            Err(error) => (error.to_response(), None, Outcome::New),
+            Ok(()) => {
+                let stickiness = self.affinity.on_request(&mut head.headers, &self.pool);
+                let choice = self.resolve(stickiness).await;
+                let upgrade = proxy::is_upgrade(&head.headers);
+                proxy::prepare_request(&mut head, client, upgrade);
+                let mut request = Request::from_parts(head, body);
+                let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+                let (result, outcome) = self.forward(request, choice).await;
+                match result {
+                    Ok((mut response, backend)) => {
+                        if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == 101) {
+                            proxy::tunnel(client_upgrade, &mut response);
+                        }
+                        (response, Some(backend), outcome)
+                    }
+                    Err(error) => {
+                        tracing::warn!(service = %self.name, %error, "request failed");
+                        (error.to_response(), None, outcome)
+                    }
+                }
+            }
+        };
+        tracing::info!(
+            target: "stickyd::access",
+            client = %client.ip(),
+            method = %method,
+            path = uri.path(),
+            status = response.status().as_u16(),
+            service = %self.name,
+            backend = backend.map_or("-", |index| self.pool.get(index).name.as_str()),
+            affinity = outcome.as_str(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+        );
+        response
+    }
+
+    /// Turns what the request said into a backend to try first.
+    async fn resolve(&self, stickiness: Stickiness) -> Choice {
+        match stickiness {
+            Stickiness::Pinned(backend) => Choice { backend: Some(backend), outcome: Outcome::Hit, session: None },
+            Stickiness::New => Choice { backend: None, outcome: Outcome::New, session: None },
+            Stickiness::Invalid => Choice { backend: None, outcome: Outcome::Invalid, session: None },
+            Stickiness::Lookup(session) => {
+                let table = self.table.as_ref().expect("only the stick-table strategy looks up");
+                let bound = table.store.get(&session).await.and_then(|id| self.pool.find_id(&id));
+                let outcome = if bound.is_some() { Outcome::Hit } else { Outcome::New };
+                Choice { backend: bound, outcome, session: Some(session) }
+            }
+        }
+    }
+
+    /// Sends the request to the chosen backend, redispatching while backends refuse it, then
+    /// records the binding on the response. Returns the outcome as it finally stood.
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        choice: Choice,
+    ) -> (Result<(Response<ProxyBody>, usize), ProxyError>, Outcome) {
+        let Choice { backend: mut preferred, mut outcome, session } = choice;
+        let mut reissue: Option<String> = None;
+        let mut failed: Vec<usize> = Vec::new();
+        let mut last_error: Option<ProxyError> = None;
+        loop {
+            let usable = |index: usize| self.pool.is_usable(index) && !failed.contains(&index);
+            let backend = match preferred.take() {
+                Some(bound) if usable(bound) => Some(bound),
+                Some(_) => {
+                    outcome = Outcome::Redispatch;
+                    reissue = reissue.or_else(|| self.affinity.session_to_reissue(request.headers()));
+                    self.balancer.pick(&self.pool, usable)
+                }
+                None => self.balancer.pick(&self.pool, usable),
+            };
+            let Some(mut backend) = backend else {
+                let error = last_error.unwrap_or_else(|| ProxyError::NoUsableBackend { service: self.name.clone() });
+                return (Err(error), outcome);
+            };
+            if let (Some(table), Some(session)) = (&self.table, &session) {
+                backend = self.bind_session(table, session, backend, outcome, !failed.is_empty()).await;
+            }
+            match self.upstream.send(&self.pool, backend, request).await {
+                Ok(mut response) => {
+                    let session = session.as_deref().or(reissue.as_deref());
+                    self.record(backend, outcome, session, &mut response).await;
+                    return (Ok((response, backend)), outcome);
+                }
+                Err(proxy::SendFailed { error, request: Some(unsent) }) if error.is_retryable() => {
+                    tracing::warn!(service = %self.name, %error, "backend ejected; redispatching");
+                    self.pool.eject(backend);
+                    failed.push(backend);
+                    if outcome == Outcome::Hit {
+                        outcome = Outcome::Redispatch;
+                        reissue = self.affinity.session_to_reissue(unsent.headers());
+                    }
+                    last_error = Some(error);
+                    request = unsent;
+                }
+                Err(proxy::SendFailed { error, .. }) => return (Err(error), outcome),
+            }
+        }
+    }
+
+    /// Stick table: a hit keeps its binding; a new session reserves one before it is sent (so
+    /// concurrent first requests agree: the reservation that holds wins, if usable); a
+    /// redispatch, or a retry after a refused connection, overwrites it.
+    async fn bind_session(&self, table: &Table, session: &str, backend: usize, outcome: Outcome, retry: bool) -> usize {
+        let id = &self.pool.get(backend).id;
+        match outcome {
+            Outcome::Hit => backend,
+            Outcome::Redispatch => {
+                table.store.bind(session, id, table.ttl).await;
+                backend
+            }
+            Outcome::New | Outcome::Invalid if retry => {
+                table.store.bind(session, id, table.ttl).await;
+                backend
+            }
+            Outcome::New | Outcome::Invalid => {
+                let held = table.store.reserve(session, id, table.ttl).await;
+                match self.pool.find_id(&held) {
+                    Some(reserved) if self.pool.is_usable(reserved) => reserved,
+                    _ => {
+                        table.store.bind(session, id, table.ttl).await;
+                        backend
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets the strategy write the binding into the response head, applies any stick-table
+    /// change it asks for, and makes the head fit for the client.
+    async fn record(&self, backend: usize, outcome: Outcome, session: Option<&str>, response: &mut Response<ProxyBody>) {
+        proxy::prepare_response(response);
+        let update = self.affinity.on_response(&self.pool, backend, outcome, session, response.headers_mut());
+        if let (Some(table), Some(update)) = (&self.table, update) {
+            match update {
+                TableUpdate::Bind { key, ttl } => table.store.bind(&key, &self.pool.get(backend).id, ttl).await,
+                TableUpdate::Forget(key) => table.store.forget(&key).await,
+            }
+        }
+    }
+}
