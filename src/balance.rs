@@ -22,7 +22,11 @@ pub struct Balancer {
 impl Balancer {
     /// Builds a balancer for `pool`'s backends and weights.
     pub fn new(algorithm: Balance, pool: &Pool) -> Balancer {
-        Balancer { algorithm, schedule: smooth_schedule(pool), cursor: AtomicUsize::new(0) }
+        Balancer {
+            algorithm,
+            schedule: smooth_schedule(pool),
+            cursor: AtomicUsize::new(0),
+        }
     }
 
     /// The backend a new session should go to, among those `accept` allows; `None` when it
@@ -38,7 +42,9 @@ impl Balancer {
     fn round_robin(&self, accept: impl Fn(usize) -> bool) -> Option<usize> {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let len = self.schedule.len();
-        (0..len).map(|step| self.schedule[(start + step) % len]).find(|&index| accept(index))
+        (0..len)
+            .map(|step| self.schedule[(start + step) % len])
+            .find(|&index| accept(index))
     }
 
     /// Fewest in-flight requests per unit of weight; ties go round the backends in turn.
@@ -69,7 +75,9 @@ fn less_loaded(pool: &Pool, a: usize, b: usize) -> bool {
 /// Two weighted random candidates; the less loaded one wins (Mitzenmacher's power of two
 /// choices: near least-connections spread without scanning under contention).
 fn power_of_two_choices(pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<usize> {
-    let total: u64 = accepted(pool, &accept).map(|index| u64::from(pool.get(index).weight)).sum();
+    let total: u64 = accepted(pool, &accept)
+        .map(|index| u64::from(pool.get(index).weight))
+        .sum();
     if total == 0 {
         return None;
     }
@@ -87,16 +95,27 @@ fn power_of_two_choices(pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<u
     };
     let first = weighted(rand::random_range(0..total));
     let second = weighted(rand::random_range(0..total));
-    Some(if less_loaded(pool, second, first) { second } else { first })
+    Some(if less_loaded(pool, second, first) {
+        second
+    } else {
+        first
+    })
 }
 
-fn accepted<'a>(pool: &'a Pool, accept: &'a impl Fn(usize) -> bool) -> impl Iterator<Item = usize> + 'a {
+fn accepted<'a>(
+    pool: &'a Pool,
+    accept: &'a impl Fn(usize) -> bool,
+) -> impl Iterator<Item = usize> + 'a {
     (0..pool.backends().len()).filter(move |&index| accept(index))
 }
 
 /// The smooth weighted round-robin order of one full cycle (length = sum of weights).
 fn smooth_schedule(pool: &Pool) -> Vec<usize> {
-    let weights: Vec<i64> = pool.backends().iter().map(|backend| i64::from(backend.weight)).collect();
+    let weights: Vec<i64> = pool
+        .backends()
+        .iter()
+        .map(|backend| i64::from(backend.weight))
+        .collect();
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; weights.len()];
     (0..total)
@@ -149,7 +168,9 @@ mod tests {
     fn round_robin_follows_weights_exactly_and_smoothly() {
         let pool = pool(&[5, 1, 1]);
         let balancer = Balancer::new(Balance::RoundRobin, &pool);
-        let cycle: Vec<usize> = (0..7).map(|_| balancer.pick(&pool, |_| true).unwrap()).collect();
+        let cycle: Vec<usize> = (0..7)
+            .map(|_| balancer.pick(&pool, |_| true).unwrap())
+            .collect();
         assert_eq!(cycle, [0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(counts(&balancer, &pool, 700), [500, 100, 100]);
     }
@@ -171,7 +192,9 @@ mod tests {
         let _busy = [pool.start_request(0)];
         let _two_on_heavy = [pool.start_request(1), pool.start_request(1)];
         // 1 in flight / weight 1 equals 2 / weight 2: a tie, so both are chosen in turn.
-        let picks: Vec<usize> = (0..4).map(|_| balancer.pick(&pool, |_| true).unwrap()).collect();
+        let picks: Vec<usize> = (0..4)
+            .map(|_| balancer.pick(&pool, |_| true).unwrap())
+            .collect();
         assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
         let _third_on_heavy = pool.start_request(1);
         assert_eq!(balancer.pick(&pool, |_| true), Some(0));

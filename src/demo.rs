@@ -46,7 +46,9 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     for n in 1..=3 {
         let name = format!("demo-{n}");
         let address = spawn_backend(name.clone()).await?;
-        backends.push_str(&format!("[[service.backend]]\nname = \"{name}\"\naddress = \"{address}\"\n"));
+        backends.push_str(&format!(
+            "[[service.backend]]\nname = \"{name}\"\naddress = \"{address}\"\n"
+        ));
     }
     let text = format!(
         "[[service]]\nname = \"demo\"\nlisten = [\"{DEMO_LISTEN}\"]\n\
@@ -73,7 +75,10 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
 async fn spawn_backend(name: String) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let app = Arc::new(DemoApp { name, views: Mutex::new(HashMap::new()) });
+    let app = Arc::new(DemoApp {
+        name,
+        views: Mutex::new(HashMap::new()),
+    });
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let app = Arc::clone(&app);
@@ -107,10 +112,16 @@ impl DemoApp {
         let body = format!("{}: session {session}, view {views}\n", self.name);
         let mut response = Response::new(Full::new(Bytes::from(body)));
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if is_new {
             let cookie = format!("{DEMO_SESSION_COOKIE}={session}; Path=/; HttpOnly");
-            headers.insert(SET_COOKIE, HeaderValue::from_str(&cookie).expect("hex session id"));
+            headers.insert(
+                SET_COOKIE,
+                HeaderValue::from_str(&cookie).expect("hex session id"),
+            );
         }
         response
     }

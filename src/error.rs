@@ -16,11 +16,17 @@ pub enum ProxyError {
     /// The TCP connection to the backend failed or timed out; nothing was sent, so the request
     /// can go to another backend. 502 when no other backend is left.
     #[error("cannot connect to backend {backend}: {source}")]
-    ConnectFailed { backend: String, source: std::io::Error },
+    ConnectFailed {
+        backend: String,
+        source: std::io::Error,
+    },
     /// The backend accepted the connection but the HTTP exchange failed (reset, closed early,
     /// malformed response): 502.
     #[error("backend {backend} failed: {source}")]
-    Upstream { backend: String, source: hyper::Error },
+    Upstream {
+        backend: String,
+        source: hyper::Error,
+    },
     /// The backend sent no response head within `response_timeout`: 504.
     #[error("backend {backend} sent no response within {after:?}")]
     ResponseTimeout { backend: String, after: Duration },
@@ -39,7 +45,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoUsableBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectFailed { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectFailed { .. } | ProxyError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
         }
@@ -48,14 +56,27 @@ impl ProxyError {
     /// A short plain-text response that names the status and nothing internal.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let status = self.status();
-        let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+        let text = format!(
+            "{} {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
         let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
-        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
         if status == StatusCode::BAD_REQUEST {
-            headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         response
     }

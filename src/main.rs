@@ -40,12 +40,17 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Demo => {
             telemetry::init("info");
-            runtime()?.block_on(demo::run(server::shutdown_signal())).context("demo failed")?;
+            runtime()?
+                .block_on(demo::run(server::shutdown_signal()))
+                .context("demo failed")?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
 }

@@ -48,14 +48,21 @@ impl Router {
     pub fn new(config: &ServiceConfig) -> Router {
         let pool = Arc::new(Pool::new(&config.backends, config.ejection_time));
         let table = match &config.affinity {
-            AffinityConfig::StickTable(table) => Some(Table { store: StickStore::new(table), ttl: table.ttl }),
+            AffinityConfig::StickTable(table) => Some(Table {
+                store: StickStore::new(table),
+                ttl: table.ttl,
+            }),
             _ => None,
         };
         Router {
             name: config.name.clone(),
             balancer: Balancer::new(config.balance, &pool),
             affinity: Affinity::new(&config.affinity, &pool),
-            upstream: Upstream::new(config.backends.len(), config.connect_timeout, config.response_timeout),
+            upstream: Upstream::new(
+                config.backends.len(),
+                config.connect_timeout,
+                config.response_timeout,
+            ),
             table,
             pool,
         }
@@ -68,7 +75,11 @@ impl Router {
 
     /// Proxies one request from `client` and always answers: a backend's response, or stickyd's
     /// own 400 / 502 / 503 / 504.
-    pub async fn handle(&self, request: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let (mut head, body) = request.into_parts();
         let (method, uri) = (head.method.clone(), head.uri.clone());
@@ -84,7 +95,9 @@ impl Router {
                 let (result, outcome) = self.forward(request, choice).await;
                 match result {
                     Ok((mut response, backend)) => {
-                        if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == 101) {
+                        if let Some(client_upgrade) =
+                            client_upgrade.filter(|_| response.status() == 101)
+                        {
                             proxy::tunnel(client_upgrade, &mut response);
                         }
                         (response, Some(backend), outcome)
@@ -100,12 +113,12 @@ impl Router {
             target: "stickyd::access",
             client = %client.ip(),
             method = %method,
-            path = uri.path(),
+            path = %uri.path(),
             status = response.status().as_u16(),
             service = %self.name,
-            backend = backend.map_or("-", |index| self.pool.get(index).name.as_str()),
-            affinity = outcome.as_str(),
-            ms = started.elapsed().as_secs_f64() * 1000.0,
+            backend = %backend.map_or("-", |index| self.pool.get(index).name.as_str()),
+            affinity = %outcome.as_str(),
+            ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         );
         response
     }
@@ -113,14 +126,41 @@ impl Router {
     /// Turns what the request said into a backend to try first.
     async fn resolve(&self, stickiness: Stickiness) -> Choice {
         match stickiness {
-            Stickiness::Pinned(backend) => Choice { backend: Some(backend), outcome: Outcome::Hit, session: None },
-            Stickiness::New => Choice { backend: None, outcome: Outcome::New, session: None },
-            Stickiness::Invalid => Choice { backend: None, outcome: Outcome::Invalid, session: None },
+            Stickiness::Pinned(backend) => Choice {
+                backend: Some(backend),
+                outcome: Outcome::Hit,
+                session: None,
+            },
+            Stickiness::New => Choice {
+                backend: None,
+                outcome: Outcome::New,
+                session: None,
+            },
+            Stickiness::Invalid => Choice {
+                backend: None,
+                outcome: Outcome::Invalid,
+                session: None,
+            },
             Stickiness::Lookup(session) => {
-                let table = self.table.as_ref().expect("only the stick-table strategy looks up");
-                let bound = table.store.get(&session).await.and_then(|id| self.pool.find_id(&id));
-                let outcome = if bound.is_some() { Outcome::Hit } else { Outcome::New };
-                Choice { backend: bound, outcome, session: Some(session) }
+                let table = self
+                    .table
+                    .as_ref()
+                    .expect("only the stick-table strategy looks up");
+                let bound = table
+                    .store
+                    .get(&session)
+                    .await
+                    .and_then(|id| self.pool.find_id(&id));
+                let outcome = if bound.is_some() {
+                    Outcome::Hit
+                } else {
+                    Outcome::New
+                };
+                Choice {
+                    backend: bound,
+                    outcome,
+                    session: Some(session),
+                }
             }
         }
     }
@@ -132,7 +172,11 @@ impl Router {
         mut request: Request<Incoming>,
         choice: Choice,
     ) -> (Result<(Response<ProxyBody>, usize), ProxyError>, Outcome) {
-        let Choice { backend: mut preferred, mut outcome, session } = choice;
+        let Choice {
+            backend: mut preferred,
+            mut outcome,
+            session,
+        } = choice;
         let mut reissue: Option<String> = None;
         let mut failed: Vec<usize> = Vec::new();
         let mut last_error: Option<ProxyError> = None;
@@ -142,17 +186,22 @@ impl Router {
                 Some(bound) if usable(bound) => Some(bound),
                 Some(_) => {
                     outcome = Outcome::Redispatch;
-                    reissue = reissue.or_else(|| self.affinity.session_to_reissue(request.headers()));
+                    reissue =
+                        reissue.or_else(|| self.affinity.session_to_reissue(request.headers()));
                     self.balancer.pick(&self.pool, usable)
                 }
                 None => self.balancer.pick(&self.pool, usable),
             };
             let Some(mut backend) = backend else {
-                let error = last_error.unwrap_or_else(|| ProxyError::NoUsableBackend { service: self.name.clone() });
+                let error = last_error.unwrap_or_else(|| ProxyError::NoUsableBackend {
+                    service: self.name.clone(),
+                });
                 return (Err(error), outcome);
             };
             if let (Some(table), Some(session)) = (&self.table, &session) {
-                backend = self.bind_session(table, session, backend, outcome, !failed.is_empty()).await;
+                backend = self
+                    .bind_session(table, session, backend, outcome, !failed.is_empty())
+                    .await;
             }
             match self.upstream.send(&self.pool, backend, request).await {
                 Ok(mut response) => {
@@ -160,7 +209,10 @@ impl Router {
                     self.record(backend, outcome, session, &mut response).await;
                     return (Ok((response, backend)), outcome);
                 }
-                Err(proxy::SendFailed { error, request: Some(unsent) }) if error.is_retryable() => {
+                Err(proxy::SendFailed {
+                    error,
+                    request: Some(unsent),
+                }) if error.is_retryable() => {
                     tracing::warn!(service = %self.name, %error, "backend ejected; redispatching");
                     self.pool.eject(backend);
                     failed.push(backend);
@@ -179,7 +231,14 @@ impl Router {
     /// Stick table: a hit keeps its binding; a new session reserves one before it is sent (so
     /// concurrent first requests agree: the reservation that holds wins, if usable); a
     /// redispatch, or a retry after a refused connection, overwrites it.
-    async fn bind_session(&self, table: &Table, session: &str, backend: usize, outcome: Outcome, retry: bool) -> usize {
+    async fn bind_session(
+        &self,
+        table: &Table,
+        session: &str,
+        backend: usize,
+        outcome: Outcome,
+        retry: bool,
+    ) -> usize {
         let id = &self.pool.get(backend).id;
         match outcome {
             Outcome::Hit => backend,
@@ -206,12 +265,29 @@ impl Router {
 
     /// Lets the strategy write the binding into the response head, applies any stick-table
     /// change it asks for, and makes the head fit for the client.
-    async fn record(&self, backend: usize, outcome: Outcome, session: Option<&str>, response: &mut Response<ProxyBody>) {
+    async fn record(
+        &self,
+        backend: usize,
+        outcome: Outcome,
+        session: Option<&str>,
+        response: &mut Response<ProxyBody>,
+    ) {
         proxy::prepare_response(response);
-        let update = self.affinity.on_response(&self.pool, backend, outcome, session, response.headers_mut());
+        let update = self.affinity.on_response(
+            &self.pool,
+            backend,
+            outcome,
+            session,
+            response.headers_mut(),
+        );
         if let (Some(table), Some(update)) = (&self.table, update) {
             match update {
-                TableUpdate::Bind { key, ttl } => table.store.bind(&key, &self.pool.get(backend).id, ttl).await,
+                TableUpdate::Bind { key, ttl } => {
+                    table
+                        .store
+                        .bind(&key, &self.pool.get(backend).id, ttl)
+                        .await
+                }
                 TableUpdate::Forget(key) => table.store.forget(&key).await,
             }
         }

@@ -43,8 +43,14 @@ impl BoundListener {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listen address could not be bound.
-    #[error("service {service}: cannot listen on {address}: {source} (is another process using it?)")]
-    Bind { service: String, address: SocketAddr, source: std::io::Error },
+    #[error(
+        "service {service}: cannot listen on {address}: {source} (is another process using it?)"
+    )]
+    Bind {
+        service: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Binds every listen address of every service.
@@ -55,11 +61,14 @@ pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
     let mut listeners = Vec::new();
     for (service, service_config) in config.services.iter().enumerate() {
         for &address in &service_config.listen {
-            let listener = TcpListener::bind(address).await.map_err(|source| ServerError::Bind {
-                service: service_config.name.clone(),
-                address,
-                source,
-            })?;
+            let listener =
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        service: service_config.name.clone(),
+                        address,
+                        source,
+                    })?;
             listeners.push(BoundListener { service, listener });
         }
     }
@@ -68,8 +77,16 @@ pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
 
 /// Serves `listeners` until `shutdown` completes, then stops accepting and gives in-flight
 /// requests `config.shutdown_grace` to finish before returning.
-pub async fn run(config: &Config, listeners: Vec<BoundListener>, shutdown: impl Future<Output = ()>) {
-    let routers: Vec<Arc<Router>> = config.services.iter().map(|service| Arc::new(Router::new(service))).collect();
+pub async fn run(
+    config: &Config,
+    listeners: Vec<BoundListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let routers: Vec<Arc<Router>> = config
+        .services
+        .iter()
+        .map(|service| Arc::new(Router::new(service)))
+        .collect();
     let stop = CancellationToken::new();
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_loops = tokio::task::JoinSet::new();
@@ -78,19 +95,32 @@ pub async fn run(config: &Config, listeners: Vec<BoundListener>, shutdown: impl 
         if let Ok(address) = bound.local_addr() {
             tracing::info!(service = router.name(), %address, "listening");
         }
-        accept_loops.spawn(accept_loop(bound.listener, router, stop.child_token(), Arc::clone(&graceful)));
+        accept_loops.spawn(accept_loop(
+            bound.listener,
+            router,
+            stop.child_token(),
+            Arc::clone(&graceful),
+        ));
     }
     shutdown.await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections; waiting for in-flight requests");
     stop.cancel();
     while accept_loops.join_next().await.is_some() {}
     let graceful = Arc::into_inner(graceful).expect("accept loops have ended");
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(grace = ?config.shutdown_grace, "grace period over: closing the remaining connections");
     }
 }
 
-async fn accept_loop(listener: TcpListener, router: Arc<Router>, stop: CancellationToken, graceful: Arc<GracefulShutdown>) {
+async fn accept_loop(
+    listener: TcpListener,
+    router: Arc<Router>,
+    stop: CancellationToken,
+    graceful: Arc<GracefulShutdown>,
+) {
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -112,8 +142,16 @@ async fn accept_loop(listener: TcpListener, router: Arc<Router>, stop: Cancellat
             async move { Ok::<_, Infallible>(router.handle(request, client).await) }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-        let connection = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true);
+        let connection = graceful.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned(),
+        );
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%client, %error, "client connection ended with an error");

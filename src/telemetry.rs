@@ -1,4 +1,4 @@
-//! Logging: `tracing` to stderr (journald adds its own timestamps under systemd).
+//! Logging: `tracing` to stderr, coloured only on a terminal (journald gets plain lines).
 
 use tracing_subscriber::EnvFilter;
 
@@ -6,5 +6,11 @@ use tracing_subscriber::EnvFilter;
 /// directive such as `info` or `stickyd=debug,info`, validated by the config loader).
 pub fn init(level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(true).init();
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(colours)
+        .with_writer(std::io::stderr)
+        .init();
 }

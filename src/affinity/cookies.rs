@@ -36,7 +36,11 @@ pub fn rewrite(headers: &mut HeaderMap, name: &str, replacement: Option<&str>) {
         return;
     }
     let mut joined = String::new();
-    for field in headers.get_all(COOKIE).iter().filter_map(|field| field.to_str().ok()) {
+    for field in headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|field| field.to_str().ok())
+    {
         for (found, value) in pairs(field) {
             let value = if found == name {
                 match replacement {
@@ -160,11 +164,18 @@ mod tests {
 
     #[test]
     fn set_cookie_lifetimes_follow_max_age_then_expires() {
-        let lifetime = |field: &str| find_set_cookie(&headers(SET_COOKIE, &[field]), "sid").map(|(_, l)| l);
+        let lifetime =
+            |field: &str| find_set_cookie(&headers(SET_COOKIE, &[field]), "sid").map(|(_, l)| l);
         assert_eq!(lifetime("sid=abc; Path=/"), Some(Lifetime::Session));
-        assert_eq!(lifetime("sid=abc; Max-Age=120"), Some(Lifetime::For(Duration::from_secs(120))));
+        assert_eq!(
+            lifetime("sid=abc; Max-Age=120"),
+            Some(Lifetime::For(Duration::from_secs(120)))
+        );
         assert_eq!(lifetime("sid=abc; Max-Age=0"), Some(Lifetime::Expired));
-        assert_eq!(lifetime("sid=; Expires=Thu, 01 Jan 1970 00:00:00 GMT"), Some(Lifetime::Expired));
+        assert_eq!(
+            lifetime("sid=; Expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Lifetime::Expired)
+        );
         assert_eq!(
             lifetime("sid=abc; Max-Age=60; Expires=Thu, 01 Jan 1970 00:00:00 GMT"),
             Some(Lifetime::For(Duration::from_secs(60)))

@@ -47,7 +47,12 @@ impl Insert {
                 HeaderValue::from_str(&field).expect("validated cookie name, id and attributes")
             })
             .collect();
-        Insert { cookie: config.cookie.clone(), indirect: config.indirect, nocache: config.nocache, set_cookie }
+        Insert {
+            cookie: config.cookie.clone(),
+            indirect: config.indirect,
+            nocache: config.nocache,
+            set_cookie,
+        }
     }
 
     /// A cookie naming a known backend pins the request to it; one naming no backend is
@@ -55,7 +60,9 @@ impl Insert {
     pub fn on_request(&self, headers: &mut HeaderMap, pool: &Pool) -> Stickiness {
         let stickiness = match cookies::find(headers, &self.cookie) {
             None => return Stickiness::New,
-            Some(value) => pool.find_id(value).map_or(Stickiness::Invalid, Stickiness::Pinned),
+            Some(value) => pool
+                .find_id(value)
+                .map_or(Stickiness::Invalid, Stickiness::Pinned),
         };
         if self.indirect {
             cookies::rewrite(headers, &self.cookie, None);
@@ -79,7 +86,9 @@ impl Insert {
 
 fn mark_private(headers: &mut HeaderMap) {
     const PRIVATE: HeaderValue = HeaderValue::from_static("private");
-    let existing = headers.get(CACHE_CONTROL).and_then(|value| value.to_str().ok());
+    let existing = headers
+        .get(CACHE_CONTROL)
+        .and_then(|value| value.to_str().ok());
     match existing {
         None => {
             headers.insert(CACHE_CONTROL, PRIVATE);
@@ -129,7 +138,10 @@ mod tests {
         let pool = pool();
         let insert = Insert::new(&config(), &pool);
         let mut headers = request("lang=en; SERVERID=s2");
-        assert_eq!(insert.on_request(&mut headers, &pool), Stickiness::Pinned(1));
+        assert_eq!(
+            insert.on_request(&mut headers, &pool),
+            Stickiness::Pinned(1)
+        );
         assert_eq!(headers.get(COOKIE).unwrap(), "lang=en");
     }
 
@@ -137,16 +149,31 @@ mod tests {
     fn a_forged_cookie_is_invalid_and_a_missing_one_is_new() {
         let pool = pool();
         let insert = Insert::new(&config(), &pool);
-        assert_eq!(insert.on_request(&mut request("SERVERID=127.0.0.1:3001"), &pool), Stickiness::Invalid);
-        assert_eq!(insert.on_request(&mut request("other=1"), &pool), Stickiness::New);
+        assert_eq!(
+            insert.on_request(&mut request("SERVERID=127.0.0.1:3001"), &pool),
+            Stickiness::Invalid
+        );
+        assert_eq!(
+            insert.on_request(&mut request("other=1"), &pool),
+            Stickiness::New
+        );
     }
 
     #[test]
     fn without_indirect_the_backend_sees_the_cookie() {
         let pool = pool();
-        let insert = Insert::new(&InsertConfig { indirect: false, ..config() }, &pool);
+        let insert = Insert::new(
+            &InsertConfig {
+                indirect: false,
+                ..config()
+            },
+            &pool,
+        );
         let mut headers = request("SERVERID=s1");
-        assert_eq!(insert.on_request(&mut headers, &pool), Stickiness::Pinned(0));
+        assert_eq!(
+            insert.on_request(&mut headers, &pool),
+            Stickiness::Pinned(0)
+        );
         assert_eq!(headers.get(COOKIE).unwrap(), "SERVERID=s1");
     }
 

@@ -18,7 +18,10 @@ pub struct Prefix {
 impl Prefix {
     /// Builds the strategy from its config.
     pub fn new(config: &PrefixConfig) -> Prefix {
-        Prefix { cookie: config.cookie.clone(), delimiter: config.delimiter }
+        Prefix {
+            cookie: config.cookie.clone(),
+            delimiter: config.delimiter,
+        }
     }
 
     /// The app's cookie name this strategy rewrites.
@@ -48,19 +51,28 @@ impl Prefix {
     /// After a redispatch where the app set no new cookie, re-issues the client's session value
     /// (`session`, as the backend saw it) under the new prefix, so the client stops asking for
     /// the old backend.
-    pub fn on_response(&self, backend_id: &str, outcome: Outcome, session: Option<&str>, headers: &mut HeaderMap) {
+    pub fn on_response(
+        &self,
+        backend_id: &str,
+        outcome: Outcome,
+        session: Option<&str>,
+        headers: &mut HeaderMap,
+    ) {
         let mut prefixed_any = false;
         let http::header::Entry::Occupied(mut set_cookies) = headers.entry(SET_COOKIE) else {
             return self.reissue(backend_id, outcome, session, headers);
         };
         for field in set_cookies.iter_mut() {
             let Ok(text) = field.to_str() else { continue };
-            let Some((name, rest)) = cookies::set_cookie_name(text) else { continue };
+            let Some((name, rest)) = cookies::set_cookie_name(text) else {
+                continue;
+            };
             if name != self.cookie {
                 continue;
             }
             let rewritten = format!("{name}={backend_id}{}{}", self.delimiter, rest.trim_start());
-            *field = HeaderValue::from_str(&rewritten).expect("valid header text with a token inserted");
+            *field =
+                HeaderValue::from_str(&rewritten).expect("valid header text with a token inserted");
             prefixed_any = true;
         }
         if !prefixed_any {
@@ -68,10 +80,22 @@ impl Prefix {
         }
     }
 
-    fn reissue(&self, backend_id: &str, outcome: Outcome, session: Option<&str>, headers: &mut HeaderMap) {
+    fn reissue(
+        &self,
+        backend_id: &str,
+        outcome: Outcome,
+        session: Option<&str>,
+        headers: &mut HeaderMap,
+    ) {
         if let (Outcome::Redispatch, Some(session)) = (outcome, session) {
-            let reissued = format!("{}={backend_id}{}{session}; Path=/", self.cookie, self.delimiter);
-            headers.append(SET_COOKIE, HeaderValue::from_str(&reissued).expect("value came from a valid header"));
+            let reissued = format!(
+                "{}={backend_id}{}{session}; Path=/",
+                self.cookie, self.delimiter
+            );
+            headers.append(
+                SET_COOKIE,
+                HeaderValue::from_str(&reissued).expect("value came from a valid header"),
+            );
         }
     }
 }
@@ -84,7 +108,10 @@ mod tests {
     use crate::affinity::tests::pool;
 
     fn prefix() -> Prefix {
-        Prefix::new(&PrefixConfig { cookie: "JSESSIONID".into(), delimiter: '~' })
+        Prefix::new(&PrefixConfig {
+            cookie: "JSESSIONID".into(),
+            delimiter: '~',
+        })
     }
 
     fn request(cookie: &str) -> HeaderMap {
@@ -97,15 +124,24 @@ mod tests {
     fn a_known_prefix_pins_and_the_backend_sees_its_value_byte_for_byte() {
         let pool = pool();
         let mut headers = request("a=1; JSESSIONID=s2~ABC.def~x==; b=2");
-        assert_eq!(prefix().on_request(&mut headers, &pool), Stickiness::Pinned(1));
-        assert_eq!(headers.get(COOKIE).unwrap(), "a=1; JSESSIONID=ABC.def~x==; b=2");
+        assert_eq!(
+            prefix().on_request(&mut headers, &pool),
+            Stickiness::Pinned(1)
+        );
+        assert_eq!(
+            headers.get(COOKIE).unwrap(),
+            "a=1; JSESSIONID=ABC.def~x==; b=2"
+        );
     }
 
     #[test]
     fn unknown_or_missing_prefixes_are_unbound_and_untouched() {
         let pool = pool();
         let mut unknown = request("JSESSIONID=zz~abc");
-        assert_eq!(prefix().on_request(&mut unknown, &pool), Stickiness::Invalid);
+        assert_eq!(
+            prefix().on_request(&mut unknown, &pool),
+            Stickiness::Invalid
+        );
         assert_eq!(unknown.get(COOKIE).unwrap(), "JSESSIONID=zz~abc");
         let mut bare = request("JSESSIONID=abc");
         assert_eq!(prefix().on_request(&mut bare, &pool), Stickiness::New);
@@ -115,18 +151,27 @@ mod tests {
     #[test]
     fn every_set_cookie_of_the_app_cookie_is_prefixed_with_attributes_untouched() {
         let mut headers = HeaderMap::new();
-        headers.append(SET_COOKIE, HeaderValue::from_static("JSESSIONID=abc; Path=/app; HttpOnly"));
+        headers.append(
+            SET_COOKIE,
+            HeaderValue::from_static("JSESSIONID=abc; Path=/app; HttpOnly"),
+        );
         headers.append(SET_COOKIE, HeaderValue::from_static("other=1"));
         prefix().on_response("s1", Outcome::New, None, &mut headers);
         let fields: Vec<_> = headers.get_all(SET_COOKIE).iter().collect();
-        assert_eq!(fields, ["JSESSIONID=s1~abc; Path=/app; HttpOnly", "other=1"]);
+        assert_eq!(
+            fields,
+            ["JSESSIONID=s1~abc; Path=/app; HttpOnly", "other=1"]
+        );
     }
 
     #[test]
     fn a_redispatch_without_a_new_app_cookie_reissues_the_session_under_the_new_prefix() {
         let mut headers = HeaderMap::new();
         prefix().on_response("s3", Outcome::Redispatch, Some("abc"), &mut headers);
-        assert_eq!(headers.get(SET_COOKIE).unwrap(), "JSESSIONID=s3~abc; Path=/");
+        assert_eq!(
+            headers.get(SET_COOKIE).unwrap(),
+            "JSESSIONID=s3~abc; Path=/"
+        );
         let mut hit = HeaderMap::new();
         prefix().on_response("s3", Outcome::Hit, Some("abc"), &mut hit);
         assert!(hit.is_empty());

@@ -21,7 +21,10 @@ pub struct StickTable {
 impl StickTable {
     /// Builds the strategy from its config.
     pub fn new(config: &StickTableConfig) -> StickTable {
-        StickTable { cookie: config.cookie.clone(), ttl: config.ttl }
+        StickTable {
+            cookie: config.cookie.clone(),
+            ttl: config.ttl,
+        }
     }
 
     /// A request with the app's cookie asks the table; one without is `New`.
@@ -39,7 +42,10 @@ impl StickTable {
         let (value, lifetime) = cookies::find_set_cookie(headers, &self.cookie)?;
         Some(match lifetime {
             Lifetime::Expired => TableUpdate::Forget(session.map_or(value, str::to_string)),
-            Lifetime::Session => TableUpdate::Bind { key: value, ttl: self.ttl },
+            Lifetime::Session => TableUpdate::Bind {
+                key: value,
+                ttl: self.ttl,
+            },
             Lifetime::For(ttl) => TableUpdate::Bind { key: value, ttl },
         })
     }
@@ -52,7 +58,11 @@ mod tests {
     use super::*;
 
     fn table() -> StickTable {
-        StickTable::new(&StickTableConfig { cookie: "PHPSESSID".into(), ttl: Duration::from_secs(1800), max_entries: 10 })
+        StickTable::new(&StickTableConfig {
+            cookie: "PHPSESSID".into(),
+            ttl: Duration::from_secs(1800),
+            max_entries: 10,
+        })
     }
 
     fn with(name: http::HeaderName, value: &'static str) -> HeaderMap {
@@ -64,7 +74,10 @@ mod tests {
     #[test]
     fn the_app_cookie_is_looked_up_untouched() {
         let headers = with(COOKIE, "PHPSESSID=abc123");
-        assert_eq!(table().on_request(&headers), Stickiness::Lookup("abc123".into()));
+        assert_eq!(
+            table().on_request(&headers),
+            Stickiness::Lookup("abc123".into())
+        );
         assert_eq!(table().on_request(&with(COOKIE, "x=1")), Stickiness::New);
     }
 
@@ -73,19 +86,31 @@ mod tests {
         let own = with(SET_COOKIE, "PHPSESSID=new; Max-Age=90; path=/");
         assert_eq!(
             table().on_response(None, &own),
-            Some(TableUpdate::Bind { key: "new".into(), ttl: Duration::from_secs(90) })
+            Some(TableUpdate::Bind {
+                key: "new".into(),
+                ttl: Duration::from_secs(90)
+            })
         );
         let session = with(SET_COOKIE, "PHPSESSID=new; path=/");
         assert_eq!(
             table().on_response(None, &session),
-            Some(TableUpdate::Bind { key: "new".into(), ttl: Duration::from_secs(1800) })
+            Some(TableUpdate::Bind {
+                key: "new".into(),
+                ttl: Duration::from_secs(1800)
+            })
         );
         assert_eq!(table().on_response(None, &HeaderMap::new()), None);
     }
 
     #[test]
     fn an_expired_app_cookie_forgets_the_requests_session() {
-        let deleted = with(SET_COOKIE, "PHPSESSID=deleted; expires=Thu, 01-Jan-1970 00:00:01 GMT; Max-Age=0");
-        assert_eq!(table().on_response(Some("abc"), &deleted), Some(TableUpdate::Forget("abc".into())));
+        let deleted = with(
+            SET_COOKIE,
+            "PHPSESSID=deleted; expires=Thu, 01-Jan-1970 00:00:01 GMT; Max-Age=0",
+        );
+        assert_eq!(
+            table().on_response(Some("abc"), &deleted),
+            Some(TableUpdate::Forget("abc".into()))
+        );
     }
 }

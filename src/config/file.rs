@@ -167,7 +167,9 @@ impl<'de> Deserialize<'de> for DurationValue {
 /// # Errors
 /// A message naming the accepted forms when the number or the unit is missing or unknown.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
     let hint = r#"write a whole number and a unit: "500ms", "30s", "15m", "1h" or "1d""#;
     let Ok(number) = number.parse::<u64>() else {

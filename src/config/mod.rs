@@ -56,15 +56,28 @@ impl ServiceConfig {
         let affinity = match &self.affinity {
             AffinityConfig::None => "none".to_string(),
             AffinityConfig::Insert(insert) => format!("insert cookie {}", insert.cookie),
-            AffinityConfig::Prefix(prefix) => format!("prefix cookie {} delimiter {}", prefix.cookie, prefix.delimiter),
+            AffinityConfig::Prefix(prefix) => format!(
+                "prefix cookie {} delimiter {}",
+                prefix.cookie, prefix.delimiter
+            ),
             AffinityConfig::StickTable(table) => {
-                format!("stick-table cookie {} ttl {}s max_entries {}", table.cookie, table.ttl.as_secs(), table.max_entries)
+                format!(
+                    "stick-table cookie {} ttl {}s max_entries {}",
+                    table.cookie,
+                    table.ttl.as_secs(),
+                    table.max_entries
+                )
             }
         };
         let backends: Vec<String> = self
             .backends
             .iter()
-            .map(|backend| format!("{} (id {}) {} weight {}", backend.name, backend.id, backend.address, backend.weight))
+            .map(|backend| {
+                format!(
+                    "{} (id {}) {} weight {}",
+                    backend.name, backend.id, backend.address, backend.weight
+                )
+            })
             .collect();
         format!(
             "service {}: listen {}; balance {}; affinity {}; {} backend(s): {}",
@@ -152,7 +165,10 @@ pub struct StickTableConfig {
 pub enum ConfigError {
     /// The file could not be read.
     #[error("{path}: cannot read the config file: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     /// The file was read but has problems; each names its place.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
@@ -173,7 +189,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.origin, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.origin, self.line, self.column, self.message
+        )
     }
 }
 
@@ -185,8 +205,10 @@ impl Config {
     /// problem found, each as `PATH:LINE:COL: message`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: origin.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: origin.clone(),
+            source,
+        })?;
         Config::parse(&text, &origin)
     }
 
@@ -195,7 +217,11 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] with every problem found.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let mut checker = Checker { text, origin, problems: Vec::new() };
+        let mut checker = Checker {
+            text,
+            origin,
+            problems: Vec::new(),
+        };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(error) => {
@@ -207,6 +233,9 @@ impl Config {
         if checker.problems.is_empty() {
             Ok(config)
         } else {
+            checker
+                .problems
+                .sort_by_key(|problem| (problem.line, problem.column));
             Err(ConfigError::Invalid(checker.problems))
         }
     }
@@ -226,7 +255,12 @@ impl Checker<'_> {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
         let column = before[line_start..].chars().count() + 1;
-        self.problems.push(Problem { origin: self.origin.to_string(), line, column, message });
+        self.problems.push(Problem {
+            origin: self.origin.to_string(),
+            line,
+            column,
+            message,
+        });
     }
 
     fn report_at<T>(&mut self, at: &Spanned<T>, message: String) {
@@ -235,7 +269,10 @@ impl Checker<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         if raw.services.is_empty() {
-            self.report(None, "no service is configured: add a [[service]] table".into());
+            self.report(
+                None,
+                "no service is configured: add a [[service]] table".into(),
+            );
         }
         let mut services: Vec<ServiceConfig> = Vec::new();
         for raw_service in raw.services {
@@ -244,7 +281,10 @@ impl Checker<'_> {
             if services.iter().any(|other| other.name == service.name) {
                 self.report(
                     Some(span.clone()),
-                    format!("service name {:?} is used twice: give each service its own name", service.name),
+                    format!(
+                        "service name {:?} is used twice: give each service its own name",
+                        service.name
+                    ),
                 );
             }
             for address in &service.listen {
@@ -267,7 +307,9 @@ impl Checker<'_> {
             log_level: raw
                 .log_level
                 .map_or_else(|| file::DEFAULT_LOG_LEVEL.to_string(), Spanned::into_inner),
-            shutdown_grace: raw.shutdown_grace.map_or(file::DEFAULT_SHUTDOWN_GRACE, |d| d.into_inner().0),
+            shutdown_grace: raw
+                .shutdown_grace
+                .map_or(file::DEFAULT_SHUTDOWN_GRACE, |d| d.into_inner().0),
             services,
         }
     }
@@ -275,7 +317,10 @@ impl Checker<'_> {
     fn service(&mut self, raw: RawService, span: Range<usize>) -> ServiceConfig {
         self.check_token(&raw.name, "service name");
         if raw.listen.get_ref().is_empty() {
-            self.report_at(&raw.listen, r#"listen is empty: add an address such as "0.0.0.0:8080""#.into());
+            self.report_at(
+                &raw.listen,
+                r#"listen is empty: add an address such as "0.0.0.0:8080""#.into(),
+            );
         }
         let backends = match raw.backends {
             Some(backends) => self.backends(backends.into_inner()),
@@ -284,7 +329,10 @@ impl Checker<'_> {
         if backends.is_empty() {
             self.report(
                 Some(span),
-                format!("service {:?} has no backend: add a [[service.backend]] table", raw.name.get_ref()),
+                format!(
+                    "service {:?} has no backend: add a [[service.backend]] table",
+                    raw.name.get_ref()
+                ),
             );
         }
         let affinity = match raw.affinity {
@@ -293,11 +341,22 @@ impl Checker<'_> {
         };
         ServiceConfig {
             name: raw.name.into_inner(),
-            listen: raw.listen.into_inner().into_iter().map(Spanned::into_inner).collect(),
+            listen: raw
+                .listen
+                .into_inner()
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
             balance: raw.balance,
-            connect_timeout: raw.connect_timeout.map_or(file::DEFAULT_CONNECT_TIMEOUT, |d| d.into_inner().0),
-            response_timeout: raw.response_timeout.map_or(file::DEFAULT_RESPONSE_TIMEOUT, |d| d.into_inner().0),
-            ejection_time: raw.ejection_time.map_or(file::DEFAULT_EJECTION_TIME, |d| d.into_inner().0),
+            connect_timeout: raw
+                .connect_timeout
+                .map_or(file::DEFAULT_CONNECT_TIMEOUT, |d| d.into_inner().0),
+            response_timeout: raw
+                .response_timeout
+                .map_or(file::DEFAULT_RESPONSE_TIMEOUT, |d| d.into_inner().0),
+            ejection_time: raw
+                .ejection_time
+                .map_or(file::DEFAULT_EJECTION_TIME, |d| d.into_inner().0),
             affinity,
             backends,
         }
@@ -312,15 +371,34 @@ impl Checker<'_> {
             if raw_backend.id.is_some() {
                 self.check_token(id, "backend id");
             }
-            if backends.iter().any(|other| &other.name == raw_backend.name.get_ref()) {
-                self.report_at(&raw_backend.name, "backend name is used twice in this service: give each backend its own name".into());
+            if backends
+                .iter()
+                .any(|other| &other.name == raw_backend.name.get_ref())
+            {
+                self.report_at(
+                    &raw_backend.name,
+                    "backend name is used twice in this service: give each backend its own name"
+                        .into(),
+                );
             }
             if backends.iter().any(|other| &other.id == id.get_ref()) {
-                self.report_at(id, format!("backend id {:?} is used twice in this service: set a unique `id`", id.get_ref()));
+                self.report_at(
+                    id,
+                    format!(
+                        "backend id {:?} is used twice in this service: set a unique `id`",
+                        id.get_ref()
+                    ),
+                );
             }
-            let weight = raw_backend.weight.as_ref().map_or(file::DEFAULT_WEIGHT, |w| *w.get_ref());
+            let weight = raw_backend
+                .weight
+                .as_ref()
+                .map_or(file::DEFAULT_WEIGHT, |w| *w.get_ref());
             if !(1..=file::MAX_WEIGHT).contains(&weight) {
-                let at = raw_backend.weight.as_ref().expect("a weight out of range was written");
+                let at = raw_backend
+                    .weight
+                    .as_ref()
+                    .expect("a weight out of range was written");
                 self.report_at(at, format!("weight must be from 1 to {}", file::MAX_WEIGHT));
             }
             let address = self.resolve(&raw_backend.address);
@@ -336,7 +414,11 @@ impl Checker<'_> {
 
     fn resolve(&mut self, address: &Spanned<String>) -> SocketAddr {
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-        match address.get_ref().to_socket_addrs().map(|mut found| found.next()) {
+        match address
+            .get_ref()
+            .to_socket_addrs()
+            .map(|mut found| found.next())
+        {
             Ok(Some(resolved)) => resolved,
             Ok(None) | Err(_) => {
                 self.report_at(
@@ -360,14 +442,34 @@ impl Checker<'_> {
             (raw.path.as_ref().map(Spanned::span), "path", "insert"),
             (raw.domain.as_ref().map(Spanned::span), "domain", "insert"),
             (raw.max_age.as_ref().map(Spanned::span), "max_age", "insert"),
-            (raw.http_only.as_ref().map(Spanned::span), "http_only", "insert"),
+            (
+                raw.http_only.as_ref().map(Spanned::span),
+                "http_only",
+                "insert",
+            ),
             (raw.secure.as_ref().map(Spanned::span), "secure", "insert"),
-            (raw.same_site.as_ref().map(Spanned::span), "same_site", "insert"),
-            (raw.indirect.as_ref().map(Spanned::span), "indirect", "insert"),
+            (
+                raw.same_site.as_ref().map(Spanned::span),
+                "same_site",
+                "insert",
+            ),
+            (
+                raw.indirect.as_ref().map(Spanned::span),
+                "indirect",
+                "insert",
+            ),
             (raw.nocache.as_ref().map(Spanned::span), "nocache", "insert"),
-            (raw.delimiter.as_ref().map(Spanned::span), "delimiter", "prefix"),
+            (
+                raw.delimiter.as_ref().map(Spanned::span),
+                "delimiter",
+                "prefix",
+            ),
             (raw.ttl.as_ref().map(Spanned::span), "ttl", "stick-table"),
-            (raw.max_entries.as_ref().map(Spanned::span), "max_entries", "stick-table"),
+            (
+                raw.max_entries.as_ref().map(Spanned::span),
+                "max_entries",
+                "stick-table",
+            ),
         ];
         for (span, key, owner) in misplaced {
             if span.is_some() && owner != strategy_name {
@@ -379,7 +481,10 @@ impl Checker<'_> {
         }
         if strategy == Strategy::None {
             if let Some(cookie) = &raw.cookie {
-                self.report_at(cookie, r#"`cookie` has no use with strategy = "none": remove it"#.into());
+                self.report_at(
+                    cookie,
+                    r#"`cookie` has no use with strategy = "none": remove it"#.into(),
+                );
             }
             return AffinityConfig::None;
         }
@@ -407,14 +512,19 @@ impl Checker<'_> {
                 AffinityConfig::Prefix(PrefixConfig { cookie, delimiter })
             }
             Strategy::StickTable => {
-                let max_entries = raw.max_entries.as_ref().map_or(file::DEFAULT_STICK_MAX_ENTRIES, |n| *n.get_ref());
+                let max_entries = raw
+                    .max_entries
+                    .as_ref()
+                    .map_or(file::DEFAULT_STICK_MAX_ENTRIES, |n| *n.get_ref());
                 if max_entries == 0 {
                     let at = raw.max_entries.as_ref().expect("zero was written");
                     self.report_at(at, "max_entries must be at least 1".into());
                 }
                 AffinityConfig::StickTable(StickTableConfig {
                     cookie,
-                    ttl: raw.ttl.map_or(file::DEFAULT_STICK_TTL, |d| d.into_inner().0),
+                    ttl: raw
+                        .ttl
+                        .map_or(file::DEFAULT_STICK_TTL, |d| d.into_inner().0),
                     max_entries,
                 })
             }
@@ -424,20 +534,42 @@ impl Checker<'_> {
 
     fn insert(&mut self, raw: RawAffinity, cookie: String) -> InsertConfig {
         for attribute in [&raw.path, &raw.domain].into_iter().flatten() {
-            if attribute.get_ref().bytes().any(|b| b == b';' || b.is_ascii_control()) {
-                self.report_at(attribute, "cookie attributes cannot contain ';' or control characters".into());
+            if attribute
+                .get_ref()
+                .bytes()
+                .any(|b| b == b';' || b.is_ascii_control())
+            {
+                self.report_at(
+                    attribute,
+                    "cookie attributes cannot contain ';' or control characters".into(),
+                );
             }
         }
-        let flag = |value: &Option<Spanned<bool>>, default: bool| value.as_ref().map_or(default, |v| *v.get_ref());
+        let flag = |value: &Option<Spanned<bool>>, default: bool| {
+            value.as_ref().map_or(default, |v| *v.get_ref())
+        };
         let secure = flag(&raw.secure, false);
-        let same_site = raw.same_site.as_ref().map_or(SameSite::Lax, |s| *s.get_ref());
+        let same_site = raw
+            .same_site
+            .as_ref()
+            .map_or(SameSite::Lax, |s| *s.get_ref());
         if same_site == SameSite::None && !secure {
-            let at = raw.same_site.as_ref().expect("same_site = none was written");
-            self.report_at(at, r#"same_site = "none" is refused by browsers without Secure: add secure = true"#.into());
+            let at = raw
+                .same_site
+                .as_ref()
+                .expect("same_site = none was written");
+            self.report_at(
+                at,
+                r#"same_site = "none" is refused by browsers without Secure: add secure = true"#
+                    .into(),
+            );
         }
         InsertConfig {
             cookie,
-            path: raw.path.map_or_else(|| file::DEFAULT_COOKIE_PATH.to_string(), Spanned::into_inner),
+            path: raw.path.map_or_else(
+                || file::DEFAULT_COOKIE_PATH.to_string(),
+                Spanned::into_inner,
+            ),
             domain: raw.domain.map(Spanned::into_inner),
             max_age: raw.max_age.map(|d| d.into_inner().0),
             http_only: flag(&raw.http_only, true),

@@ -59,7 +59,11 @@ impl Pool {
                 ejected_until_ms: AtomicU64::new(0),
             })
             .collect();
-        Pool { backends, epoch: Instant::now(), ejection_time }
+        Pool {
+            backends,
+            epoch: Instant::now(),
+            ejection_time,
+        }
     }
 
     /// All backends, indexable by the indexes this pool hands out.
@@ -79,20 +83,29 @@ impl Pool {
 
     /// Whether `index` may take requests now (it is not ejected).
     pub fn is_usable(&self, index: usize) -> bool {
-        let until = self.backends[index].ejected_until_ms.load(Ordering::Relaxed);
+        let until = self.backends[index]
+            .ejected_until_ms
+            .load(Ordering::Relaxed);
         self.now_ms() >= until
     }
 
     /// Marks `index` unusable for the ejection time, after a refused or timed-out connection.
     pub fn eject(&self, index: usize) {
         let until = self.now_ms() + self.ejection_time.as_millis() as u64;
-        self.backends[index].ejected_until_ms.store(until, Ordering::Relaxed);
+        self.backends[index]
+            .ejected_until_ms
+            .store(until, Ordering::Relaxed);
     }
 
     /// Counts one request in flight on `index` until the guard is dropped.
     pub fn start_request(self: &Arc<Self>, index: usize) -> InFlight {
-        self.backends[index].in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { pool: Arc::clone(self), index }
+        self.backends[index]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            pool: Arc::clone(self),
+            index,
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -110,7 +123,9 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.pool.backends[self.index].in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.pool.backends[self.index]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -38,14 +38,19 @@ pub struct Connections {
 
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connections").field("backends", &self.idle.len()).finish()
+        f.debug_struct("Connections")
+            .field("backends", &self.idle.len())
+            .finish()
     }
 }
 
 impl Connections {
     /// An empty pool for `backends` backends; new connections time out after `connect_timeout`.
     pub fn new(backends: usize, connect_timeout: Duration) -> Connections {
-        Connections { idle: (0..backends).map(|_| Mutex::new(Vec::new())).collect(), connect_timeout }
+        Connections {
+            idle: (0..backends).map(|_| Mutex::new(Vec::new())).collect(),
+            connect_timeout,
+        }
     }
 
     /// A connection to `backend` at `address`: an idle one when a live one is pooled (`true`),
@@ -53,7 +58,11 @@ impl Connections {
     ///
     /// # Errors
     /// The connect error, or `TimedOut` after the connect timeout: nothing was sent.
-    pub async fn checkout(&self, backend: usize, address: SocketAddr) -> io::Result<(Sender, bool)> {
+    pub async fn checkout(
+        &self,
+        backend: usize,
+        address: SocketAddr,
+    ) -> io::Result<(Sender, bool)> {
         while let Some(mut sender) = self.pop_idle(backend) {
             // The sender was pooled when its last response ended; `ready` resolves as soon as the
             // connection task has seen that end, or fails when the backend closed it.
@@ -77,7 +86,12 @@ impl Connections {
     async fn connect(&self, address: SocketAddr) -> io::Result<Sender> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:?}", self.connect_timeout)))??;
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", self.connect_timeout),
+                )
+            })??;
         stream.set_nodelay(true)?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -94,7 +108,10 @@ impl Connections {
     fn check_in(&self, backend: usize, sender: Sender) {
         let mut idle = self.idle[backend].lock().expect("idle list lock poisoned");
         if idle.len() < MAX_IDLE_PER_BACKEND {
-            idle.push(Idle { sender, since: Instant::now() });
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
         }
     }
 }
@@ -109,14 +126,26 @@ pub struct Release {
 
 impl std::fmt::Debug for Release {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Release").field("backend", &self.backend).finish()
+        f.debug_struct("Release")
+            .field("backend", &self.backend)
+            .finish()
     }
 }
 
 impl Release {
     /// Ties `sender` (and the in-flight count) to a response of `backend`.
-    pub fn new(connections: Arc<Connections>, backend: usize, sender: Sender, in_flight: InFlight) -> Release {
-        Release { connections, backend, sender, _in_flight: in_flight }
+    pub fn new(
+        connections: Arc<Connections>,
+        backend: usize,
+        sender: Sender,
+        in_flight: InFlight,
+    ) -> Release {
+        Release {
+            connections,
+            backend,
+            sender,
+            _in_flight: in_flight,
+        }
     }
 
     /// The response ended cleanly: the connection goes back to the idle list. Dropping a

@@ -24,11 +24,24 @@ impl Expiry<String, Binding> for SlidingTtl {
         Some(binding.ttl)
     }
 
-    fn expire_after_read(&self, _: &String, binding: &Binding, _: Instant, _: Option<Duration>, _: Instant) -> Option<Duration> {
+    fn expire_after_read(
+        &self,
+        _: &String,
+        binding: &Binding,
+        _: Instant,
+        _: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
         Some(binding.ttl)
     }
 
-    fn expire_after_update(&self, _: &String, binding: &Binding, _: Instant, _: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _: &String,
+        binding: &Binding,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         Some(binding.ttl)
     }
 }
@@ -40,7 +53,9 @@ pub struct MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore").field("entries", &self.cache.entry_count()).finish()
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.cache.entry_count())
+            .finish()
     }
 }
 
@@ -64,14 +79,23 @@ impl MemoryStore {
     pub fn reserve(&self, session: &str, backend: &BackendId, ttl: Duration) -> BackendId {
         self.cache
             .entry_by_ref(session)
-            .or_insert_with(|| Binding { backend: BackendId::clone(backend), ttl })
+            .or_insert_with(|| Binding {
+                backend: BackendId::clone(backend),
+                ttl,
+            })
             .into_value()
             .backend
     }
 
     /// Binds `session` to `backend` for `ttl`, replacing any binding.
     pub fn bind(&self, session: &str, backend: &BackendId, ttl: Duration) {
-        self.cache.insert(session.to_string(), Binding { backend: BackendId::clone(backend), ttl });
+        self.cache.insert(
+            session.to_string(),
+            Binding {
+                backend: BackendId::clone(backend),
+                ttl,
+            },
+        );
     }
 
     /// Drops the binding of `session`.
@@ -123,7 +147,11 @@ mod tests {
             store.bind(&format!("session-{n}"), &id("s1"), Duration::from_secs(60));
         }
         store.cache.run_pending_tasks();
-        assert!(store.cache.entry_count() <= 50, "{}", store.cache.entry_count());
+        assert!(
+            store.cache.entry_count() <= 50,
+            "{}",
+            store.cache.entry_count()
+        );
         assert_eq!(store.get("session-499").as_deref(), Some("s1"));
     }
 }

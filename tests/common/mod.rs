@@ -1,0 +1,449 @@
+//! Shared test harness: in-process backends on port 0, stickyd in process, a cookie-keeping
+//! client, and the rule for tests that need a real program.
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+
+/// Every test body runs under this bound, so a hang fails instead of stalling CI.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `test` and fails if it takes longer than [`TEST_TIMEOUT`].
+pub async fn within_timeout<F: std::future::Future>(test: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test timed out")
+}
+
+/// stickyd running in this process; stops when dropped.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    stopped: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Asks stickyd to shut down gracefully and waits until it has.
+    pub async fn shutdown(mut self) {
+        self.stop.take().map(|stop| stop.send(()));
+        if let Some(stopped) = self.stopped.take() {
+            stopped.await.expect("stickyd task panicked");
+        }
+    }
+
+    /// The proxy's URL for `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.take().map(|stop| stop.send(()));
+    }
+}
+
+/// Parses `toml` as a stickyd config (listen addresses "127.0.0.1:0"), binds, and runs stickyd
+/// in a spawned task. Panics with the config error if the config is invalid.
+pub async fn start_proxy(toml: &str) -> Proxy {
+    let config =
+        stickyd::config::Config::parse(toml, "<test>").unwrap_or_else(|error| panic!("{error}"));
+    let listeners = stickyd::server::bind(&config)
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listeners[0].local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        stickyd::server::run(&config, listeners, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    Proxy {
+        addr,
+        stop: Some(stop),
+        stopped: Some(task),
+    }
+}
+
+/// A config with one service `web` on 127.0.0.1:0 over `backends`, with `extra` TOML lines
+/// added to the `[[service]]` table (balance, timeouts, then `[service.affinity]`).
+pub fn config(backends: &[&TestBackend], extra: &str) -> String {
+    let mut text = format!("[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n{extra}\n");
+    for backend in backends {
+        text.push_str(&format!(
+            "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\n",
+            backend.name, backend.addr
+        ));
+    }
+    text
+}
+
+/// true when `program` is on PATH. When it is not: panics under `CI=true`, else prints
+/// "skipped: <program> not installed" and returns false.
+pub fn require_program(program: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    if !found {
+        if std::env::var("CI").is_ok_and(|value| value == "true") {
+            panic!("{program} is required under CI=true but is not installed");
+        }
+        println!("skipped: {program} not installed");
+    }
+    found
+}
+
+/// What a test backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An in-process HTTP backend on 127.0.0.1:0.
+///
+/// Every response carries `x-backend: <name>` and the body `<name>`. Paths:
+/// - `?set-cookie=<text>`: adds `Set-Cookie: <text>` (percent-decoded) to the response;
+/// - `/session/<cookie>`: an app session: when the request has no `<cookie>`, sets
+///   `<cookie>=<name>-<n>; Path=/`;
+/// - `/stream`: sends `first\n`, then `last\n` once the test calls [`TestBackend::release_stream`];
+/// - `/slow`: never answers;
+/// - `/ws`: a WebSocket that echoes each text message as `<name>: <message>`.
+pub struct TestBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Mutex<Option<mpsc::Sender<()>>>>,
+    stop: CancellationToken,
+    sessions: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl TestBackend {
+    /// Starts a backend called `name`.
+    pub async fn spawn(name: &str) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = TestBackend {
+            name: name.to_string(),
+            addr: listener.local_addr().unwrap(),
+            seen: Arc::default(),
+            release: Arc::default(),
+            stop: CancellationToken::new(),
+            sessions: Arc::default(),
+        };
+        let app = App {
+            name: backend.name.clone(),
+            seen: Arc::clone(&backend.seen),
+            release: Arc::clone(&backend.release),
+            sessions: Arc::clone(&backend.sessions),
+        };
+        let stop = backend.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let app = app.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let app = app.clone();
+                        async move { Ok::<_, Infallible>(app.answer(request).await) }
+                    });
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        _ = connection => {}
+                    }
+                });
+            }
+        });
+        backend
+    }
+
+    /// Stops listening and closes every open connection: the backend is dead.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Every request this backend received, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests this backend received.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Lets a `/stream` response send its last chunk.
+    pub async fn release_stream(&self) {
+        let sender = self
+            .release
+            .lock()
+            .unwrap()
+            .take()
+            .expect("a /stream request is waiting");
+        sender.send(()).await.unwrap();
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Mutex<Option<mpsc::Sender<()>>>>,
+    sessions: Arc<std::sync::atomic::AtomicU64>,
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+impl App {
+    async fn answer(&self, mut request: Request<Incoming>) -> Response<TestBody> {
+        let upgrade = hyper::upgrade::on(&mut request);
+        let (head, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+        self.seen.lock().unwrap().push(Seen {
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            headers: head.headers.clone(),
+            body,
+        });
+        let path = head.uri.path();
+        let mut response = match path {
+            "/slow" => std::future::pending().await,
+            "/stream" => self.stream(),
+            "/ws" => self.websocket(&head.headers, upgrade),
+            _ => Response::new(full(self.name.clone())),
+        };
+        let headers = response.headers_mut();
+        headers.insert("x-backend", self.name.parse().unwrap());
+        if let Some(cookie) = path.strip_prefix("/session/") {
+            if stickyd::affinity::cookies::find(&head.headers, cookie).is_none() {
+                let n = self
+                    .sessions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                headers.append(
+                    header::SET_COOKIE,
+                    format!("{cookie}={}-{n}; Path=/", self.name)
+                        .parse()
+                        .unwrap(),
+                );
+            }
+        }
+        for (key, value) in query_pairs(head.uri.query().unwrap_or("")) {
+            if key == "set-cookie" {
+                headers.append(header::SET_COOKIE, value.parse().unwrap());
+            }
+        }
+        response
+    }
+
+    fn stream(&self) -> Response<TestBody> {
+        let (release, mut released) = mpsc::channel::<()>(1);
+        *self.release.lock().unwrap() = Some(release);
+        let (sender, mut chunks) = mpsc::channel::<Bytes>(4);
+        tokio::spawn(async move {
+            sender.send(Bytes::from_static(b"first\n")).await.ok();
+            released.recv().await;
+            sender.send(Bytes::from_static(b"last\n")).await.ok();
+        });
+        let frames = futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx))
+            .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
+        Response::new(BodyExt::boxed(StreamBody::new(frames)))
+    }
+
+    fn websocket(
+        &self,
+        headers: &HeaderMap,
+        upgrade: hyper::upgrade::OnUpgrade,
+    ) -> Response<TestBody> {
+        let key = headers
+            .get("sec-websocket-key")
+            .expect("a WebSocket key")
+            .as_bytes();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            let upgraded = upgrade.await.expect("upgrade");
+            let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(Message::Text(text))) = socket.next().await {
+                socket
+                    .send(Message::text(format!("{name}: {text}")))
+                    .await
+                    .unwrap();
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "upgrade")
+            .header("sec-websocket-accept", accept)
+            .body(Empty::new().boxed())
+            .unwrap()
+    }
+}
+
+fn full(text: impl Into<Bytes>) -> TestBody {
+    http_body_util::Full::new(text.into()).boxed()
+}
+
+/// `key=value` pairs of a query string, percent-decoded.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        Some((percent_decode(key), percent_decode(value)))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' if index + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                index += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                index += 1;
+            }
+            byte => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Percent-encodes `text` for a query value.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// A client with its own cookie jar, like `curl -c jar -b jar`, on keep-alive connections.
+pub struct Browser {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Empty<Bytes>,
+    >,
+    pub jar: HashMap<String, String>,
+}
+
+/// A response as a test sees it.
+#[derive(Debug)]
+pub struct Page {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    /// The backend that answered (its `x-backend` header), or "" for stickyd's own responses.
+    pub fn backend(&self) -> &str {
+        self.headers
+            .get("x-backend")
+            .map_or("", |value| value.to_str().unwrap())
+    }
+
+    /// Every `Set-Cookie` of the response.
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Browser {
+    /// A browser with an empty jar.
+    pub fn new() -> Browser {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Browser {
+            client,
+            jar: HashMap::new(),
+        }
+    }
+
+    /// GETs `url` with the jar's cookies and stores the response's cookies (a `Max-Age=0` or
+    /// empty value deletes one).
+    pub async fn get(&mut self, url: &str) -> Page {
+        let mut request = Request::get(url);
+        if !self.jar.is_empty() {
+            let cookies: Vec<String> = self
+                .jar
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            request = request.header(header::COOKIE, cookies.join("; "));
+        }
+        let response = self
+            .client
+            .request(request.body(Empty::new()).unwrap())
+            .await
+            .expect("request through stickyd");
+        let (head, body) = response.into_parts();
+        let body = body.collect().await.expect("response body").to_bytes();
+        for field in head.headers.get_all(header::SET_COOKIE) {
+            let parsed = cookie::Cookie::parse(field.to_str().unwrap().to_string()).unwrap();
+            let expired = parsed
+                .max_age()
+                .is_some_and(|age| age.is_zero() || age.is_negative());
+            if expired || parsed.value().is_empty() {
+                self.jar.remove(parsed.name());
+            } else {
+                self.jar
+                    .insert(parsed.name().to_string(), parsed.value().to_string());
+            }
+        }
+        Page {
+            status: head.status,
+            headers: head.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}

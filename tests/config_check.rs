@@ -1,0 +1,148 @@
+//! `stickyd check` and the config loader, as an operator meets them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn check(path: &Path) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.success(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("stickyd-test-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn every_shipped_config_loads() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "toml")
+        {
+            let (ok, stdout, stderr) = check(&path);
+            assert!(ok, "{}: {stderr}", path.display());
+            assert!(
+                stdout.lines().all(|line| line.starts_with("service ")),
+                "{stdout}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "config/ holds no .toml file");
+}
+
+#[test]
+fn check_prints_one_summary_line_per_service() {
+    let path = write_config(
+        "summary",
+        "[[service]]\nname = \"shop\"\nlisten = [\"127.0.0.1:0\"]\n[service.affinity]\nstrategy = \"prefix\"\ncookie = \"JSESSIONID\"\n\
+         [[service.backend]]\nname = \"app1\"\naddress = \"127.0.0.1:3001\"\nweight = 3\n\
+         [[service]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"api1\"\naddress = \"127.0.0.1:3002\"\n",
+    );
+    let (ok, stdout, _) = check(&path);
+    assert!(ok);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("service shop:") && lines[0].contains("prefix cookie JSESSIONID"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("app1 (id app1) 127.0.0.1:3001 weight 3"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("service api:") && lines[1].contains("affinity none"),
+        "{}",
+        lines[1]
+    );
+}
+
+#[test]
+fn a_bad_config_fails_with_file_line_column_and_what_to_write() {
+    let path = write_config(
+        "bad",
+        "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[service.affinity]\nstrategy = \"insert\"\n\
+         delimiter = \"~\"\n[[service.backend]]\nname = \"app1\"\naddress = \"127.0.0.1:3001\"\nweight = 0\n",
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    let shown = path.display().to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{shown}:6:13: `delimiter` applies only to strategy = \"prefix\", not \"insert\": remove it"
+            ),
+            format!("{shown}:10:10: weight must be from 1 to 1000"),
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_named_with_their_place() {
+    let cases = [
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\ntimeout = \"5s\"\n",
+            "4:1",
+            "unknown field `timeout`",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nbalance = \"fastest\"\n",
+            "4:11",
+            "unknown variant `fastest`",
+        ),
+        (
+            "shutdown_grace = \"30\"\n",
+            "1:18",
+            "write a whole number and a unit",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"localhost\"]\n",
+            "3:11",
+            "invalid socket address",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[service.affinity]\nstrategy = \"prefix\"\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            "5:12",
+            "needs the app's session cookie",
+        ),
+    ];
+    for (index, (text, place, message)) in cases.into_iter().enumerate() {
+        let path = write_config(&format!("case{index}"), text);
+        let (ok, _, stderr) = check(&path);
+        assert!(!ok, "{text}");
+        let expected = format!("{}:{place}: ", path.display());
+        assert!(
+            stderr.starts_with(&expected) && stderr.contains(message),
+            "{text}\nexpected {expected}… {message}\ngot {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let (ok, _, stderr) = check(Path::new("/nonexistent/stickyd.toml"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("/nonexistent/stickyd.toml: cannot read the config file"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,175 @@
+//! What stickyd does to requests and responses on the way through: streaming, hop-by-hop
+//! headers, X-Forwarded-*, WebSocket tunnels, and requests it must refuse.
+
+mod common;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use common::{Browser, TestBackend, config, start_proxy, within_timeout};
+
+const INSERT: &str = "[service.affinity]\nstrategy = \"insert\"\n";
+
+#[tokio::test]
+async fn a_streamed_response_reaches_the_client_before_the_backend_finishes() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let proxy = start_proxy(&config(&[&backend], "")).await;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let response = client
+            .get(proxy.url("/stream").parse().unwrap())
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(
+            first, "first\n",
+            "the first chunk waited for the whole body"
+        );
+        backend.release_stream().await;
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "last\n");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_body_is_forwarded_intact() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let proxy = start_proxy(&config(&[&backend], "")).await;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let payload = Bytes::from(vec![b'x'; 300_000]);
+        let request = Request::post(proxy.url("/upload"))
+            .body(Full::new(payload.clone()))
+            .unwrap();
+        assert_eq!(client.request(request).await.unwrap().status(), 200);
+        assert_eq!(backend.seen()[0].body, payload);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set_with_host_preserved() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let proxy = start_proxy(&config(&[&backend], "")).await;
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(
+                b"GET /page HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, X-Secret\r\n\
+                  X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\n\
+                  X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX-App: kept\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let seen = &backend.seen()[0].headers;
+        for gone in ["x-secret", "keep-alive", "te", "proxy-connection"] {
+            assert!(!seen.contains_key(gone), "{gone} reached the backend");
+        }
+        assert_eq!(seen["host"], "shop.example");
+        assert_eq!(seen["x-app"], "kept");
+        assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(seen["x-forwarded-proto"], "http");
+        assert_eq!(seen["x-forwarded-host"], "shop.example");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_never_reach_a_backend() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let proxy = start_proxy(&config(&[&backend], "")).await;
+        let cases: [&[u8]; 2] = [
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ];
+        for case in cases {
+            let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+            stream.write_all(case).await.unwrap();
+            let head = read_head(&mut stream).await;
+            assert!(
+                head.starts_with("HTTP/1.1 400"),
+                "{:?} got {head}",
+                String::from_utf8_lossy(case)
+            );
+        }
+        assert_eq!(
+            backend.count(),
+            0,
+            "a malformed request reached the backend"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_websocket_is_tunnelled_to_the_bound_backend_and_a_new_one_gets_the_cookie() {
+    within_timeout(async {
+        let backends = [
+            TestBackend::spawn("b1").await,
+            TestBackend::spawn("b2").await,
+            TestBackend::spawn("b3").await,
+        ];
+        let proxy = start_proxy(&config(&backends.iter().collect::<Vec<_>>(), INSERT)).await;
+        // A new WebSocket session gets its cookie on the 101 response.
+        let (_, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr))
+            .await
+            .unwrap();
+        assert!(
+            response.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .starts_with("SERVERID=")
+        );
+        // A page load binds the session; the socket it opens afterwards lands on the same backend.
+        let mut browser = Browser::new();
+        let bound = browser.get(&proxy.url("/")).await.backend().to_string();
+        for _ in 0..3 {
+            let mut request = format!("ws://{}/ws", proxy.addr)
+                .into_client_request()
+                .unwrap();
+            request
+                .headers_mut()
+                .insert("cookie", format!("SERVERID={bound}").parse().unwrap());
+            let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+            assert!(response.headers().get("set-cookie").is_none());
+            for n in 0..3 {
+                socket
+                    .send(Message::text(format!("hello {n}")))
+                    .await
+                    .unwrap();
+                let echo = socket.next().await.unwrap().unwrap();
+                assert_eq!(
+                    echo.into_text().unwrap().as_str(),
+                    format!("{bound}: hello {n}")
+                );
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads until the end of a response head (or the connection closes).
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buffer.windows(4).any(|window| window == b"\r\n\r\n") {
+        let read = stream.read(&mut chunk).await.unwrap();
+        if read == 0 {
+            break;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    String::from_utf8_lossy(&buffer).into_owned()
+}

@@ -1,0 +1,144 @@
+//! Stick-table affinity end to end: bindings learned from the app's Set-Cookie.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{Browser, TestBackend, config, encode, start_proxy, within_timeout};
+
+const STICK: &str = "[service.affinity]\nstrategy = \"stick-table\"\ncookie = \"sid\"\n";
+
+#[tokio::test]
+async fn one_session_sticks_for_20_requests_while_new_sessions_spread() {
+    within_timeout(async {
+        let backends = [
+            TestBackend::spawn("b1").await,
+            TestBackend::spawn("b2").await,
+            TestBackend::spawn("b3").await,
+        ];
+        let proxy = start_proxy(&config(&backends.iter().collect::<Vec<_>>(), STICK)).await;
+        let mut browser = Browser::new();
+        let first = browser
+            .get(&proxy.url("/session/sid"))
+            .await
+            .backend()
+            .to_string();
+        assert_eq!(
+            browser.jar["sid"],
+            format!("{first}-1"),
+            "the app's cookie reaches the client unchanged"
+        );
+        for _ in 0..19 {
+            assert_eq!(
+                browser.get(&proxy.url("/session/sid")).await.backend(),
+                first
+            );
+        }
+        let mut seen = HashSet::new();
+        for _ in 0..3 {
+            seen.insert(
+                Browser::new()
+                    .get(&proxy.url("/session/sid"))
+                    .await
+                    .backend()
+                    .to_string(),
+            );
+        }
+        assert_eq!(seen.len(), 3, "three new sessions went to {seen:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_entry_expires_with_the_apps_max_age() {
+    within_timeout(async {
+        let backends = [
+            TestBackend::spawn("b1").await,
+            TestBackend::spawn("b2").await,
+        ];
+        let proxy = start_proxy(&config(&[&backends[0], &backends[1]], STICK)).await;
+        let mut browser = Browser::new();
+        let set = encode("sid=short; Max-Age=1");
+        let bound = browser
+            .get(&proxy.url(&format!("/?set-cookie={set}")))
+            .await
+            .backend()
+            .to_string();
+        assert_eq!(browser.get(&proxy.url("/")).await.backend(), bound);
+        // Waiting out the cookie's own lifetime is the behaviour under test.
+        tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+        // Round-robin: after expiry the session is new, and the next pick is the other backend.
+        let after = browser.get(&proxy.url("/")).await.backend().to_string();
+        assert_ne!(after, bound, "an expired entry still routed the session");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_app_that_expires_its_cookie_removes_the_entry() {
+    within_timeout(async {
+        let backends = [
+            TestBackend::spawn("b1").await,
+            TestBackend::spawn("b2").await,
+        ];
+        let proxy = start_proxy(&config(&[&backends[0], &backends[1]], STICK)).await;
+        let mut browser = Browser::new();
+        browser.jar.insert("sid".into(), "gone".into());
+        let bound = browser.get(&proxy.url("/")).await.backend().to_string();
+        assert_eq!(
+            browser.get(&proxy.url("/")).await.backend(),
+            bound,
+            "the reserved binding held"
+        );
+        let logout = encode("sid=deleted; Max-Age=0; Path=/");
+        assert_eq!(
+            browser
+                .get(&proxy.url(&format!("/?set-cookie={logout}")))
+                .await
+                .backend(),
+            bound
+        );
+        // The entry is gone, so the same id is a new session: round-robin's next pick is the
+        // other backend (a kept entry would have routed it to `bound`).
+        let mut returning = Browser::new();
+        returning.jar.insert("sid".into(), "gone".into());
+        assert_ne!(returning.get(&proxy.url("/")).await.backend(), bound);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_of_one_session_land_on_one_backend() {
+    within_timeout(async {
+        let backends = [
+            TestBackend::spawn("b1").await,
+            TestBackend::spawn("b2").await,
+            TestBackend::spawn("b3").await,
+        ];
+        let proxy = std::sync::Arc::new(
+            start_proxy(&config(&backends.iter().collect::<Vec<_>>(), STICK)).await,
+        );
+        for session in 0..10 {
+            let requests: Vec<_> = (0..8)
+                .map(|_| {
+                    let url = proxy.url("/");
+                    tokio::spawn(async move {
+                        let mut browser = Browser::new();
+                        browser.jar.insert("sid".into(), format!("burst-{session}"));
+                        browser.get(&url).await.backend().to_string()
+                    })
+                })
+                .collect();
+            let mut landed = HashSet::new();
+            for request in requests {
+                landed.insert(request.await.unwrap());
+            }
+            assert_eq!(
+                landed.len(),
+                1,
+                "session burst-{session} was split over {landed:?}"
+            );
+        }
+    })
+    .await;
+}
