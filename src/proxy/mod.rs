@@ -56,9 +56,17 @@ pub fn check_request(head: &request::Parts) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Whether the request asks to switch protocols (RFC 9110 §7.8), e.g. to WebSocket.
+/// Whether the request asks to switch to WebSocket (RFC 9110 §7.8, RFC 6455 §4.1). Only
+/// WebSocket is tunnelled; any other `Upgrade` (such as `h2c`, a request-smuggling vector) is
+/// dropped with the other hop-by-hop fields.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+    let websocket = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|protocol| protocol.trim().eq_ignore_ascii_case("websocket"));
+    websocket && connection_has(headers, "upgrade")
 }
 
 fn connection_has(headers: &HeaderMap, option: &str) -> bool {
@@ -349,6 +357,18 @@ mod tests {
         assert_eq!(parts.headers["upgrade"], "websocket");
         assert_eq!(parts.headers["connection"], "upgrade");
         assert!(!parts.headers.contains_key("x-other"));
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_not_an_upgrade_and_its_fields_are_dropped() {
+        let mut parts = head(
+            "/\nHost: a\nConnection: Upgrade, HTTP2-Settings\nUpgrade: h2c\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+        );
+        assert!(!is_upgrade(&parts.headers));
+        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), false);
+        for gone in ["upgrade", "http2-settings", "connection"] {
+            assert!(!parts.headers.contains_key(gone), "{gone} was forwarded");
+        }
     }
 
     #[test]
