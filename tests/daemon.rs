@@ -5,10 +5,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 
 use common::{Browser, TestBackend, config, start_proxy, within_timeout};
 
@@ -18,16 +15,7 @@ async fn shutdown_stops_accepting_and_lets_in_flight_requests_finish() {
         let backend = TestBackend::spawn("b1").await;
         let proxy = start_proxy(&config(&[&backend], "")).await;
         let addr = proxy.addr;
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let response = client
-            .get(proxy.url("/stream").parse().unwrap())
-            .await
-            .unwrap();
-        let mut body = response.into_body();
-        assert_eq!(
-            body.frame().await.unwrap().unwrap().into_data().unwrap(),
-            "first\n"
-        );
+        let body = common::open_stream(&proxy).await;
         let stopping = tokio::spawn(proxy.shutdown());
         // The listener closes at once: poll until a connection is refused.
         while tokio::net::TcpStream::connect(addr).await.is_ok() {

@@ -2,37 +2,20 @@
 
 mod common;
 
-use std::collections::HashSet;
-
-use common::{Browser, TestBackend, config, start_proxy, within_timeout};
+use common::{
+    Browser, TestBackend, assert_sticks_and_spreads, config, proxy_over, spawn_backends,
+    start_proxy, within_timeout,
+};
 
 const INSERT: &str = "[service.affinity]\nstrategy = \"insert\"\ncookie = \"SERVERID\"\n";
 
 #[tokio::test]
 async fn one_session_sticks_for_20_requests_while_new_sessions_spread() {
     within_timeout(async {
-        let backends = [
-            TestBackend::spawn("b1").await,
-            TestBackend::spawn("b2").await,
-            TestBackend::spawn("b3").await,
-        ];
-        let proxy = start_proxy(&config(&backends.iter().collect::<Vec<_>>(), INSERT)).await;
-        let mut browser = Browser::new();
-        let first = browser.get(&proxy.url("/")).await.backend().to_string();
-        for _ in 0..19 {
-            assert_eq!(browser.get(&proxy.url("/")).await.backend(), first);
-        }
-        let mut seen = HashSet::new();
-        for _ in 0..3 {
-            seen.insert(
-                Browser::new()
-                    .get(&proxy.url("/"))
-                    .await
-                    .backend()
-                    .to_string(),
-            );
-        }
-        assert_eq!(seen.len(), 3, "three new sessions went to {seen:?}");
+        let backends = spawn_backends(3).await;
+        let proxy = proxy_over(&backends, INSERT).await;
+        let (browser, bound) = assert_sticks_and_spreads(&proxy, "/").await;
+        assert_eq!(browser.jar["SERVERID"], bound);
     })
     .await;
 }
@@ -91,11 +74,8 @@ async fn without_indirect_the_backend_sees_the_cookie_next_to_its_own() {
 #[tokio::test]
 async fn a_forged_cookie_is_a_new_session_and_gets_a_real_one() {
     within_timeout(async {
-        let backends = [
-            TestBackend::spawn("b1").await,
-            TestBackend::spawn("b2").await,
-        ];
-        let proxy = start_proxy(&config(&[&backends[0], &backends[1]], INSERT)).await;
+        let backends = spawn_backends(2).await;
+        let proxy = proxy_over(&backends, INSERT).await;
         let mut browser = Browser::new();
         browser.jar.insert("SERVERID".into(), "127.0.0.1:1".into());
         let page = browser.get(&proxy.url("/")).await;

@@ -2,48 +2,20 @@
 
 mod common;
 
-use std::collections::HashSet;
-
-use common::{Browser, TestBackend, config, start_proxy, within_timeout};
+use common::{
+    Browser, TestBackend, assert_sticks_and_spreads, config, proxy_over, spawn_backends,
+    start_proxy, within_timeout,
+};
 
 const PREFIX: &str = "[service.affinity]\nstrategy = \"prefix\"\ncookie = \"JSESSIONID\"\n";
 
 #[tokio::test]
 async fn one_session_sticks_for_20_requests_while_new_sessions_spread() {
     within_timeout(async {
-        let backends = [
-            TestBackend::spawn("b1").await,
-            TestBackend::spawn("b2").await,
-            TestBackend::spawn("b3").await,
-        ];
-        let proxy = start_proxy(&config(&backends.iter().collect::<Vec<_>>(), PREFIX)).await;
-        let mut browser = Browser::new();
-        let first = browser
-            .get(&proxy.url("/session/JSESSIONID"))
-            .await
-            .backend()
-            .to_string();
-        assert_eq!(browser.jar["JSESSIONID"], format!("{first}~{first}-1"));
-        for _ in 0..19 {
-            assert_eq!(
-                browser
-                    .get(&proxy.url("/session/JSESSIONID"))
-                    .await
-                    .backend(),
-                first
-            );
-        }
-        let mut seen = HashSet::new();
-        for _ in 0..3 {
-            seen.insert(
-                Browser::new()
-                    .get(&proxy.url("/session/JSESSIONID"))
-                    .await
-                    .backend()
-                    .to_string(),
-            );
-        }
-        assert_eq!(seen.len(), 3, "three new sessions went to {seen:?}");
+        let backends = spawn_backends(3).await;
+        let proxy = proxy_over(&backends, PREFIX).await;
+        let (browser, bound) = assert_sticks_and_spreads(&proxy, "/session/JSESSIONID").await;
+        assert_eq!(browser.jar["JSESSIONID"], format!("{bound}~{bound}-1"));
     })
     .await;
 }

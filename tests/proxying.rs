@@ -6,14 +6,16 @@ mod common;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use common::{Browser, TestBackend, config, start_proxy, within_timeout};
+use common::{
+    Browser, TestBackend, config, proxy_over, spawn_backends, start_proxy, within_timeout,
+};
 
 const INSERT: &str = "[service.affinity]\nstrategy = \"insert\"\n";
 
@@ -22,17 +24,7 @@ async fn a_streamed_response_reaches_the_client_before_the_backend_finishes() {
     within_timeout(async {
         let backend = TestBackend::spawn("b1").await;
         let proxy = start_proxy(&config(&[&backend], "")).await;
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let response = client
-            .get(proxy.url("/stream").parse().unwrap())
-            .await
-            .unwrap();
-        let mut body = response.into_body();
-        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(
-            first, "first\n",
-            "the first chunk waited for the whole body"
-        );
+        let body = common::open_stream(&proxy).await;
         backend.release_stream().await;
         let rest = body.collect().await.unwrap().to_bytes();
         assert_eq!(rest, "last\n");
@@ -116,12 +108,8 @@ async fn malformed_requests_get_400_and_never_reach_a_backend() {
 #[tokio::test]
 async fn a_websocket_is_tunnelled_to_the_bound_backend_and_a_new_one_gets_the_cookie() {
     within_timeout(async {
-        let backends = [
-            TestBackend::spawn("b1").await,
-            TestBackend::spawn("b2").await,
-            TestBackend::spawn("b3").await,
-        ];
-        let proxy = start_proxy(&config(&backends.iter().collect::<Vec<_>>(), INSERT)).await;
+        let backends = spawn_backends(3).await;
+        let proxy = proxy_over(&backends, INSERT).await;
         // A new WebSocket session gets its cookie on the 101 response.
         let (_, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr))
             .await

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Browser, TestBackend, config, start_proxy, within_timeout};
+use common::{Browser, TestBackend, config, proxy_over, start_proxy, within_timeout};
 
 async fn two_backends() -> [TestBackend; 2] {
     [
@@ -17,7 +17,7 @@ async fn two_backends() -> [TestBackend; 2] {
 /// Returns the browser and the name of the backend that took the session over.
 async fn dead_bound_backend_redispatches(affinity: &str, path: &str) -> (Browser, String) {
     let backends = two_backends().await;
-    let proxy = start_proxy(&config(&[&backends[0], &backends[1]], affinity)).await;
+    let proxy = proxy_over(&backends, affinity).await;
     let mut browser = Browser::new();
     let bound = browser.get(&proxy.url(path)).await.backend().to_string();
     let (dead, alive) = if bound == "b1" {
@@ -59,7 +59,7 @@ async fn dead_pinned_backend_redispatches_and_reprefixes_the_app_cookie() {
         let affinity = "[service.affinity]\nstrategy = \"prefix\"\ncookie = \"JSESSIONID\"\n";
         // /?: the app sets its cookie once and never again, as a shared-session app would.
         let backends = two_backends().await;
-        let proxy = start_proxy(&config(&[&backends[0], &backends[1]], affinity)).await;
+        let proxy = proxy_over(&backends, affinity).await;
         let mut browser = Browser::new();
         let set = common::encode("JSESSIONID=shared; Path=/");
         let bound = browser
@@ -101,7 +101,7 @@ async fn a_new_session_whose_backend_refuses_is_retried_on_another() {
     within_timeout(async {
         let backends = two_backends().await;
         backends[0].stop();
-        let proxy = start_proxy(&config(&[&backends[0], &backends[1]], "")).await;
+        let proxy = proxy_over(&backends, "").await;
         for _ in 0..4 {
             let page = Browser::new().get(&proxy.url("/")).await;
             assert_eq!((page.status.as_u16(), page.backend()), (200, "b2"));

@@ -4,47 +4,23 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Browser, TestBackend, config, encode, start_proxy, within_timeout};
+use common::{
+    Browser, assert_sticks_and_spreads, encode, proxy_over, spawn_backends, within_timeout,
+};
 
 const STICK: &str = "[service.affinity]\nstrategy = \"stick-table\"\ncookie = \"sid\"\n";
 
 #[tokio::test]
 async fn one_session_sticks_for_20_requests_while_new_sessions_spread() {
     within_timeout(async {
-        let backends = [
-            TestBackend::spawn("b1").await,
-            TestBackend::spawn("b2").await,
-            TestBackend::spawn("b3").await,
-        ];
-        let proxy = start_proxy(&config(&backends.iter().collect::<Vec<_>>(), STICK)).await;
-        let mut browser = Browser::new();
-        let first = browser
-            .get(&proxy.url("/session/sid"))
-            .await
-            .backend()
-            .to_string();
+        let backends = spawn_backends(3).await;
+        let proxy = proxy_over(&backends, STICK).await;
+        let (browser, bound) = assert_sticks_and_spreads(&proxy, "/session/sid").await;
         assert_eq!(
             browser.jar["sid"],
-            format!("{first}-1"),
+            format!("{bound}-1"),
             "the app's cookie reaches the client unchanged"
         );
-        for _ in 0..19 {
-            assert_eq!(
-                browser.get(&proxy.url("/session/sid")).await.backend(),
-                first
-            );
-        }
-        let mut seen = HashSet::new();
-        for _ in 0..3 {
-            seen.insert(
-                Browser::new()
-                    .get(&proxy.url("/session/sid"))
-                    .await
-                    .backend()
-                    .to_string(),
-            );
-        }
-        assert_eq!(seen.len(), 3, "three new sessions went to {seen:?}");
     })
     .await;
 }
@@ -52,11 +28,8 @@ async fn one_session_sticks_for_20_requests_while_new_sessions_spread() {
 #[tokio::test]
 async fn an_entry_expires_with_the_apps_max_age() {
     within_timeout(async {
-        let backends = [
-            TestBackend::spawn("b1").await,
-            TestBackend::spawn("b2").await,
-        ];
-        let proxy = start_proxy(&config(&[&backends[0], &backends[1]], STICK)).await;
+        let backends = spawn_backends(2).await;
+        let proxy = proxy_over(&backends, STICK).await;
         let mut browser = Browser::new();
         let set = encode("sid=short; Max-Age=1");
         let bound = browser
@@ -77,11 +50,8 @@ async fn an_entry_expires_with_the_apps_max_age() {
 #[tokio::test]
 async fn an_app_that_expires_its_cookie_removes_the_entry() {
     within_timeout(async {
-        let backends = [
-            TestBackend::spawn("b1").await,
-            TestBackend::spawn("b2").await,
-        ];
-        let proxy = start_proxy(&config(&[&backends[0], &backends[1]], STICK)).await;
+        let backends = spawn_backends(2).await;
+        let proxy = proxy_over(&backends, STICK).await;
         let mut browser = Browser::new();
         browser.jar.insert("sid".into(), "gone".into());
         let bound = browser.get(&proxy.url("/")).await.backend().to_string();
@@ -110,14 +80,8 @@ async fn an_app_that_expires_its_cookie_removes_the_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_requests_of_one_session_land_on_one_backend() {
     within_timeout(async {
-        let backends = [
-            TestBackend::spawn("b1").await,
-            TestBackend::spawn("b2").await,
-            TestBackend::spawn("b3").await,
-        ];
-        let proxy = std::sync::Arc::new(
-            start_proxy(&config(&backends.iter().collect::<Vec<_>>(), STICK)).await,
-        );
+        let backends = spawn_backends(3).await;
+        let proxy = std::sync::Arc::new(proxy_over(&backends, STICK).await);
         for session in 0..10 {
             let requests: Vec<_> = (0..8)
                 .map(|_| {

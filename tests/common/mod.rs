@@ -95,6 +95,65 @@ pub fn config(backends: &[&TestBackend], extra: &str) -> String {
     text
 }
 
+/// Starts `count` backends named `b1`, `b2`, ...
+pub async fn spawn_backends(count: usize) -> Vec<TestBackend> {
+    let mut backends = Vec::with_capacity(count);
+    for n in 1..=count {
+        backends.push(TestBackend::spawn(&format!("b{n}")).await);
+    }
+    backends
+}
+
+/// Starts stickyd over all of `backends`, with `extra` as in [`config`].
+pub async fn proxy_over(backends: &[TestBackend], extra: &str) -> Proxy {
+    start_proxy(&config(&backends.iter().collect::<Vec<_>>(), extra)).await
+}
+
+/// Asserts that one browser's 20 requests to `path` all reach one backend and that three new
+/// browsers reach three different backends (round-robin over three). Returns the first
+/// browser and its backend.
+pub async fn assert_sticks_and_spreads(proxy: &Proxy, path: &str) -> (Browser, String) {
+    let mut browser = Browser::new();
+    let bound = browser.get(&proxy.url(path)).await.backend().to_string();
+    for request in 2..=20 {
+        assert_eq!(
+            browser.get(&proxy.url(path)).await.backend(),
+            bound,
+            "request {request} left the session's backend"
+        );
+    }
+    let mut spread = std::collections::HashSet::new();
+    for _ in 0..3 {
+        spread.insert(
+            Browser::new()
+                .get(&proxy.url(path))
+                .await
+                .backend()
+                .to_string(),
+        );
+    }
+    assert_eq!(spread.len(), 3, "three new sessions went to {spread:?}");
+    (browser, bound)
+}
+
+/// GETs the backend's `/stream` through `proxy` and returns the response body once its first
+/// chunk (`first\n`) has arrived, while the backend still holds the rest.
+pub async fn open_stream(proxy: &Proxy) -> Incoming {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let mut body = client
+        .get(proxy.url("/stream").parse().unwrap())
+        .await
+        .unwrap()
+        .into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(
+        first, "first\n",
+        "the first chunk waited for the whole body"
+    );
+    body
+}
+
 /// true when `program` is on PATH. When it is not: panics under `CI=true`, else prints
 /// "skipped: <program> not installed" and returns false.
 pub fn require_program(program: &str) -> bool {
