@@ -30,18 +30,22 @@ fn service(affinity: &str, balance: &str) -> (Affinity, Pool, Balancer) {
     (affinity, pool, balancer)
 }
 
-fn request_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(COOKIE, HeaderValue::from_static(BROWSER_COOKIES));
-    headers
+const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
+
+fn request_head() -> http::request::Parts {
+    let request = http::Request::get("/socket.io/?EIO=4&transport=polling&token=8F3A2C9D")
+        .header(COOKIE, HeaderValue::from_static(BROWSER_COOKIES))
+        .body(())
+        .unwrap();
+    request.into_parts().0
 }
 
 fn affinity_benches(c: &mut Criterion) {
     let (insert, pool, _) = service("strategy = \"insert\"", "round-robin");
     c.bench_function("insert: read and strip cookie", |b| {
         b.iter_batched_ref(
-            request_headers,
-            |headers| insert.on_request(black_box(headers), &pool),
+            request_head,
+            |head| insert.on_request(black_box(head), CLIENT, &pool),
             criterion::BatchSize::SmallInput,
         )
     });
@@ -58,8 +62,8 @@ fn affinity_benches(c: &mut Criterion) {
     );
     c.bench_function("prefix: read and strip prefix", |b| {
         b.iter_batched_ref(
-            request_headers,
-            |headers| prefix.on_request(black_box(headers), &pool),
+            request_head,
+            |head| prefix.on_request(black_box(head), CLIENT, &pool),
             criterion::BatchSize::SmallInput,
         )
     });
@@ -76,6 +80,25 @@ fn affinity_benches(c: &mut Criterion) {
             |headers| prefix.on_response(&pool, 1, Outcome::New, None, headers),
             criterion::BatchSize::SmallInput,
         )
+    });
+}
+
+fn hash_benches(c: &mut Criterion) {
+    let (hash, pool, _) = service("strategy = \"hash\"\nkey = \"query:token\"", "round-robin");
+    c.bench_function("hash: read query key", |b| {
+        b.iter_batched_ref(
+            request_head,
+            |head| hash.on_request(black_box(head), CLIENT, &pool),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let ring = stickyd::balance::HashRing::new(&pool, None);
+    let mut key = 0u64;
+    c.bench_function("hash: rendezvous pick of 3", |b| {
+        b.iter(|| {
+            key = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            ring.pick(&pool, black_box(key), |index| pool.is_usable(index))
+        })
     });
 }
 
@@ -114,5 +137,11 @@ fn balance_benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, affinity_benches, store_benches, balance_benches);
+criterion_group!(
+    benches,
+    affinity_benches,
+    hash_benches,
+    store_benches,
+    balance_benches
+);
 criterion_main!(benches);

@@ -3,6 +3,9 @@
 //! Every algorithm honours weights and walks on to the next candidate when `accept` says no
 //! (the backend is ejected, or already failed this request), like pingora's `select_with`.
 //! No lock: round-robin is an atomic cursor over a schedule built once.
+//!
+//! [`HashRing`] places hashed keys (the hash strategy) on backends by weighted rendezvous
+//! hashing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -63,6 +66,93 @@ impl Balancer {
             };
         }
         best
+    }
+}
+
+/// Weighted rendezvous (highest random weight) hashing, Schindelhauer and Schomaker's
+/// logarithmic method: every backend scores a key as `weight / -ln(u)`, with `u` in (0, 1)
+/// drawn from XXH3 of the key seeded by the backend's id, and the highest score wins.
+///
+/// Chosen over Maglev because it is exact where Maglev approximates: removing a backend moves
+/// only its own keys, adding one moves only the keys it wins (its weight share), shares follow
+/// weights without a lookup table to size, and the ranking of the other backends is each key's
+/// ordered list of next choices for failover and bounded load. The cost is one score per
+/// backend per request, a few nanoseconds each for the tens of backends a service has. Scores
+/// depend only on backend ids, weights and the key, so every instance and restart agrees.
+#[derive(Debug)]
+pub struct HashRing {
+    /// Per backend index: the XXH3 seed derived from its id.
+    seeds: Vec<u64>,
+    weights: Vec<f64>,
+    /// Bounded load (HAProxy `hash-balance-factor`): a backend already holding this factor
+    /// times the mean in-flight requests is passed over for the key's next choice.
+    balance_factor: Option<f64>,
+}
+
+impl HashRing {
+    /// A ring over `pool`'s backends (ids and weights).
+    pub fn new(pool: &Pool, balance_factor: Option<f64>) -> HashRing {
+        let backends = pool.backends();
+        HashRing {
+            seeds: backends
+                .iter()
+                .map(|backend| crate::affinity::hash::hash_bytes(backend.id.as_bytes()))
+                .collect(),
+            weights: backends
+                .iter()
+                .map(|backend| f64::from(backend.weight))
+                .collect(),
+            balance_factor,
+        }
+    }
+
+    /// The backend for `key` among those `accept` allows (and under the load bound), and
+    /// whether it is the key's first choice among all backends. `None` when `accept` allows none.
+    pub fn pick(
+        &self,
+        pool: &Pool,
+        key: u64,
+        accept: impl Fn(usize) -> bool,
+    ) -> Option<(usize, bool)> {
+        let first_choice = self.best(key, |_| true)?;
+        let chosen = match self.load_cap(pool, &accept) {
+            Some(cap) => self
+                .best(key, |index| {
+                    accept(index) && pool.get(index).in_flight() < cap
+                })
+                .or_else(|| self.best(key, &accept)),
+            None => self.best(key, &accept),
+        }?;
+        Some((chosen, chosen == first_choice))
+    }
+
+    fn best(&self, key: u64, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut best: Option<(f64, usize)> = None;
+        for index in (0..self.seeds.len()).filter(|&index| accept(index)) {
+            let score = self.score(key, index);
+            if best.is_none_or(|(top, _)| score > top) {
+                best = Some((score, index));
+            }
+        }
+        best.map(|(_, index)| index)
+    }
+
+    fn score(&self, key: u64, index: usize) -> f64 {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&key.to_le_bytes(), self.seeds[index]);
+        // The top 53 bits as a uniform number strictly inside (0, 1).
+        let uniform = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        self.weights[index] / -uniform.ln()
+    }
+
+    /// `ceil(factor x (in-flight + 1) / usable backends)`, HAProxy's bound for the new request.
+    fn load_cap(&self, pool: &Pool, accept: &impl Fn(usize) -> bool) -> Option<u32> {
+        let factor = self.balance_factor?;
+        let (mut total, mut usable) = (0u64, 0u64);
+        for index in (0..self.seeds.len()).filter(|&index| accept(index)) {
+            total += u64::from(pool.get(index).in_flight());
+            usable += 1;
+        }
+        (usable > 0).then(|| (factor * (total + 1) as f64 / usable as f64).ceil() as u32)
     }
 }
 
@@ -199,6 +289,130 @@ mod tests {
         let _third_on_heavy = pool.start_request(1);
         assert_eq!(balancer.pick(&pool, |_| true), Some(0));
         assert_eq!(balancer.pick(&pool, |index| index != 0), Some(1));
+    }
+
+    fn ids(pool: &Pool) -> Vec<String> {
+        pool.backends()
+            .iter()
+            .map(|backend| backend.id.to_string())
+            .collect()
+    }
+
+    /// Where each of `keys` keys goes, as backend ids.
+    fn placement(pool: &Pool, keys: u64) -> Vec<String> {
+        let ring = HashRing::new(pool, None);
+        let ids = ids(pool);
+        (0..keys)
+            .map(|key| ids[ring.pick(pool, key, |_| true).unwrap().0].clone())
+            .collect()
+    }
+
+    fn moved(before: &[String], after: &[String]) -> usize {
+        before.iter().zip(after).filter(|(a, b)| a != b).count()
+    }
+
+    const KEYS: u64 = 100_000;
+
+    #[test]
+    fn adding_a_backend_moves_at_most_its_share_plus_two_points_and_only_to_it() {
+        for n in [2usize, 4, 9] {
+            let before = placement(&pool(&vec![1; n]), KEYS);
+            let after = placement(&pool(&vec![1; n + 1]), KEYS);
+            let share = moved(&before, &after) as f64 / KEYS as f64;
+            println!(
+                "add 1 backend to {n}: {:.2}% of keys moved (bound {:.2}%)",
+                share * 100.0,
+                (1.0 / (n + 1) as f64 + 0.02) * 100.0
+            );
+            assert!(share <= 1.0 / (n + 1) as f64 + 0.02, "{share}");
+            let newcomer = format!("b{n}");
+            assert!(
+                before
+                    .iter()
+                    .zip(&after)
+                    .all(|(a, b)| a == b || *b == newcomer),
+                "a key moved between old backends"
+            );
+        }
+    }
+
+    #[test]
+    fn removing_a_backend_moves_only_its_own_keys() {
+        let before = placement(&pool(&[1, 1, 1, 1, 1]), KEYS);
+        // Remove b2: the remaining ids keep their weights, so build the four-backend pool by id.
+        let remaining: Vec<BackendConfig> = [0, 1, 3, 4]
+            .iter()
+            .map(|&index| BackendConfig {
+                name: format!("b{index}"),
+                id: format!("b{index}"),
+                address: "127.0.0.1:1".parse().unwrap(),
+                weight: 1,
+            })
+            .collect();
+        let after = placement(&Pool::new(&remaining, Duration::from_secs(5)), KEYS);
+        let moved_keys = moved(&before, &after);
+        let owned = before.iter().filter(|id| *id == "b2").count();
+        println!(
+            "remove 1 of 5 backends: {moved_keys} keys moved, the removed backend owned {owned}"
+        );
+        assert_eq!(moved_keys, owned);
+    }
+
+    #[test]
+    fn the_spread_stays_within_ten_percent_of_the_weights() {
+        let weights = [1u32, 2, 3, 4];
+        let pool = pool(&weights);
+        let placed = placement(&pool, KEYS);
+        let total: u32 = weights.iter().sum();
+        for (index, weight) in weights.iter().enumerate() {
+            let expected = KEYS as f64 * f64::from(*weight) / f64::from(total);
+            let got = placed
+                .iter()
+                .filter(|id| **id == format!("b{index}"))
+                .count() as f64;
+            println!(
+                "weight {weight}: {got} keys, expected {expected:.0} ({:+.2}%)",
+                (got / expected - 1.0) * 100.0
+            );
+            assert!(
+                (got / expected - 1.0).abs() < 0.10,
+                "weight {weight}: {got} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_down_backend_sends_its_keys_to_their_next_choice_and_gets_them_back() {
+        let pool = pool(&[1, 1, 1]);
+        let ring = HashRing::new(&pool, None);
+        for key in 0..1000 {
+            let (own, first) = ring.pick(&pool, key, |_| true).unwrap();
+            assert!(first);
+            let (next, first) = ring.pick(&pool, key, |index| index != own).unwrap();
+            assert!(!first);
+            assert_ne!(next, own);
+            // Another backend going down does not move a key whose own backend is up.
+            let other = (0..3).find(|&index| index != own && index != next).unwrap();
+            assert_eq!(
+                ring.pick(&pool, key, |index| index != other).unwrap().0,
+                own
+            );
+        }
+    }
+
+    #[test]
+    fn bounded_load_sends_overflow_to_the_next_choice() {
+        let pool = pool(&[1, 1, 1]);
+        let ring = HashRing::new(&pool, Some(1.5));
+        let key = 42;
+        let (own, _) = ring.pick(&pool, key, |_| true).unwrap();
+        // Mean in flight (3 + 1) / 3 = 1.33; cap ceil(1.5 x 1.33) = 2: the own backend at 3 is full.
+        let _load: Vec<_> = (0..3).map(|_| pool.start_request(own)).collect();
+        let (overflow, first) = ring.pick(&pool, key, |_| true).unwrap();
+        assert_ne!(overflow, own);
+        assert!(!first);
+        let unbounded = HashRing::new(&pool, None);
+        assert_eq!(unbounded.pick(&pool, key, |_| true).unwrap().0, own);
     }
 
     #[test]

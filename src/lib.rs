@@ -11,6 +11,7 @@
 //! - [`store`]: where stick-table bindings live (in memory, moka).
 //! - [`proxy`]: forwarding one request: head rewriting, pooled backend connections, streaming
 //!   bodies, WebSocket tunnels.
+//! - [`proxy_header`]: the PROXY protocol header (v1, v2) on listeners behind an L4 balancer.
 //! - [`error`]: what can go wrong on a request and which status it becomes.
 //! - [`demo`]: `stickyd demo`, demo backends behind a proxy.
 //! - [`telemetry`]: logging setup.
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod error;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_header;
 pub mod router;
 pub mod server;
 pub mod store;

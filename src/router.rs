@@ -9,7 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::affinity::{Affinity, Outcome, Stickiness, TableUpdate};
-use crate::balance::Balancer;
+use crate::balance::{Balancer, HashRing};
 use crate::config::{AffinityConfig, ServiceConfig};
 use crate::error::ProxyError;
 use crate::pool::Pool;
@@ -30,6 +30,7 @@ pub struct Router {
     name: String,
     pool: Arc<Pool>,
     balancer: Balancer,
+    ring: Option<HashRing>,
     affinity: Affinity,
     table: Option<Table>,
     upstream: Upstream,
@@ -41,6 +42,8 @@ struct Choice {
     outcome: Outcome,
     /// The stick-table key of the request, when it carried one.
     session: Option<String>,
+    /// The hash strategy's key, placed on the ring for the first try and every redispatch.
+    hash: Option<u64>,
 }
 
 impl Router {
@@ -54,7 +57,12 @@ impl Router {
             }),
             _ => None,
         };
+        let ring = match &config.affinity {
+            AffinityConfig::Hash(hash) => Some(HashRing::new(&pool, hash.balance_factor)),
+            _ => None,
+        };
         Router {
+            ring,
             name: config.name.clone(),
             balancer: Balancer::new(config.balance, &pool),
             affinity: Affinity::new(&config.affinity, &pool),
@@ -86,7 +94,7 @@ impl Router {
         let (response, backend, outcome) = match proxy::check_request(&head) {
             Err(error) => (error.to_response(), None, Outcome::New),
             Ok(()) => {
-                let stickiness = self.affinity.on_request(&mut head.headers, &self.pool);
+                let stickiness = self.affinity.on_request(&mut head, client.ip(), &self.pool);
                 let choice = self.resolve(stickiness).await;
                 let upgrade = proxy::is_upgrade(&head.headers);
                 proxy::prepare_request(&mut head, client, upgrade);
@@ -125,21 +133,19 @@ impl Router {
 
     /// Turns what the request said into a backend to try first.
     async fn resolve(&self, stickiness: Stickiness) -> Choice {
+        let choice = |backend, outcome| Choice {
+            backend,
+            outcome,
+            session: None,
+            hash: None,
+        };
         match stickiness {
-            Stickiness::Pinned(backend) => Choice {
-                backend: Some(backend),
-                outcome: Outcome::Hit,
-                session: None,
-            },
-            Stickiness::New => Choice {
-                backend: None,
-                outcome: Outcome::New,
-                session: None,
-            },
-            Stickiness::Invalid => Choice {
-                backend: None,
-                outcome: Outcome::Invalid,
-                session: None,
+            Stickiness::Pinned(backend) => choice(Some(backend), Outcome::Hit),
+            Stickiness::New => choice(None, Outcome::New),
+            Stickiness::Invalid => choice(None, Outcome::Invalid),
+            Stickiness::Hash(key) => Choice {
+                hash: Some(key),
+                ..choice(None, Outcome::Hit)
             },
             Stickiness::Lookup(session) => {
                 let table = self
@@ -157,11 +163,23 @@ impl Router {
                     Outcome::New
                 };
                 Choice {
-                    backend: bound,
-                    outcome,
                     session: Some(session),
+                    ..choice(bound, outcome)
                 }
             }
+        }
+    }
+
+    /// A backend for a request without a usable binding: the key's place on the hash ring
+    /// when it has a hash key, else the balancer's pick. Also says whether it is the first
+    /// choice (always so for the balancer).
+    fn pick(&self, hash: Option<u64>, accept: impl Fn(usize) -> bool) -> Option<(usize, bool)> {
+        match (hash, &self.ring) {
+            (Some(key), Some(ring)) => ring.pick(&self.pool, key, accept),
+            _ => self
+                .balancer
+                .pick(&self.pool, accept)
+                .map(|backend| (backend, true)),
         }
     }
 
@@ -176,6 +194,7 @@ impl Router {
             backend: mut preferred,
             mut outcome,
             session,
+            hash,
         } = choice;
         let mut reissue: Option<String> = None;
         let mut failed: Vec<usize> = Vec::new();
@@ -188,9 +207,14 @@ impl Router {
                     outcome = Outcome::Redispatch;
                     reissue =
                         reissue.or_else(|| self.affinity.session_to_reissue(request.headers()));
-                    self.balancer.pick(&self.pool, usable)
+                    self.pick(hash, usable).map(|(backend, _)| backend)
                 }
-                None => self.balancer.pick(&self.pool, usable),
+                None => self.pick(hash, usable).map(|(backend, first_choice)| {
+                    if !first_choice {
+                        outcome = Outcome::Redispatch;
+                    }
+                    backend
+                }),
             };
             let Some(mut backend) = backend else {
                 let error = last_error.unwrap_or_else(|| ProxyError::NoUsableBackend {

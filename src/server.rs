@@ -13,11 +13,14 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use bytes::Bytes;
+
 use crate::config::Config;
+use crate::proxy_header::{self, Prefixed};
 use crate::router::Router;
 
 /// Time a client has to send a complete request head (slowloris guard). Default: 30 s.
@@ -95,9 +98,11 @@ pub async fn run(
         if let Ok(address) = bound.local_addr() {
             tracing::info!(service = router.name(), %address, "listening");
         }
+        let proxy_protocol = config.services[bound.service].proxy_protocol;
         accept_loops.spawn(accept_loop(
             bound.listener,
             router,
+            proxy_protocol,
             stop.child_token(),
             Arc::clone(&graceful),
         ));
@@ -118,6 +123,7 @@ pub async fn run(
 async fn accept_loop(
     listener: TcpListener,
     router: Arc<Router>,
+    proxy_protocol: bool,
     stop: CancellationToken,
     graceful: Arc<GracefulShutdown>,
 ) {
@@ -126,37 +132,64 @@ async fn accept_loop(
             () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let (stream, client) = match accepted {
-            Ok(accepted) => accepted,
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_connection(
+                    stream,
+                    peer,
+                    Arc::clone(&router),
+                    proxy_protocol,
+                    graceful.watcher(),
+                ));
+            }
             Err(error) => {
                 // Out of file descriptors and the like: back off briefly rather than spin.
                 tracing::warn!(%error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
+        }
+    }
+}
+
+/// Serves one client connection: its PROXY header first when the listener expects one, then
+/// HTTP/1.1 keep-alive requests until either side closes or shutdown drains it.
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    proxy_protocol: bool,
+    graceful: Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let (client, already_read) = if proxy_protocol {
+        match proxy_header::read(&mut stream).await {
+            Ok((source, rest)) => (source.unwrap_or(peer), rest),
+            Err(error) => {
+                tracing::warn!(service = router.name(), %peer, %error, "connection closed: bad PROXY protocol header");
+                return;
+            }
+        }
+    } else {
+        (peer, Bytes::new())
+    };
+    let service = service_fn(move |request| {
         let router = Arc::clone(&router);
-        let service = service_fn(move |request| {
-            let router = Arc::clone(&router);
-            async move { Ok::<_, Infallible>(router.handle(request, client).await) }
-        });
-        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+        async move { Ok::<_, Infallible>(router.handle(request, client).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    let io = TokioIo::new(Prefixed::new(already_read, stream));
+    let connection = graceful.watch(
         builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true);
-        let connection = graceful.watch(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        );
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%client, %error, "client connection ended with an error");
-            }
-        });
+            .serve_connection_with_upgrades(io, service)
+            .into_owned(),
+    );
+    if let Err(error) = connection.await {
+        tracing::debug!(%client, %error, "client connection ended with an error");
     }
 }
 

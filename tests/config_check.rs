@@ -124,6 +124,31 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
             "5:12",
             "needs the app's session cookie",
         ),
+        (
+            &hash_service("key = \"ip\""),
+            "6:7",
+            "invalid hash key \"ip\": write key = \"source-ip\"",
+        ),
+        (
+            &hash_service("key = \"header:X-User\"\ntrusted_proxies = [\"10.0.0.0/8\"]"),
+            "7:19",
+            "trusted_proxies applies only to key = \"header:X-Forwarded-For\"",
+        ),
+        (
+            &hash_service("key = \"header:X-Forwarded-For\"\ntrusted_proxies = [\"10.0.0.0/33\"]"),
+            "7:20",
+            "is not an address or CIDR network",
+        ),
+        (
+            &hash_service("balance_factor = 0.5"),
+            "6:18",
+            "balance_factor must be a number above 1.0",
+        ),
+        (
+            &hash_service("cookie = \"sid\""),
+            "6:10",
+            "write key = \"cookie:NAME\"",
+        ),
     ];
     for (index, (text, place, message)) in cases.into_iter().enumerate() {
         let path = write_config(&format!("case{index}"), text);
@@ -135,6 +160,14 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
             "{text}\nexpected {expected}… {message}\ngot {stderr}"
         );
     }
+}
+
+/// A valid hash service with `affinity_line` as the sixth line of the file.
+fn hash_service(affinity_line: &str) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[service.affinity]\nstrategy = \"hash\"\n{affinity_line}\n\
+         [[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
+    )
 }
 
 #[test]

@@ -7,16 +7,20 @@
 //! strategy lives in its own file.
 
 pub mod cookies;
+pub mod hash;
 pub mod insert;
 pub mod prefix;
 pub mod stick_table;
 
 use std::time::Duration;
 
-use http::HeaderMap;
+use std::net::IpAddr;
+
+use http::{HeaderMap, request};
 
 use crate::config::AffinityConfig;
 use crate::pool::Pool;
+use hash::Hash;
 use insert::Insert;
 use prefix::Prefix;
 use stick_table::StickTable;
@@ -29,6 +33,8 @@ pub enum Stickiness {
     Pinned(usize),
     /// Stick table: this app session id must be resolved through the store.
     Lookup(String),
+    /// Hash strategy: the key's hash, to be placed on the consistent hash.
+    Hash(u64),
     /// Nothing that names a session: the balancer chooses.
     New,
     /// A value that names no backend: the balancer chooses, counted apart.
@@ -81,6 +87,8 @@ pub enum Affinity {
     Prefix(Prefix),
     /// The app's cookie is the key of a learned table.
     StickTable(StickTable),
+    /// A request key on a consistent hash.
+    Hash(Hash),
 }
 
 impl Affinity {
@@ -91,16 +99,19 @@ impl Affinity {
             AffinityConfig::Insert(config) => Affinity::Insert(Insert::new(config, pool)),
             AffinityConfig::Prefix(config) => Affinity::Prefix(Prefix::new(config)),
             AffinityConfig::StickTable(config) => Affinity::StickTable(StickTable::new(config)),
+            AffinityConfig::Hash(config) => Affinity::Hash(Hash::new(config)),
         }
     }
 
-    /// Reads, and strips where the strategy says so, the affinity state of a request head.
-    pub fn on_request(&self, headers: &mut HeaderMap, pool: &Pool) -> Stickiness {
+    /// Reads, and strips where the strategy says so, the affinity state of a request head
+    /// from `client` (the peer, or the PROXY protocol source).
+    pub fn on_request(&self, head: &mut request::Parts, client: IpAddr, pool: &Pool) -> Stickiness {
         match self {
             Affinity::None => Stickiness::New,
-            Affinity::Insert(insert) => insert.on_request(headers, pool),
-            Affinity::Prefix(prefix) => prefix.on_request(headers, pool),
-            Affinity::StickTable(table) => table.on_request(headers),
+            Affinity::Insert(insert) => insert.on_request(&mut head.headers, pool),
+            Affinity::Prefix(prefix) => prefix.on_request(&mut head.headers, pool),
+            Affinity::StickTable(table) => table.on_request(&head.headers),
+            Affinity::Hash(hash) => hash.on_request(head, client),
         }
     }
 
@@ -126,7 +137,7 @@ impl Affinity {
         headers: &mut HeaderMap,
     ) -> Option<TableUpdate> {
         match self {
-            Affinity::None => None,
+            Affinity::None | Affinity::Hash(_) => None,
             Affinity::Insert(insert) => {
                 insert.on_response(backend, outcome, headers);
                 None

@@ -59,6 +59,8 @@ pub struct RawService {
     pub connect_timeout: Option<Spanned<DurationValue>>,
     pub response_timeout: Option<Spanned<DurationValue>>,
     pub ejection_time: Option<Spanned<DurationValue>>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
     pub affinity: Option<Spanned<RawAffinity>>,
     #[serde(rename = "backend")]
     pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
@@ -95,7 +97,30 @@ pub enum Strategy {
     Insert,
     Prefix,
     StickTable,
+    Hash,
     None,
+}
+
+impl Fallback {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::SourceIp => "source-ip",
+            Fallback::Balance => "balance",
+        }
+    }
+}
+
+/// What the hash strategy does with a request that lacks its key (seed 003's
+/// `ignoreMissingHeader`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fallback {
+    /// Hash the client address instead.
+    #[default]
+    SourceIp,
+    /// Balance the request as a new session.
+    Balance,
 }
 
 /// `SameSite` attribute of the inserted cookie (RFC 6265bis §4.1.2.7).
@@ -129,6 +154,11 @@ pub struct RawAffinity {
     // stick-table
     pub ttl: Option<Spanned<DurationValue>>,
     pub max_entries: Option<Spanned<u64>>,
+    // hash
+    pub key: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub fallback: Option<Spanned<Fallback>>,
+    pub balance_factor: Option<Spanned<f64>>,
 }
 
 /// One `[[service.backend]]` table.

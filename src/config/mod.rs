@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-pub use file::{Balance, SameSite};
+pub use file::{Balance, Fallback, SameSite};
 use file::{RawAffinity, RawBackend, RawConfig, RawService, Strategy};
 
 /// Everything stickyd runs on.
@@ -43,6 +43,9 @@ pub struct ServiceConfig {
     pub response_timeout: Duration,
     /// How long a backend that refused a connection is skipped. Default: 5 s.
     pub ejection_time: Duration,
+    /// Every connection to this service's listeners starts with a PROXY protocol v1 or v2
+    /// header (HAProxy's `accept-proxy`) naming the real client. Default: false.
+    pub proxy_protocol: bool,
     /// The affinity strategy.
     pub affinity: AffinityConfig,
     /// At least one backend, in file order.
@@ -66,6 +69,16 @@ impl ServiceConfig {
                     table.cookie,
                     table.ttl.as_secs(),
                     table.max_entries
+                )
+            }
+            AffinityConfig::Hash(hash) => {
+                let bound = hash
+                    .balance_factor
+                    .map_or_else(String::new, |factor| format!(" balance_factor {factor}"));
+                format!(
+                    "hash key {} fallback {}{bound}",
+                    hash.key,
+                    hash.fallback.as_str()
                 )
             }
         };
@@ -115,6 +128,54 @@ pub enum AffinityConfig {
     Prefix(PrefixConfig),
     /// stickyd learns session id -> backend from the app's `Set-Cookie`.
     StickTable(StickTableConfig),
+    /// A request key (client address, header, query parameter, cookie) on a consistent hash.
+    Hash(HashConfig),
+}
+
+/// Settings of the hash strategy.
+#[derive(Debug, Clone)]
+pub struct HashConfig {
+    /// What is hashed.
+    pub key: HashKey,
+    /// Peers (and hops) whose `X-Forwarded-For` / `Forwarded` entries are believed; the client
+    /// is the right-most address not in this list (nginx `real_ip_recursive on`). Default: none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// What a request without the key does. Default: hash the source address.
+    pub fallback: Fallback,
+    /// Bounded load (HAProxy `hash-balance-factor`): no backend takes more than this factor times
+    /// the mean in-flight requests; overflow goes to the key's next choice. Default: unbounded.
+    pub balance_factor: Option<f64>,
+}
+
+impl fmt::Display for HashKey {
+    /// The key as written in the config file.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::SourceIp => f.write_str("source-ip"),
+            HashKey::ForwardedFor => f.write_str("header:X-Forwarded-For"),
+            HashKey::Forwarded => f.write_str("header:Forwarded"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Query(name) => write!(f, "query:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+        }
+    }
+}
+
+/// The request part the hash strategy hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's address (the peer, or the PROXY protocol source).
+    SourceIp,
+    /// The client address from `X-Forwarded-For`, believed only through `trusted_proxies`.
+    ForwardedFor,
+    /// The client address from `Forwarded` (RFC 7239 `for=`), believed only through `trusted_proxies`.
+    Forwarded,
+    /// The value of a request header.
+    Header(http::HeaderName),
+    /// The raw value of a query parameter.
+    Query(String),
+    /// The value of a cookie.
+    Cookie(String),
 }
 
 /// Settings of the insert strategy.
@@ -357,6 +418,7 @@ impl Checker<'_> {
             ejection_time: raw
                 .ejection_time
                 .map_or(file::DEFAULT_EJECTION_TIME, |d| d.into_inner().0),
+            proxy_protocol: raw.proxy_protocol,
             affinity,
             backends,
         }
@@ -436,9 +498,10 @@ impl Checker<'_> {
             Strategy::Insert => "insert",
             Strategy::Prefix => "prefix",
             Strategy::StickTable => "stick-table",
+            Strategy::Hash => "hash",
             Strategy::None => "none",
         };
-        let misplaced: [(Option<Range<usize>>, &str, &str); 11] = [
+        let misplaced: [(Option<Range<usize>>, &str, &str); 15] = [
             (raw.path.as_ref().map(Spanned::span), "path", "insert"),
             (raw.domain.as_ref().map(Spanned::span), "domain", "insert"),
             (raw.max_age.as_ref().map(Spanned::span), "max_age", "insert"),
@@ -470,6 +533,18 @@ impl Checker<'_> {
                 "max_entries",
                 "stick-table",
             ),
+            (raw.key.as_ref().map(Spanned::span), "key", "hash"),
+            (
+                raw.trusted_proxies.as_ref().map(Spanned::span),
+                "trusted_proxies",
+                "hash",
+            ),
+            (raw.fallback.as_ref().map(Spanned::span), "fallback", "hash"),
+            (
+                raw.balance_factor.as_ref().map(Spanned::span),
+                "balance_factor",
+                "hash",
+            ),
         ];
         for (span, key, owner) in misplaced {
             if span.is_some() && owner != strategy_name {
@@ -479,14 +554,17 @@ impl Checker<'_> {
                 );
             }
         }
-        if strategy == Strategy::None {
+        if matches!(strategy, Strategy::None | Strategy::Hash) {
             if let Some(cookie) = &raw.cookie {
                 self.report_at(
                     cookie,
-                    r#"`cookie` has no use with strategy = "none": remove it"#.into(),
+                    format!(r#"`cookie` has no use with strategy = "{strategy_name}": remove it (to hash a cookie, write key = "cookie:NAME")"#),
                 );
             }
-            return AffinityConfig::None;
+            return match strategy {
+                Strategy::Hash => AffinityConfig::Hash(self.hash(raw)),
+                _ => AffinityConfig::None,
+            };
         }
         let cookie = match &raw.cookie {
             Some(cookie) => {
@@ -528,7 +606,7 @@ impl Checker<'_> {
                     max_entries,
                 })
             }
-            Strategy::None => unreachable!("handled above"),
+            Strategy::None | Strategy::Hash => unreachable!("handled above"),
         }
     }
 
@@ -580,6 +658,72 @@ impl Checker<'_> {
         }
     }
 
+    fn hash(&mut self, raw: RawAffinity) -> HashConfig {
+        let key = match &raw.key {
+            None => HashKey::SourceIp,
+            Some(text) => self.hash_key(text),
+        };
+        let mut trusted_proxies = Vec::new();
+        if let Some(list) = &raw.trusted_proxies {
+            if !matches!(key, HashKey::ForwardedFor | HashKey::Forwarded) {
+                self.report_at(
+                    list,
+                    r#"trusted_proxies applies only to key = "header:X-Forwarded-For" or "header:Forwarded": remove it"#.into(),
+                );
+            }
+            for entry in list.get_ref() {
+                match parse_network(entry.get_ref()) {
+                    Some(network) => trusted_proxies.push(network),
+                    None => self.report_at(
+                        entry,
+                        format!(r#"{:?} is not an address or CIDR network: write e.g. "10.0.0.0/8", "192.0.2.7" or "2001:db8::/32""#, entry.get_ref()),
+                    ),
+                }
+            }
+        }
+        let balance_factor = raw.balance_factor.as_ref().map(|factor| {
+            let value = *factor.get_ref();
+            if !(value > 1.0 && value.is_finite()) {
+                self.report_at(factor, "balance_factor must be a number above 1.0, such as 1.25 (HAProxy hash-balance-factor 125)".into());
+            }
+            value
+        });
+        HashConfig {
+            key,
+            trusted_proxies,
+            fallback: raw
+                .fallback
+                .as_ref()
+                .map_or(Fallback::SourceIp, |f| *f.get_ref()),
+            balance_factor,
+        }
+    }
+
+    fn hash_key(&mut self, text: &Spanned<String>) -> HashKey {
+        let value = text.get_ref();
+        let hint = r#"write key = "source-ip", "header:NAME", "query:NAME" or "cookie:NAME""#;
+        let key = match value.split_once(':') {
+            None if value == "source-ip" => Some(HashKey::SourceIp),
+            Some(("header", name)) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) if name == "x-forwarded-for" => Some(HashKey::ForwardedFor),
+                Ok(name) if name == http::header::FORWARDED => Some(HashKey::Forwarded),
+                Ok(name) => Some(HashKey::Header(name)),
+                Err(_) => None,
+            },
+            Some(("query", name)) if !name.is_empty() && !name.contains(['&', '=', '#']) => {
+                Some(HashKey::Query(name.to_string()))
+            }
+            Some(("cookie", name)) if !name.is_empty() && name.chars().all(is_token_char) => {
+                Some(HashKey::Cookie(name.to_string()))
+            }
+            _ => None,
+        };
+        key.unwrap_or_else(|| {
+            self.report_at(text, format!("invalid hash key {value:?}: {hint}"));
+            HashKey::SourceIp
+        })
+    }
+
     fn delimiter(&mut self, text: &Spanned<String>) -> char {
         let mut chars = text.get_ref().chars();
         match (chars.next(), chars.next()) {
@@ -602,6 +746,15 @@ impl Checker<'_> {
             self.report_at(value, format!("{what} {text:?} must be non-empty and use only letters, digits, '.', '_' and '-'"));
         }
     }
+}
+
+/// `"10.0.0.0/8"`, or a bare address as a single-host network.
+fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 fn is_token_char(c: char) -> bool {
