@@ -161,3 +161,30 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
     }
     String::from_utf8_lossy(&buffer).into_owned()
 }
+
+#[tokio::test]
+async fn an_open_websocket_counts_as_load_for_least_connections() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let proxy = proxy_over(&backends, "balance = \"least-connections\"\n").await;
+        let (_socket, response) =
+            tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr))
+                .await
+                .unwrap();
+        assert_eq!(response.status(), 101);
+        let busy = backends
+            .iter()
+            .find(|backend| backend.count() == 1)
+            .unwrap()
+            .name
+            .clone();
+        for _ in 0..4 {
+            assert_ne!(
+                Browser::new().get(&proxy.url("/")).await.backend(),
+                busy,
+                "a backend holding a WebSocket counted as idle"
+            );
+        }
+    })
+    .await;
+}

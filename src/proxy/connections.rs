@@ -121,7 +121,7 @@ pub struct Release {
     connections: Arc<Connections>,
     backend: usize,
     sender: Sender,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl std::fmt::Debug for Release {
@@ -144,8 +144,13 @@ impl Release {
             connections,
             backend,
             sender,
-            _in_flight: in_flight,
+            in_flight,
         }
+    }
+
+    /// The connection was upgraded (101): it is never pooled, but the request stays in flight.
+    pub fn into_in_flight(self) -> InFlight {
+        self.in_flight
     }
 
     /// The response ended cleanly: the connection goes back to the idle list. Dropping a

@@ -260,16 +260,20 @@ impl Upstream {
     }
 }
 
-fn with_release(response: Response<Incoming>, release: Release) -> Response<ProxyBody> {
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+fn with_release(mut response: Response<Incoming>, release: Release) -> Response<ProxyBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection now belongs to the tunnel and is never pooled again; the tunnel keeps
+        // counting as in flight (see `tunnel`) so least-connections sees WebSocket load.
+        response.extensions_mut().insert(TunnelLoad {
+            _in_flight: Arc::new(release.into_in_flight()),
+        });
+        return response.map(|body| ProxyBody::Upstream {
+            body,
+            release: None,
+        });
+    }
     response.map(|body| {
-        if switching {
-            // The connection now belongs to the tunnel; it is never pooled again.
-            ProxyBody::Upstream {
-                body,
-                release: None,
-            }
-        } else if http_body::Body::is_end_stream(&body) {
+        if http_body::Body::is_end_stream(&body) {
             release.reuse();
             ProxyBody::Upstream {
                 body,
@@ -284,11 +288,19 @@ fn with_release(response: Response<Incoming>, release: Release) -> Response<Prox
     })
 }
 
+/// The in-flight count of an upgraded connection, carried from the 101 to its tunnel.
+#[derive(Debug, Clone)]
+struct TunnelLoad {
+    _in_flight: Arc<crate::pool::InFlight>,
+}
+
 /// Joins the client's and the backend's upgraded connections once both sides switched
 /// protocols, and copies bytes both ways until either side closes.
 pub fn tunnel(client: OnUpgrade, backend: &mut Response<ProxyBody>) {
+    let load = backend.extensions_mut().remove::<TunnelLoad>();
     let backend = hyper::upgrade::on(backend);
     tokio::spawn(async move {
+        let _in_flight_until_closed = load;
         let (client, backend) = match tokio::try_join!(client, backend) {
             Ok(both) => both,
             Err(error) => {
