@@ -24,7 +24,11 @@ fn service(affinity: &str, balance: &str) -> (Affinity, Pool, Balancer) {
     );
     let config = Config::parse(&text, "<bench>").unwrap();
     let service = &config.services[0];
-    let pool = Pool::new(&service.backends, Duration::from_secs(5));
+    let pool = Pool::new(
+        &service.backends,
+        stickyd::pool::PoolPolicy::default(),
+        None,
+    );
     let affinity = Affinity::new(&service.affinity, &pool);
     let balancer = Balancer::new(service.balance, &pool);
     (affinity, pool, balancer)
@@ -97,7 +101,7 @@ fn hash_benches(c: &mut Criterion) {
     c.bench_function("hash: rendezvous pick of 3", |b| {
         b.iter(|| {
             key = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            ring.pick(&pool, black_box(key), |index| pool.is_usable(index))
+            ring.pick(&pool, black_box(key), |index| pool.accepts_new(index))
         })
     });
 }
@@ -132,7 +136,7 @@ fn balance_benches(c: &mut Criterion) {
     for algorithm in ["round-robin", "least-connections", "random"] {
         let (_, pool, balancer) = service("strategy = \"none\"", algorithm);
         c.bench_function(&format!("balance: {algorithm} pick of 3"), |b| {
-            b.iter(|| balancer.pick(&pool, |index| pool.is_usable(index)))
+            b.iter(|| balancer.pick(&pool, |index| pool.accepts_new(index)))
         });
     }
 }

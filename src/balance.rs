@@ -227,10 +227,10 @@ fn smooth_schedule(pool: &Pool) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
     use crate::config::BackendConfig;
+    use crate::pool::PoolPolicy;
 
     fn pool(weights: &[u32]) -> Arc<Pool> {
         let backends: Vec<BackendConfig> = weights
@@ -241,9 +241,11 @@ mod tests {
                 id: format!("b{index}"),
                 address: "127.0.0.1:1".parse().unwrap(),
                 weight,
+                state: crate::config::AdminState::Ready,
+                backup: false,
             })
             .collect();
-        Arc::new(Pool::new(&backends, Duration::from_secs(5)))
+        Arc::new(Pool::new(&backends, PoolPolicy::default(), None))
     }
 
     fn counts(balancer: &Balancer, pool: &Pool, picks: usize) -> Vec<usize> {
@@ -347,9 +349,11 @@ mod tests {
                 id: format!("b{index}"),
                 address: "127.0.0.1:1".parse().unwrap(),
                 weight: 1,
+                state: crate::config::AdminState::Ready,
+                backup: false,
             })
             .collect();
-        let after = placement(&Pool::new(&remaining, Duration::from_secs(5)), KEYS);
+        let after = placement(&Pool::new(&remaining, PoolPolicy::default(), None), KEYS);
         let moved_keys = moved(&before, &after);
         let owned = before.iter().filter(|id| *id == "b2").count();
         println!(

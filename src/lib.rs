@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`cli`]: the command line (`run`, `check`, `demo`).
 //! - [`config`]: the TOML file, raw ([`config::file`]) and validated ([`config::Config`]).
+//! - [`daemon`]: the daemon under systemd: notify, SIGHUP reload, SIGTERM stop.
 //! - [`server`]: accept loops over bound listeners, graceful shutdown.
+//! - [`runtime`]: the running services behind swappable slots; reload.
 //! - [`router`]: one service's request path: affinity, balance, redispatch, forward, record.
 //! - [`affinity`]: the strategies (insert, prefix, stick table), synchronous and pure.
 //! - [`balance`]: how a new session picks a backend (round-robin, least-connections, random).
@@ -12,20 +14,26 @@
 //! - [`proxy`]: forwarding one request: head rewriting, pooled backend connections, streaming
 //!   bodies, WebSocket tunnels.
 //! - [`proxy_header`]: the PROXY protocol header (v1, v2) on listeners behind an L4 balancer.
+//! - [`metrics`]: Prometheus metrics, pre-built handles per service and backend.
 //! - [`error`]: what can go wrong on a request and which status it becomes.
+//! - [`admin`]: the admin listener: metrics, status, backend states, stick table, resolve.
 //! - [`demo`]: `stickyd demo`, demo backends behind a proxy.
 //! - [`telemetry`]: logging setup.
 
+pub mod admin;
 pub mod affinity;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_header;
 pub mod router;
+pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;

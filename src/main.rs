@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use stickyd::cli::{Cli, Command};
 use stickyd::config::Config;
-use stickyd::{demo, server, telemetry};
+use stickyd::{daemon, demo, server, telemetry};
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
@@ -32,11 +32,8 @@ fn main() -> anyhow::Result<ExitCode> {
                 }
             };
             telemetry::init(&config.log_level);
-            runtime()?.block_on(async {
-                let listeners = server::bind(&config).await?;
-                server::run(&config, listeners, server::shutdown_signal()).await;
-                Ok(ExitCode::SUCCESS)
-            })
+            runtime()?.block_on(daemon::run(&path, config))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
             telemetry::init("info");

@@ -12,15 +12,17 @@ use crate::affinity::{Affinity, Outcome, Stickiness, TableUpdate};
 use crate::balance::{Balancer, HashRing};
 use crate::config::{AffinityConfig, ServiceConfig};
 use crate::error::ProxyError;
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolPolicy};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::{self, Upstream};
+use crate::metrics::{Metrics, ServiceMetrics};
 use crate::store::StickStore;
+use crate::store::sessions::BoundSessions;
 
 /// The stick table of a service and the lifetime of a binding reserved before the app answers.
 #[derive(Debug)]
 struct Table {
-    store: StickStore,
+    store: Arc<StickStore>,
     ttl: Duration,
 }
 
@@ -34,7 +36,19 @@ pub struct Router {
     affinity: Affinity,
     table: Option<Table>,
     upstream: Upstream,
+    /// A 5xx counts as a failed request for passive ejection.
+    passive_5xx: bool,
+    proxy_protocol: bool,
+    /// Adds [`DEBUG_HEADER`] to every response.
+    debug_header: bool,
+    metrics: ServiceMetrics,
+    /// Live sessions per backend, for cookie and hash strategies.
+    sessions: Option<Arc<BoundSessions>>,
 }
+
+/// Response header naming the backend and affinity outcome, when the service's `debug_header`
+/// is on: `x-stickyd: backend=app2; affinity=hit`.
+pub const DEBUG_HEADER: http::HeaderName = http::HeaderName::from_static("x-stickyd");
 
 /// The backend a request is bound to before it is sent, and how it came to be.
 struct Choice {
@@ -47,16 +61,41 @@ struct Choice {
 }
 
 impl Router {
-    /// Builds the router of one service.
-    pub fn new(config: &ServiceConfig) -> Router {
-        let pool = Arc::new(Pool::new(&config.backends, config.ejection_time));
+    /// Builds the router of one service, recording into `metrics`. When it replaces `previous`
+    /// (a reload), unchanged backends keep their live state, a stick table keeps its entries
+    /// and the live-session tracker its sessions.
+    pub fn new(config: &ServiceConfig, previous: Option<&Router>, metrics: &Metrics) -> Router {
+        let policy = PoolPolicy {
+            ejection_time: config.ejection_time,
+            passive_failures: config.health.passive_failures,
+            failback: config.failback,
+        };
+        let pool = Arc::new(Pool::new(
+            &config.backends,
+            policy,
+            previous.map(|router| &*router.pool),
+        ));
         let table = match &config.affinity {
             AffinityConfig::StickTable(table) => Some(Table {
-                store: StickStore::new(table),
+                store: previous
+                    .and_then(|router| router.table.as_ref())
+                    .map_or_else(
+                        || Arc::new(StickStore::new(table)),
+                        |kept| Arc::clone(&kept.store),
+                    ),
                 ttl: table.ttl,
             }),
             _ => None,
         };
+        let sessions = match &config.affinity {
+            AffinityConfig::StickTable(_) | AffinityConfig::None => None,
+            _ => Some(
+                previous
+                    .and_then(|router| router.sessions.clone())
+                    .unwrap_or_else(|| Arc::new(BoundSessions::new(config.session_idle))),
+            ),
+        };
+        let backend_names: Vec<&str> = config.backends.iter().map(|backend| backend.name.as_str()).collect();
         let ring = match &config.affinity {
             AffinityConfig::Hash(hash) => Some(HashRing::new(&pool, hash.balance_factor)),
             _ => None,
@@ -73,7 +112,59 @@ impl Router {
             ),
             table,
             pool,
+            passive_5xx: config.health.passive_5xx,
+            proxy_protocol: config.proxy_protocol,
+            debug_header: config.debug_header,
+            metrics: metrics.service(&config.name, &backend_names),
+            sessions,
         }
+    }
+
+    /// The service's metric handles.
+    pub fn metrics(&self) -> &ServiceMetrics {
+        &self.metrics
+    }
+
+    /// The stick table, for the stick-table strategy.
+    pub fn stick_table(&self) -> Option<&StickStore> {
+        self.table.as_ref().map(|table| &*table.store)
+    }
+
+    /// Live sessions per backend id: stick-table entries, or bindings seen within
+    /// `session_idle` for the other strategies (empty for `none`).
+    pub fn sessions_per_backend(&self) -> std::collections::HashMap<crate::pool::BackendId, u64> {
+        match (&self.table, &self.sessions) {
+            (Some(table), _) => table.store.per_backend(),
+            (None, Some(sessions)) => sessions.per_backend(),
+            (None, None) => std::collections::HashMap::new(),
+        }
+    }
+
+    /// Where hash key `key` goes now among backends taking new sessions, and whether that is
+    /// its first choice; `None` without a hash ring or a usable backend. Changes nothing.
+    pub fn hash_choice(&self, key: u64) -> Option<(usize, bool)> {
+        let ring = self.ring.as_ref()?;
+        ring.pick(&self.pool, key, |index| self.pool.accepts_new(index))
+    }
+
+    /// Lifetime of a stick-table binding made without the app's cookie lifetime.
+    pub fn stick_ttl(&self) -> Duration {
+        self.table.as_ref().map_or(Duration::ZERO, |table| table.ttl)
+    }
+
+    /// The affinity strategy.
+    pub fn affinity(&self) -> &Affinity {
+        &self.affinity
+    }
+
+    /// Whether connections to this service start with a PROXY protocol header.
+    pub fn proxy_protocol(&self) -> bool {
+        self.proxy_protocol
+    }
+
+    /// The service's backends and their live state.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// The service's name.
@@ -95,6 +186,9 @@ impl Router {
             Err(error) => (error.to_response(), None, Outcome::New),
             Ok(()) => {
                 let stickiness = self.affinity.on_request(&mut head, client.ip(), &self.pool);
+                let identity = self.sessions.as_ref().and_then(|_| {
+                    self.affinity.session_identity(&head.headers, client.ip(), &stickiness)
+                });
                 let choice = self.resolve(stickiness).await;
                 let upgrade = proxy::is_upgrade(&head.headers);
                 proxy::prepare_request(&mut head, client, upgrade);
@@ -103,6 +197,11 @@ impl Router {
                 let (result, outcome) = self.forward(request, choice).await;
                 match result {
                     Ok((mut response, backend)) => {
+                        if let (Some(sessions), Some(identity), Outcome::Hit | Outcome::Redispatch) =
+                            (&self.sessions, identity, outcome)
+                        {
+                            sessions.seen(identity, &self.pool.get(backend).id);
+                        }
                         if let Some(client_upgrade) =
                             client_upgrade.filter(|_| response.status() == 101)
                         {
@@ -117,6 +216,16 @@ impl Router {
                 }
             }
         };
+        let elapsed = started.elapsed();
+        let mut response = response;
+        self.metrics.record(backend, response.status().as_u16(), outcome, elapsed);
+        if self.debug_header {
+            let name = backend.map_or("-", |index| self.pool.get(index).name.as_str());
+            let value = format!("backend={name}; affinity={}", outcome.as_str());
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(DEBUG_HEADER, value);
+            }
+        }
         tracing::info!(
             target: "stickyd::access",
             client = %client.ip(),
@@ -126,7 +235,7 @@ impl Router {
             service = %self.name,
             backend = %backend.map_or("-", |index| self.pool.get(index).name.as_str()),
             affinity = %outcome.as_str(),
-            ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+            ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
         );
         response
     }
@@ -200,9 +309,11 @@ impl Router {
         let mut failed: Vec<usize> = Vec::new();
         let mut last_error: Option<ProxyError> = None;
         loop {
-            let usable = |index: usize| self.pool.is_usable(index) && !failed.contains(&index);
+            let usable = |index: usize| self.pool.accepts_new(index) && !failed.contains(&index);
             let backend = match preferred.take() {
-                Some(bound) if usable(bound) => Some(bound),
+                Some(bound) if self.pool.accepts_bound(bound) && !failed.contains(&bound) => {
+                    Some(bound)
+                }
                 Some(_) => {
                     outcome = Outcome::Redispatch;
                     reissue =
@@ -229,6 +340,11 @@ impl Router {
             }
             match self.upstream.send(&self.pool, backend, request).await {
                 Ok(mut response) => {
+                    if self.passive_5xx && response.status().is_server_error() {
+                        self.pool.record_failure(backend);
+                    } else {
+                        self.pool.record_success(backend);
+                    }
                     let session = session.as_deref().or(reissue.as_deref());
                     self.record(backend, outcome, session, &mut response).await;
                     return (Ok((response, backend)), outcome);
@@ -237,8 +353,8 @@ impl Router {
                     error,
                     request: Some(unsent),
                 }) if error.is_retryable() => {
-                    tracing::warn!(service = %self.name, %error, "backend ejected; redispatching");
-                    self.pool.eject(backend);
+                    let ejected = self.pool.record_failure(backend);
+                    tracing::warn!(service = %self.name, %error, ejected, "redispatching");
                     failed.push(backend);
                     if outcome == Outcome::Hit {
                         outcome = Outcome::Redispatch;
@@ -277,7 +393,7 @@ impl Router {
             Outcome::New | Outcome::Invalid => {
                 let held = table.store.reserve(session, id, table.ttl).await;
                 match self.pool.find_id(&held) {
-                    Some(reserved) if self.pool.is_usable(reserved) => reserved,
+                    Some(reserved) if self.pool.accepts_bound(reserved) => reserved,
                     _ => {
                         table.store.bind(session, id, table.ttl).await;
                         backend

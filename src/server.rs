@@ -7,9 +7,11 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::gauge::Gauge;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -19,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 
-use crate::config::Config;
+use crate::config::{Config, ServiceConfig};
 use crate::proxy_header::{self, Prefixed};
 use crate::router::Router;
+use crate::runtime::Runtime;
 
 /// Time a client has to send a complete request head (slowloris guard). Default: 30 s.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,18 +67,28 @@ pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
     let mut listeners = Vec::new();
     for (service, service_config) in config.services.iter().enumerate() {
         for &address in &service_config.listen {
-            let listener =
-                TcpListener::bind(address)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        service: service_config.name.clone(),
-                        address,
-                        source,
-                    })?;
+            let listener = bind_one(service_config, address).await?;
             listeners.push(BoundListener { service, listener });
         }
     }
     Ok(listeners)
+}
+
+/// Binds one listen address of `service`.
+///
+/// # Errors
+/// [`ServerError::Bind`] when the address cannot be bound.
+pub async fn bind_one(
+    service: &ServiceConfig,
+    address: SocketAddr,
+) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::Bind {
+            service: service.name.clone(),
+            address,
+            source,
+        })
 }
 
 /// Serves `listeners` until `shutdown` completes, then stops accepting and gives in-flight
@@ -85,47 +98,65 @@ pub async fn run(
     listeners: Vec<BoundListener>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let routers: Vec<Arc<Router>> = config
-        .services
-        .iter()
-        .map(|service| Arc::new(Router::new(service)))
-        .collect();
-    let stop = CancellationToken::new();
-    let graceful = Arc::new(GracefulShutdown::new());
-    let mut accept_loops = tokio::task::JoinSet::new();
-    for bound in listeners {
-        let router = Arc::clone(&routers[bound.service]);
-        if let Ok(address) = bound.local_addr() {
-            tracing::info!(service = router.name(), %address, "listening");
-        }
-        let proxy_protocol = config.services[bound.service].proxy_protocol;
-        accept_loops.spawn(accept_loop(
-            bound.listener,
-            router,
-            proxy_protocol,
-            stop.child_token(),
-            Arc::clone(&graceful),
-        ));
-    }
+    let runtime = Runtime::start(config.clone(), listeners);
     shutdown.await;
-    tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections; waiting for in-flight requests");
-    stop.cancel();
-    while accept_loops.join_next().await.is_some() {}
-    let graceful = Arc::into_inner(graceful).expect("accept loops have ended");
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?config.shutdown_grace, "grace period over: closing the remaining connections");
+    runtime.shutdown().await;
+}
+
+/// The client connections being served, so shutdown can drain them (hyper-util's
+/// `GracefulShutdown`); after shutdown began, new connections are refused.
+#[derive(Debug)]
+pub struct Connections {
+    graceful: Mutex<Option<GracefulShutdown>>,
+}
+
+impl Connections {
+    /// No connection yet.
+    pub fn new() -> Connections {
+        Connections {
+            graceful: Mutex::new(Some(GracefulShutdown::new())),
+        }
+    }
+
+    /// A watcher for one new connection, or `None` once shutdown began.
+    fn watcher(&self) -> Option<Watcher> {
+        self.graceful
+            .lock()
+            .expect("connections lock")
+            .as_ref()
+            .map(GracefulShutdown::watcher)
+    }
+
+    /// Asks every connection to finish its in-flight request and close, and waits up to `grace`.
+    pub async fn drain(&self, grace: Duration) {
+        let Some(graceful) = self.graceful.lock().expect("connections lock").take() else {
+            return;
+        };
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "grace period over: closing the remaining connections"
+            );
+        }
     }
 }
 
-async fn accept_loop(
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections::new()
+    }
+}
+
+/// Accepts connections on `listener` for the service whose current router is in `slot`, until
+/// `stop` is cancelled.
+pub async fn accept_loop(
     listener: TcpListener,
-    router: Arc<Router>,
-    proxy_protocol: bool,
+    slot: Arc<ArcSwap<Router>>,
     stop: CancellationToken,
-    graceful: Arc<GracefulShutdown>,
+    connections: Arc<Connections>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -134,13 +165,10 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_connection(
-                    stream,
-                    peer,
-                    Arc::clone(&router),
-                    proxy_protocol,
-                    graceful.watcher(),
-                ));
+                let Some(watcher) = connections.watcher() else {
+                    return;
+                };
+                tokio::spawn(serve_connection(stream, peer, Arc::clone(&slot), watcher));
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off briefly rather than spin.
@@ -151,20 +179,27 @@ async fn accept_loop(
     }
 }
 
-/// Serves one client connection: its PROXY header first when the listener expects one, then
-/// HTTP/1.1 keep-alive requests until either side closes or shutdown drains it.
+/// Serves one client connection: its PROXY header first when the service expects one, then
+/// HTTP/1.1 keep-alive requests, each routed by the service's router of the moment, until
+/// either side closes or shutdown drains it.
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    router: Arc<Router>,
-    proxy_protocol: bool,
+    slot: Arc<ArcSwap<Router>>,
     graceful: Watcher,
 ) {
     let _ = stream.set_nodelay(true);
+    let (proxy_protocol, open) = {
+        let router = slot.load();
+        (router.proxy_protocol(), router.metrics().connections.clone())
+    };
+    let _open_until_closed = OpenConnection::new(open);
     let (client, already_read) = if proxy_protocol {
         match proxy_header::read(&mut stream).await {
             Ok((source, rest)) => (source.unwrap_or(peer), rest),
             Err(error) => {
+                let router = slot.load();
+                router.metrics().proxy_header_rejected.inc();
                 tracing::warn!(service = router.name(), %peer, %error, "connection closed: bad PROXY protocol header");
                 return;
             }
@@ -173,7 +208,7 @@ async fn serve_connection(
         (peer, Bytes::new())
     };
     let service = service_fn(move |request| {
-        let router = Arc::clone(&router);
+        let router = slot.load_full();
         async move { Ok::<_, Infallible>(router.handle(request, client).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -190,6 +225,22 @@ async fn serve_connection(
     );
     if let Err(error) = connection.await {
         tracing::debug!(%client, %error, "client connection ended with an error");
+    }
+}
+
+/// Counts a client connection in its service's open-connections gauge while it lives.
+struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    fn new(gauge: Gauge) -> OpenConnection {
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

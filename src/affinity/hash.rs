@@ -32,6 +32,11 @@ impl Hash {
         }
     }
 
+    /// What this strategy hashes.
+    pub fn key(&self) -> &HashKey {
+        &self.key
+    }
+
     /// The hash of the request's key, or the fallback when the request has no key.
     pub fn on_request(&self, head: &request::Parts, client: IpAddr) -> Stickiness {
         let headers = &head.headers;

@@ -115,6 +115,22 @@ impl Affinity {
         }
     }
 
+    /// A hash that identifies the request's session, for counting live sessions per backend:
+    /// the hash key, the app's session value (prefix), or the client address with the app's
+    /// cookies (insert, after stickyd's cookie is stripped). `None` for the stick table, which
+    /// counts its entries, and for `none`.
+    pub fn session_identity(&self, headers: &HeaderMap, client: IpAddr, stickiness: &Stickiness) -> Option<u64> {
+        match (self, stickiness) {
+            (Affinity::Hash(_), Stickiness::Hash(key)) => Some(*key),
+            (Affinity::Prefix(prefix), _) => cookies::find(headers, prefix.cookie()).map(|value| hash::hash_bytes(value.as_bytes())),
+            (Affinity::Insert(_), _) => {
+                let cookie = headers.get(http::header::COOKIE).map_or(&b""[..], |value| value.as_bytes());
+                Some(hash::hash_ip(client) ^ hash::hash_bytes(cookie))
+            }
+            _ => None,
+        }
+    }
+
     /// The app's session value as the backend will see it, needed after the request is gone
     /// to re-issue a prefix cookie on redispatch. Only the prefix strategy has one to keep.
     pub fn session_to_reissue(&self, headers: &HeaderMap) -> Option<String> {
@@ -153,7 +169,6 @@ impl Affinity {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::time::Duration;
 
     use crate::config::BackendConfig;
     use crate::pool::Pool;
@@ -166,8 +181,10 @@ pub(crate) mod tests {
                 id: format!("s{n}"),
                 address: format!("127.0.0.1:{}", 3000 + n).parse().unwrap(),
                 weight: 1,
+                state: crate::config::AdminState::Ready,
+                backup: false,
             })
             .collect();
-        Pool::new(&backends, Duration::from_secs(5))
+        Pool::new(&backends, crate::pool::PoolPolicy::default(), None)
     }
 }

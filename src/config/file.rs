@@ -33,6 +33,22 @@ pub const DEFAULT_PREFIX_DELIMITER: char = '~';
 pub const DEFAULT_STICK_TTL: Duration = Duration::from_secs(30 * 60);
 /// Bound on the number of stick-table entries; the least recently used is evicted past it.
 pub const DEFAULT_STICK_MAX_ENTRIES: u64 = 1_000_000;
+/// Interval between active health checks of one backend. Default: 2 s.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Time one active health check may take. Default: 1 s.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Consecutive passed checks that bring a down backend up (HAProxy `rise`).
+pub const DEFAULT_RISE: u32 = 2;
+/// Consecutive failed checks that take an up backend down (HAProxy `fall`).
+pub const DEFAULT_FALL: u32 = 3;
+/// Status range an active check must answer with.
+pub const DEFAULT_EXPECT: (u16, u16) = (200, 399);
+/// Consecutive failed requests (connection failures, and 5xx with `passive_5xx`) that eject a
+/// backend for `ejection_time`.
+pub const DEFAULT_PASSIVE_FAILURES: u32 = 1;
+/// Window in which a cookie binding counts as a live session on its backend. Default: 30 min.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+
 /// Weight of a backend that names none.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Largest weight a backend may have.
@@ -44,9 +60,21 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub struct RawConfig {
     pub log_level: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<DurationValue>>,
+    pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<RawService>>,
 }
+
+/// The `[admin]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: Option<Spanned<std::net::SocketAddr>>,
+    pub token_file: Option<Spanned<String>>,
+}
+
+/// Where the admin listener listens when `[admin]` names no `bind`: loopback only.
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 
 /// One `[[service]]` table.
 #[derive(Debug, Deserialize)]
@@ -61,6 +89,11 @@ pub struct RawService {
     pub ejection_time: Option<Spanned<DurationValue>>,
     #[serde(default)]
     pub proxy_protocol: bool,
+    pub failback: Option<bool>,
+    #[serde(default)]
+    pub debug_header: bool,
+    pub session_idle: Option<Spanned<DurationValue>>,
+    pub health: Option<Spanned<RawHealth>>,
     pub affinity: Option<Spanned<RawAffinity>>,
     #[serde(rename = "backend")]
     pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
@@ -169,6 +202,49 @@ pub struct RawBackend {
     pub address: Spanned<String>,
     pub weight: Option<Spanned<u32>>,
     pub id: Option<Spanned<String>>,
+    #[serde(default)]
+    pub state: AdminState,
+    #[serde(default)]
+    pub backup: bool,
+}
+
+/// An operator's say over a backend (HAProxy's `set server state`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes new sessions and its bound ones.
+    #[default]
+    Ready,
+    /// Keeps its bound sessions, takes no new one: drain it before removing it.
+    Drain,
+    /// Takes no traffic; its bound sessions are redispatched.
+    Maint,
+}
+
+impl AdminState {
+    /// The name used in the config file and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+/// The `[service.health]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<DurationValue>>,
+    pub timeout: Option<Spanned<DurationValue>>,
+    pub rise: Option<Spanned<u32>>,
+    pub fall: Option<Spanned<u32>>,
+    pub expect: Option<Spanned<String>>,
+    pub passive_failures: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub passive_5xx: bool,
 }
 
 /// A duration written as a string with a unit: `"500ms"`, `"30s"`, `"15m"`, `"1h"`, `"1d"`.

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-pub use file::{Balance, Fallback, SameSite};
-use file::{RawAffinity, RawBackend, RawConfig, RawService, Strategy};
+pub use file::{AdminState, Balance, Fallback, SameSite};
+use file::{RawAffinity, RawBackend, RawConfig, RawHealth, RawService, Strategy};
 
 /// Everything stickyd runs on.
 #[derive(Debug, Clone)]
@@ -26,6 +26,18 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The services, in file order.
     pub services: Vec<ServiceConfig>,
+    /// The admin listener; off when `[admin]` is absent.
+    pub admin: Option<AdminConfig>,
+}
+
+/// The admin listener: metrics, status, backend states, stick-table inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where it listens. Default: 127.0.0.1:9901 (loopback only).
+    pub bind: SocketAddr,
+    /// Bearer token every request must carry (`Authorization: Bearer ...`), read from
+    /// `token_file` at load, surrounding whitespace trimmed. Default: none (no token asked).
+    pub token: Option<String>,
 }
 
 /// One service: listeners, backends, and how sessions stick to them.
@@ -46,6 +58,17 @@ pub struct ServiceConfig {
     /// Every connection to this service's listeners starts with a PROXY protocol v1 or v2
     /// header (HAProxy's `accept-proxy`) naming the real client. Default: false.
     pub proxy_protocol: bool,
+    /// Sessions bound to a backup backend move back to a primary at their next request once
+    /// a primary is usable again (HAProxy leaves them: its issue 2729). Default: true.
+    pub failback: bool,
+    /// A cookie binding seen within this window counts as a live session of its backend, for
+    /// session-aware drain. Default: 30 min.
+    pub session_idle: Duration,
+    /// Health checking.
+    pub health: HealthConfig,
+    /// Every response carries `x-stickyd: backend=NAME; affinity=OUTCOME`, to debug stickiness
+    /// from the client side. Default: false.
+    pub debug_header: bool,
     /// The affinity strategy.
     pub affinity: AffinityConfig,
     /// At least one backend, in file order.
@@ -115,6 +138,32 @@ pub struct BackendConfig {
     pub address: SocketAddr,
     /// Relative share of new sessions, 1..=1000. Default: 1.
     pub weight: u32,
+    /// Admin state at start. Default: ready.
+    pub state: AdminState,
+    /// Takes traffic only while no primary backend is usable. Default: false.
+    pub backup: bool,
+}
+
+/// Active and passive health checking of a service's backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Path of the active check (`GET`); `None`: no active checks, every backend counts as up.
+    pub path: Option<String>,
+    /// Between two checks of one backend. Default: 2 s.
+    pub interval: Duration,
+    /// One check's time limit. Default: 1 s.
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend up. Default: 2.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down. Default: 3.
+    pub fall: u32,
+    /// Inclusive status range a passing check answers with. Default: 200-399.
+    pub expect: (u16, u16),
+    /// Consecutive failed requests that eject a backend for `ejection_time`; 0 never ejects.
+    /// Default: 1.
+    pub passive_failures: u32,
+    /// Whether a 5xx response counts as a failed request for passive ejection. Default: false.
+    pub passive_5xx: bool,
 }
 
 /// The affinity strategy of a service and its settings.
@@ -371,6 +420,7 @@ impl Checker<'_> {
             shutdown_grace: raw
                 .shutdown_grace
                 .map_or(file::DEFAULT_SHUTDOWN_GRACE, |d| d.into_inner().0),
+            admin: raw.admin.map(|admin| self.admin(admin.into_inner())),
             services,
         }
     }
@@ -419,6 +469,12 @@ impl Checker<'_> {
                 .ejection_time
                 .map_or(file::DEFAULT_EJECTION_TIME, |d| d.into_inner().0),
             proxy_protocol: raw.proxy_protocol,
+            failback: raw.failback.unwrap_or(true),
+            debug_header: raw.debug_header,
+            session_idle: raw
+                .session_idle
+                .map_or(file::DEFAULT_SESSION_IDLE, |d| d.into_inner().0),
+            health: self.health(raw.health.map(Spanned::into_inner)),
             affinity,
             backends,
         }
@@ -469,6 +525,8 @@ impl Checker<'_> {
                 id: id.get_ref().clone(),
                 address,
                 weight,
+                state: raw_backend.state,
+                backup: raw_backend.backup,
             });
         }
         backends
@@ -658,6 +716,79 @@ impl Checker<'_> {
         }
     }
 
+    fn health(&mut self, raw: Option<RawHealth>) -> HealthConfig {
+        let raw = raw.unwrap_or(RawHealth {
+            path: None,
+            interval: None,
+            timeout: None,
+            rise: None,
+            fall: None,
+            expect: None,
+            passive_failures: None,
+            passive_5xx: false,
+        });
+        if let Some(path) = &raw.path {
+            if !path.get_ref().starts_with('/')
+                || path.get_ref().parse::<http::uri::PathAndQuery>().is_err()
+            {
+                self.report_at(
+                    path,
+                    r#"health check path must be an absolute path such as "/health""#.into(),
+                );
+            }
+        }
+        for threshold in [&raw.rise, &raw.fall].into_iter().flatten() {
+            if *threshold.get_ref() == 0 {
+                self.report_at(threshold, "rise and fall must be at least 1".into());
+            }
+        }
+        let expect = match &raw.expect {
+            None => file::DEFAULT_EXPECT,
+            Some(text) => match parse_status_range(text.get_ref()) {
+                Some(range) => range,
+                None => {
+                    self.report_at(
+                        text,
+                        r#"expect must be a status or a range such as "200" or "200-399""#.into(),
+                    );
+                    file::DEFAULT_EXPECT
+                }
+            },
+        };
+        let duration = |value: &Option<Spanned<file::DurationValue>>, default| {
+            value.as_ref().map_or(default, |d| d.get_ref().0)
+        };
+        let count = |value: &Option<Spanned<u32>>, default| {
+            value.as_ref().map_or(default, |n| *n.get_ref())
+        };
+        HealthConfig {
+            path: raw.path.as_ref().map(|path| path.get_ref().clone()),
+            interval: duration(&raw.interval, file::DEFAULT_HEALTH_INTERVAL),
+            timeout: duration(&raw.timeout, file::DEFAULT_HEALTH_TIMEOUT),
+            rise: count(&raw.rise, file::DEFAULT_RISE),
+            fall: count(&raw.fall, file::DEFAULT_FALL),
+            expect,
+            passive_failures: count(&raw.passive_failures, file::DEFAULT_PASSIVE_FAILURES),
+            passive_5xx: raw.passive_5xx,
+        }
+    }
+
+    fn admin(&mut self, raw: file::RawAdmin) -> AdminConfig {
+        let token = raw.token_file.as_ref().and_then(|path| match std::fs::read_to_string(path.get_ref()) {
+            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+            Ok(_) => {
+                self.report_at(path, format!("admin token file {:?} is empty: write a token in it", path.get_ref()));
+                None
+            }
+            Err(error) => {
+                self.report_at(path, format!("cannot read admin token file {:?}: {error}", path.get_ref()));
+                None
+            }
+        });
+        let default_bind = file::DEFAULT_ADMIN_BIND.parse().expect("a valid default address");
+        AdminConfig { bind: raw.bind.map_or(default_bind, Spanned::into_inner), token }
+    }
+
     fn hash(&mut self, raw: RawAffinity) -> HashConfig {
         let key = match &raw.key {
             None => HashKey::SourceIp,
@@ -746,6 +877,13 @@ impl Checker<'_> {
             self.report_at(value, format!("{what} {text:?} must be non-empty and use only letters, digits, '.', '_' and '-'"));
         }
     }
+}
+
+/// `"200"` or `"200-399"`, within 100..=599.
+fn parse_status_range(text: &str) -> Option<(u16, u16)> {
+    let (low, high) = text.split_once('-').unwrap_or((text, text));
+    let (low, high): (u16, u16) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    (100 <= low && low <= high && high <= 599).then_some((low, high))
 }
 
 /// `"10.0.0.0/8"`, or a bare address as a single-host network.

@@ -1,18 +1,62 @@
-//! The backends of one service and their live state: in-flight requests and passive ejection.
+//! The backends of one service and their live state: admin state, health, passive ejection,
+//! in-flight requests.
 //!
-//! A backend that refuses a connection is ejected for the service's `ejection_time`; while
-//! ejected it gets neither new sessions nor its pinned ones, which are redispatched. All state
-//! is atomics, so the request path takes no lock here.
+//! Which backend may take what:
+//! - a **new session** goes to a backend that is `ready`, healthy and not ejected, and to a
+//!   `backup` backend only while no primary can take it;
+//! - a **bound session** stays on a backend that is healthy, not ejected and not in `maint`
+//!   (a draining backend keeps its sessions); with failback, a session bound to a backup moves
+//!   back as soon as a primary can take new sessions.
+//!
+//! The live state of a backend sits behind an `Arc` that a pool built on reload adopts when the
+//! backend (same name and address) is still configured, so health, counters and bindings carry
+//! over. All state is atomics: the request path takes no lock here.
+
+pub mod health;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::config::BackendConfig;
+use tokio::sync::watch;
+
+use crate::config::{AdminState, BackendConfig};
 
 /// A backend's stable id, as written in cookies and stick-table entries. Cheap to clone.
 pub type BackendId = Arc<str>;
+
+/// How a pool treats failures and backups; from the service config.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolPolicy {
+    /// How long an ejected backend is skipped. Default: 5 s.
+    pub ejection_time: Duration,
+    /// Consecutive failed requests that eject a backend; 0 never ejects. Default: 1.
+    pub passive_failures: u32,
+    /// Sessions bound to a backup move back once a primary can take new sessions. Default: true.
+    pub failback: bool,
+}
+
+impl Default for PoolPolicy {
+    fn default() -> PoolPolicy {
+        PoolPolicy {
+            ejection_time: Duration::from_secs(5),
+            passive_failures: 1,
+            failback: true,
+        }
+    }
+}
+
+/// The live state of one backend, shared by every pool (before and after a reload) that has it.
+#[derive(Debug)]
+pub struct BackendState {
+    in_flight: AtomicU32,
+    /// Milliseconds since [`epoch`] until which the backend is ejected.
+    ejected_until_ms: AtomicU64,
+    consecutive_failures: AtomicU32,
+    admin: AtomicU8,
+    healthy: AtomicBool,
+}
 
 /// One backend server of a service.
 #[derive(Debug)]
@@ -25,15 +69,38 @@ pub struct Backend {
     pub address: SocketAddr,
     /// Relative share of new sessions (1..=1000).
     pub weight: u32,
-    in_flight: AtomicU32,
-    /// Milliseconds since [`Pool::epoch`] until which the backend is ejected.
-    ejected_until_ms: AtomicU64,
+    /// Takes traffic only while no primary can.
+    pub backup: bool,
+    state: Arc<BackendState>,
 }
 
 impl Backend {
     /// Requests sent to this backend whose response has not finished.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The operator's state for it.
+    pub fn admin_state(&self) -> AdminState {
+        match self.state.admin.load(Ordering::Relaxed) {
+            0 => AdminState::Ready,
+            1 => AdminState::Drain,
+            _ => AdminState::Maint,
+        }
+    }
+
+    /// Whether active health checks (if any) currently count it up.
+    pub fn is_healthy(&self) -> bool {
+        self.state.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether passive ejection currently keeps it out.
+    pub fn is_ejected(&self) -> bool {
+        now_ms() < self.state.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn is_up(&self) -> bool {
+        self.is_healthy() && !self.is_ejected()
     }
 }
 
@@ -41,28 +108,46 @@ impl Backend {
 #[derive(Debug)]
 pub struct Pool {
     backends: Vec<Backend>,
-    epoch: Instant,
-    ejection_time: Duration,
+    policy: PoolPolicy,
+    /// Bumped on every state change (health, admin state, ejection), for whoever must react.
+    changes: watch::Sender<u64>,
 }
 
 impl Pool {
-    /// Builds the pool; `ejection_time` is how long a backend that refused a connection is skipped.
-    pub fn new(backends: &[BackendConfig], ejection_time: Duration) -> Pool {
+    /// Builds the pool. Backends also in `previous` (same name and address) keep its live state.
+    pub fn new(backends: &[BackendConfig], policy: PoolPolicy, previous: Option<&Pool>) -> Pool {
         let backends = backends
             .iter()
-            .map(|config| Backend {
-                name: config.name.clone(),
-                id: Arc::from(config.id.as_str()),
-                address: config.address,
-                weight: config.weight,
-                in_flight: AtomicU32::new(0),
-                ejected_until_ms: AtomicU64::new(0),
+            .map(|config| {
+                let kept = previous.and_then(|pool| {
+                    pool.backends
+                        .iter()
+                        .find(|old| old.name == config.name && old.address == config.address)
+                });
+                let state = match kept {
+                    Some(old) => Arc::clone(&old.state),
+                    None => Arc::new(BackendState {
+                        in_flight: AtomicU32::new(0),
+                        ejected_until_ms: AtomicU64::new(0),
+                        consecutive_failures: AtomicU32::new(0),
+                        admin: AtomicU8::new(config.state as u8),
+                        healthy: AtomicBool::new(true),
+                    }),
+                };
+                Backend {
+                    name: config.name.clone(),
+                    id: Arc::from(config.id.as_str()),
+                    address: config.address,
+                    weight: config.weight,
+                    backup: config.backup,
+                    state,
+                }
             })
             .collect();
         Pool {
             backends,
-            epoch: Instant::now(),
-            ejection_time,
+            policy,
+            changes: watch::Sender::new(0),
         }
     }
 
@@ -81,89 +166,240 @@ impl Pool {
         self.backends.iter().position(|backend| &*backend.id == id)
     }
 
-    /// Whether `index` may take requests now (it is not ejected).
-    pub fn is_usable(&self, index: usize) -> bool {
-        let until = self.backends[index]
-            .ejected_until_ms
-            .load(Ordering::Relaxed);
-        self.now_ms() >= until
+    /// Index of the backend called `name`, if any.
+    pub fn find_name(&self, name: &str) -> Option<usize> {
+        self.backends
+            .iter()
+            .position(|backend| backend.name == name)
     }
 
-    /// Marks `index` unusable for the ejection time, after a refused or timed-out connection.
-    pub fn eject(&self, index: usize) {
-        let until = self.now_ms() + self.ejection_time.as_millis() as u64;
-        self.backends[index]
-            .ejected_until_ms
-            .store(until, Ordering::Relaxed);
+    /// Whether `index` may take a new session now.
+    pub fn accepts_new(&self, index: usize) -> bool {
+        let backend = &self.backends[index];
+        backend.admin_state() == AdminState::Ready
+            && backend.is_up()
+            && (!backend.backup || !self.a_primary_accepts_new())
     }
 
-    /// Counts one request in flight on `index` until the guard is dropped.
-    pub fn start_request(self: &Arc<Self>, index: usize) -> InFlight {
-        self.backends[index]
-            .in_flight
-            .fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            pool: Arc::clone(self),
-            index,
+    /// Whether `index` may keep serving a session bound to it.
+    pub fn accepts_bound(&self, index: usize) -> bool {
+        let backend = &self.backends[index];
+        backend.admin_state() != AdminState::Maint
+            && backend.is_up()
+            && !(backend.backup && self.policy.failback && self.a_primary_accepts_new())
+    }
+
+    fn a_primary_accepts_new(&self) -> bool {
+        self.backends.iter().any(|backend| {
+            !backend.backup && backend.admin_state() == AdminState::Ready && backend.is_up()
+        })
+    }
+
+    /// Sets the operator's state of `index`.
+    pub fn set_admin_state(&self, index: usize, state: AdminState) {
+        let previous = self.backends[index]
+            .state
+            .admin
+            .swap(state as u8, Ordering::Relaxed);
+        if previous != state as u8 {
+            tracing::info!(backend = %self.backends[index].name, state = state.as_str(), "admin state changed");
+            self.changed();
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// Records an active check's verdict; returns whether the backend's health flipped.
+    pub fn set_healthy(&self, index: usize, healthy: bool) -> bool {
+        let flipped = self.backends[index]
+            .state
+            .healthy
+            .swap(healthy, Ordering::Relaxed)
+            != healthy;
+        if flipped {
+            self.changed();
+        }
+        flipped
     }
+
+    /// A request to `index` failed (connection refused or timed out, or a 5xx where that
+    /// counts): after `passive_failures` in a row the backend is ejected for `ejection_time`.
+    /// Returns whether this failure ejected it.
+    pub fn record_failure(&self, index: usize) -> bool {
+        let state = &self.backends[index].state;
+        let failures = state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.policy.passive_failures == 0 || failures < self.policy.passive_failures {
+            return false;
+        }
+        state.consecutive_failures.store(0, Ordering::Relaxed);
+        let until = now_ms() + self.policy.ejection_time.as_millis() as u64;
+        state.ejected_until_ms.store(until, Ordering::Relaxed);
+        self.changed();
+        true
+    }
+
+    /// A request to `index` succeeded: the run of failures is broken.
+    pub fn record_success(&self, index: usize) {
+        let failures = &self.backends[index].state.consecutive_failures;
+        if failures.load(Ordering::Relaxed) != 0 {
+            failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one request in flight on `index` until the guard is dropped.
+    pub fn start_request(&self, index: usize) -> InFlight {
+        let state = Arc::clone(&self.backends[index].state);
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { state }
+    }
+
+    /// Watches state changes: the value is bumped on each health flip, admin change, ejection.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+}
+
+/// Milliseconds since the first call in this process: the clock of ejection deadlines, shared
+/// by every pool so that deadlines survive a reload.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// One request in flight on a backend; dropping it ends the count (when the response body is
 /// done, so least-connections sees streaming responses as load).
 #[derive(Debug)]
 pub struct InFlight {
-    pool: Arc<Pool>,
-    index: usize,
+    state: Arc<BackendState>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.pool.backends[self.index]
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn pool(ejection: Duration) -> Arc<Pool> {
-        let backend = |name: &str| BackendConfig {
+    /// A config for backend `name` (id `id-<name>`).
+    pub fn backend(name: &str) -> BackendConfig {
+        BackendConfig {
             name: name.into(),
             id: format!("id-{name}"),
             address: "127.0.0.1:1".parse().unwrap(),
             weight: 1,
-        };
-        Arc::new(Pool::new(&[backend("a"), backend("b")], ejection))
+            state: AdminState::Ready,
+            backup: false,
+        }
+    }
+
+    fn pool(policy: PoolPolicy) -> Pool {
+        Pool::new(&[backend("a"), backend("b")], policy, None)
     }
 
     #[test]
-    fn ids_resolve_to_indexes_and_unknown_ids_to_none() {
-        let pool = pool(Duration::from_secs(5));
+    fn ids_and_names_resolve_to_indexes_and_unknown_ones_to_none() {
+        let pool = pool(PoolPolicy::default());
         assert_eq!(pool.find_id("id-b"), Some(1));
         assert_eq!(pool.find_id("b"), None);
+        assert_eq!(pool.find_name("b"), Some(1));
     }
 
     #[test]
-    fn an_ejected_backend_is_unusable_until_the_ejection_time_passes() {
-        let long = pool(Duration::from_secs(60));
-        long.eject(0);
-        assert!(!long.is_usable(0));
-        assert!(long.is_usable(1));
-        let instant = pool(Duration::ZERO);
-        instant.eject(0);
-        assert!(instant.is_usable(0));
+    fn a_backend_is_ejected_after_the_configured_run_of_failures_for_the_ejection_time() {
+        let after_two = pool(PoolPolicy {
+            passive_failures: 2,
+            ejection_time: Duration::from_secs(60),
+            ..PoolPolicy::default()
+        });
+        assert!(!after_two.record_failure(0));
+        after_two.record_success(0);
+        assert!(!after_two.record_failure(0), "a success breaks the run");
+        assert!(after_two.record_failure(0));
+        assert!(!after_two.accepts_new(0) && !after_two.accepts_bound(0));
+        assert!(after_two.accepts_new(1));
+        let instant = pool(PoolPolicy {
+            ejection_time: Duration::ZERO,
+            ..PoolPolicy::default()
+        });
+        instant.record_failure(0);
+        assert!(instant.accepts_new(0));
+        let never = pool(PoolPolicy {
+            passive_failures: 0,
+            ..PoolPolicy::default()
+        });
+        assert!(!never.record_failure(0));
+        assert!(never.accepts_new(0));
+    }
+
+    #[test]
+    fn drain_keeps_bound_sessions_and_maint_keeps_nothing() {
+        let pool = pool(PoolPolicy::default());
+        let mut changes = pool.changes();
+        pool.set_admin_state(0, AdminState::Drain);
+        assert!(changes.has_changed().unwrap());
+        assert!(!pool.accepts_new(0) && pool.accepts_bound(0));
+        changes.mark_unchanged();
+        pool.set_admin_state(0, AdminState::Maint);
+        assert!(!pool.accepts_new(0) && !pool.accepts_bound(0));
+        pool.set_admin_state(0, AdminState::Maint);
+        assert!(!changes.has_changed().unwrap() || pool.get(0).admin_state() == AdminState::Maint);
+    }
+
+    #[test]
+    fn a_backup_serves_only_while_no_primary_can_and_hands_sessions_back() {
+        let backup = BackendConfig {
+            backup: true,
+            ..backend("spare")
+        };
+        let pool = Pool::new(&[backend("a"), backup.clone()], PoolPolicy::default(), None);
+        assert!(!pool.accepts_new(1));
+        pool.set_healthy(0, false);
+        assert!(pool.accepts_new(1) && pool.accepts_bound(1));
+        pool.set_healthy(0, true);
+        assert!(
+            !pool.accepts_bound(1),
+            "failback moves the backup's sessions home"
+        );
+        let stay = Pool::new(
+            &[backend("a"), backup],
+            PoolPolicy {
+                failback: false,
+                ..PoolPolicy::default()
+            },
+            None,
+        );
+        assert!(
+            stay.accepts_bound(1),
+            "without failback bound sessions stay on the backup"
+        );
+    }
+
+    #[test]
+    fn a_rebuilt_pool_keeps_the_live_state_of_unchanged_backends() {
+        let old = pool(PoolPolicy::default());
+        old.set_healthy(0, false);
+        let _busy = old.start_request(1);
+        let moved = BackendConfig {
+            address: "127.0.0.1:2".parse().unwrap(),
+            ..backend("b")
+        };
+        let new = Pool::new(&[backend("a"), moved], PoolPolicy::default(), Some(&old));
+        assert!(
+            !new.get(0).is_healthy(),
+            "same name and address: state kept"
+        );
+        assert_eq!(new.get(1).in_flight(), 0, "a new address is a new backend");
+        assert_eq!(old.get(1).in_flight(), 1);
     }
 
     #[test]
     fn in_flight_counts_until_the_guard_drops() {
-        let pool = pool(Duration::from_secs(5));
+        let pool = pool(PoolPolicy::default());
         let first = pool.start_request(1);
         let second = pool.start_request(1);
         assert_eq!(pool.get(1).in_flight(), 2);

@@ -98,6 +98,26 @@ impl MemoryStore {
         );
     }
 
+    /// Up to `limit` entries as (session, backend id).
+    pub fn entries(&self, limit: usize) -> Vec<(String, BackendId)> {
+        self.cache.iter().take(limit).map(|(session, binding)| ((*session).clone(), binding.backend)).collect()
+    }
+
+    /// Entries per backend id.
+    pub fn per_backend(&self) -> std::collections::HashMap<BackendId, u64> {
+        let mut counts = std::collections::HashMap::new();
+        for (_, binding) in self.cache.iter() {
+            *counts.entry(binding.backend).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Number of entries.
+    pub fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
     /// Drops the binding of `session`.
     pub fn forget(&self, session: &str) {
         self.cache.invalidate(session);

@@ -4,6 +4,7 @@
 //! the in-memory one without a trait object; its methods are `async` for that reason.
 
 pub mod memory;
+pub mod sessions;
 
 use std::time::Duration;
 
@@ -43,6 +44,27 @@ impl StickStore {
     pub async fn bind(&self, session: &str, backend: &BackendId, ttl: Duration) {
         match self {
             StickStore::Memory(memory) => memory.bind(session, backend, ttl),
+        }
+    }
+
+    /// Up to `limit` entries as (session, backend id), in no particular order.
+    pub fn entries(&self, limit: usize) -> Vec<(String, BackendId)> {
+        match self {
+            StickStore::Memory(memory) => memory.entries(limit),
+        }
+    }
+
+    /// Entries per backend id.
+    pub fn per_backend(&self) -> std::collections::HashMap<BackendId, u64> {
+        match self {
+            StickStore::Memory(memory) => memory.per_backend(),
+        }
+    }
+
+    /// Number of entries (approximate while writes are pending).
+    pub fn entry_count(&self) -> u64 {
+        match self {
+            StickStore::Memory(memory) => memory.entry_count(),
         }
     }
 

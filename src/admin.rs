@@ -1,0 +1,392 @@
+//! The admin listener (`[admin]`, loopback by default, optional bearer token): Prometheus
+//! metrics, a JSON status, backend state changes, stick-table inspection and a resolver that
+//! says where a cookie or hash key routes and why.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /metrics` | OpenMetrics text |
+//! | `GET /status` | services, backends, states and live-session counts |
+//! | `PUT /services/{service}/backends/{backend}/state` | body `ready`, `drain` or `maint` |
+//! | `GET /services/{service}/stick-table?limit=N` | up to N entries (default 100) |
+//! | `PUT /services/{service}/stick-table/{session}` | body: backend name; binds the session to it |
+//! | `DELETE /services/{service}/stick-table/{session}` | drops the entry |
+//! | `GET /services/{service}/resolve?cookie=...` or `?key=...` | where it routes, and why |
+//!
+//! Errors are JSON `{"error": "..."}`: 401 bad or missing token, 404 unknown name or path,
+//! 405 wrong method, 400 bad body or query.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::affinity::{Affinity, Stickiness, hash};
+use crate::config::{AdminState, HashKey};
+use crate::router::Router;
+use crate::runtime::Runtime;
+
+/// Largest request body the admin API reads (a state name, a backend name).
+const MAX_BODY_BYTES: usize = 4096;
+/// Stick-table entries listed when the query names no `limit`.
+const DEFAULT_LIMIT: usize = 100;
+
+type AdminResponse = Response<Full<Bytes>>;
+
+/// Serves the admin API on `listener` until `stop` is cancelled. With `token`, every request
+/// must carry `Authorization: Bearer <token>`.
+pub async fn serve(listener: TcpListener, runtime: Arc<Runtime>, token: Option<String>, stop: CancellationToken) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "admin listening");
+    }
+    let token: Arc<Option<String>> = Arc::new(token);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (runtime, token) = (Arc::clone(&runtime), Arc::clone(&token));
+        let service = service_fn(move |request| {
+            let (runtime, token) = (Arc::clone(&runtime), Arc::clone(&token));
+            async move { Ok::<_, Infallible>(answer(&runtime, token.as_deref(), request).await) }
+        });
+        tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+    }
+}
+
+async fn answer(runtime: &Runtime, token: Option<&str>, request: Request<Incoming>) -> AdminResponse {
+    if let Some(token) = token {
+        let presented = request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+        if !presented.and_then(|value| value.strip_prefix("Bearer ")).is_some_and(|given| constant_time_eq(given, token)) {
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    let (head, body) = request.into_parts();
+    let segments: Vec<&str> = head.uri.path().trim_matches('/').split('/').collect();
+    let query = head.uri.query().unwrap_or("");
+    let method = &head.method;
+    match segments.as_slice() {
+        ["metrics"] => only(method, Method::GET, || {
+            let mut response = Response::new(Full::new(Bytes::from(runtime.encode_metrics())));
+            let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+            response
+        }),
+        ["status"] => only(method, Method::GET, || json_response(StatusCode::OK, status(runtime))),
+        ["services", service, rest @ ..] => {
+            let Some(router) = runtime.router(service) else {
+                return error(StatusCode::NOT_FOUND, &format!("no service named {service:?}"));
+            };
+            match rest {
+                ["backends", backend, "state"] if *method == Method::PUT => match read_text(body).await {
+                    Ok(text) => set_state(&router, backend, &text),
+                    Err(response) => response,
+                },
+                ["backends", _, "state"] => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT with ready, drain or maint"),
+                ["stick-table"] => only(method, Method::GET, || list_table(&router, query)),
+                ["stick-table", session] => match *method {
+                    Method::PUT => match read_text(body).await {
+                        Ok(text) => rebind(&router, session, &text).await,
+                        Err(response) => response,
+                    },
+                    Method::DELETE => forget(&router, session).await,
+                    _ => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT (body: backend name) or DELETE"),
+                },
+                ["resolve"] if *method == Method::GET => resolve(&router, query).await,
+                ["resolve"] => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+                _ => error(StatusCode::NOT_FOUND, "unknown path"),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "unknown path"),
+    }
+}
+
+fn only(method: &Method, allowed: Method, answer: impl FnOnce() -> AdminResponse) -> AdminResponse {
+    if *method == allowed {
+        answer()
+    } else {
+        error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {allowed}"))
+    }
+}
+
+fn status(runtime: &Runtime) -> Value {
+    let services: Vec<Value> = runtime
+        .routers()
+        .iter()
+        .map(|router| {
+            let sessions = router.sessions_per_backend();
+            let pool = router.pool();
+            let backends: Vec<Value> = pool
+                .backends()
+                .iter()
+                .enumerate()
+                .map(|(index, backend)| {
+                    json!({
+                        "name": backend.name,
+                        "id": &*backend.id,
+                        "address": backend.address.to_string(),
+                        "weight": backend.weight,
+                        "backup": backend.backup,
+                        "state": backend.admin_state().as_str(),
+                        "healthy": backend.is_healthy(),
+                        "ejected": backend.is_ejected(),
+                        "accepts_new_sessions": pool.accepts_new(index),
+                        "in_flight": backend.in_flight(),
+                        "sessions": sessions.get(&backend.id).copied().unwrap_or(0),
+                    })
+                })
+                .collect();
+            json!({
+                "name": router.name(),
+                "strategy": strategy_name(router.affinity()),
+                "stick_table_entries": router.stick_table().map(|table| table.entry_count()),
+                "backends": backends,
+            })
+        })
+        .collect();
+    let (reloads, failed) = runtime.reload_counts();
+    json!({ "services": services, "reloads": { "ok": reloads, "failed": failed } })
+}
+
+fn strategy_name(affinity: &Affinity) -> &'static str {
+    match affinity {
+        Affinity::None => "none",
+        Affinity::Insert(_) => "insert",
+        Affinity::Prefix(_) => "prefix",
+        Affinity::StickTable(_) => "stick-table",
+        Affinity::Hash(_) => "hash",
+    }
+}
+
+fn set_state(router: &Router, backend: &str, body: &str) -> AdminResponse {
+    let pool = router.pool();
+    let Some(index) = pool.find_name(backend) else {
+        return error(StatusCode::NOT_FOUND, &format!("no backend named {backend:?} in service {:?}", router.name()));
+    };
+    let state = match body_value(body, "state").as_str() {
+        "ready" => AdminState::Ready,
+        "drain" => AdminState::Drain,
+        "maint" => AdminState::Maint,
+        other => return error(StatusCode::BAD_REQUEST, &format!("state {other:?}: send ready, drain or maint")),
+    };
+    pool.set_admin_state(index, state);
+    json_response(StatusCode::OK, json!({ "service": router.name(), "backend": backend, "state": state.as_str() }))
+}
+
+fn list_table(router: &Router, query: &str) -> AdminResponse {
+    let Some(table) = router.stick_table() else {
+        return error(StatusCode::NOT_FOUND, "this service has no stick table");
+    };
+    let limit = match query_param(query, "limit").map(str::parse::<usize>) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(limit)) => limit,
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "limit must be a whole number"),
+    };
+    let pool = router.pool();
+    let entries: Vec<Value> = table
+        .entries(limit)
+        .into_iter()
+        .map(|(session, id)| {
+            let backend = pool.find_id(&id).map(|index| pool.get(index).name.clone());
+            json!({ "session": session, "backend": backend, "backend_id": &*id })
+        })
+        .collect();
+    json_response(StatusCode::OK, json!({ "entries": entries, "total": table.entry_count() }))
+}
+
+async fn rebind(router: &Router, session: &str, body: &str) -> AdminResponse {
+    let Some(table) = router.stick_table() else {
+        return error(StatusCode::NOT_FOUND, "this service has no stick table");
+    };
+    let name = body_value(body, "backend");
+    let pool = router.pool();
+    let Some(index) = pool.find_name(&name) else {
+        return error(StatusCode::NOT_FOUND, &format!("no backend named {name:?}"));
+    };
+    table.bind(session, &pool.get(index).id, router.stick_ttl()).await;
+    json_response(StatusCode::OK, json!({ "session": session, "backend": name }))
+}
+
+async fn forget(router: &Router, session: &str) -> AdminResponse {
+    let Some(table) = router.stick_table() else {
+        return error(StatusCode::NOT_FOUND, "this service has no stick table");
+    };
+    if table.get(session).await.is_none() {
+        return error(StatusCode::NOT_FOUND, &format!("no entry for session {session:?}"));
+    }
+    table.forget(session).await;
+    json_response(StatusCode::OK, json!({ "session": session, "deleted": true }))
+}
+
+/// Where a cookie (`?cookie=` as the browser sends its `Cookie` header, e.g.
+/// `SERVERID=app2; lang=en`) or a hash key (`?key=`) routes now, and why. Changes nothing.
+async fn resolve(router: &Router, query: &str) -> AdminResponse {
+    let pool = router.pool();
+    let affinity = router.affinity();
+    let stickiness = match (query_param(query, "cookie"), query_param(query, "key")) {
+        (Some(cookie), None) => {
+            let cookie = percent_decode(cookie);
+            let Ok(value) = header::HeaderValue::from_str(&cookie) else {
+                return error(StatusCode::BAD_REQUEST, "the cookie is not a valid header value");
+            };
+            let mut head = Request::get("/").header(header::COOKIE, value).body(()).expect("static parts").into_parts().0;
+            affinity.on_request(&mut head, IpAddr::V4(Ipv4Addr::UNSPECIFIED), pool)
+        }
+        (None, Some(key)) => match affinity {
+            Affinity::Hash(strategy) => Stickiness::Hash(hash_key(strategy.key(), &percent_decode(key))),
+            _ => return error(StatusCode::BAD_REQUEST, "?key= is for the hash strategy; use ?cookie="),
+        },
+        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of ?cookie=... or ?key=..."),
+    };
+    let describe = |index: usize| {
+        let backend = pool.get(index);
+        (backend.name.clone(), backend.admin_state().as_str(), backend.is_healthy() && !backend.is_ejected())
+    };
+    let verdict = match stickiness {
+        Stickiness::Pinned(index) => bound_verdict(router, index, "the cookie names it", describe(index)),
+        Stickiness::Lookup(session) => {
+            let table = router.stick_table().expect("only the stick table looks up");
+            match table.get(&session).await.and_then(|id| pool.find_id(&id)) {
+                Some(index) => bound_verdict(router, index, "the stick table binds the session to it", describe(index)),
+                None => json!({ "backend": null, "outcome": "new", "reason": "no stick-table entry for this session: it would be balanced and the binding reserved" }),
+            }
+        }
+        Stickiness::Hash(key) => match router.hash_choice(key) {
+            Some((index, true)) => json!({ "backend": describe(index).0, "outcome": "hit", "reason": "the key's first choice on the hash ring" }),
+            Some((index, false)) => json!({ "backend": describe(index).0, "outcome": "redispatch", "reason": "the key's first choice cannot take it now; this is its next usable choice" }),
+            None => json!({ "backend": null, "outcome": "none", "reason": "no backend can take new requests" }),
+        },
+        Stickiness::New => json!({ "backend": null, "outcome": "new", "reason": "no affinity value: it would be balanced as a new session" }),
+        Stickiness::Invalid => json!({ "backend": null, "outcome": "invalid", "reason": "the value names no backend of this service (forged, stale or garbled): it would be balanced as a new session" }),
+    };
+    json_response(StatusCode::OK, verdict)
+}
+
+fn bound_verdict(router: &Router, index: usize, why: &str, (name, state, up): (String, &str, bool)) -> Value {
+    if router.pool().accepts_bound(index) {
+        json!({ "backend": name, "outcome": "hit", "reason": format!("{why}; state {state}, up") })
+    } else {
+        json!({
+            "backend": name,
+            "outcome": "redispatch",
+            "reason": format!("{why}, but it cannot take the session now (state {state}, up {up}): the request would go to another backend and the binding move"),
+        })
+    }
+}
+
+fn hash_key(key: &HashKey, value: &str) -> u64 {
+    match (key, value.parse::<IpAddr>()) {
+        (HashKey::SourceIp | HashKey::ForwardedFor | HashKey::Forwarded, Ok(address)) => hash::hash_ip(address),
+        _ => hash::hash_bytes(value.as_bytes()),
+    }
+}
+
+async fn read_text(body: Incoming) -> Result<String, AdminResponse> {
+    let bytes = Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "body too large or unreadable"))?
+        .to_bytes();
+    String::from_utf8(bytes.to_vec()).map_err(|_| error(StatusCode::BAD_REQUEST, "body must be UTF-8 text"))
+}
+
+/// The body as plain text (`drain`), or the `field` of a JSON object (`{"state": "drain"}`).
+fn body_value(body: &str, field: &str) -> String {
+    let body = body.trim();
+    match serde_json::from_str::<Value>(body) {
+        Ok(Value::Object(object)) => object.get(field).and_then(Value::as_str).unwrap_or_default().to_string(),
+        Ok(Value::String(text)) => text,
+        _ => body.to_string(),
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok())
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (escaped, bytes[index]) {
+            (Some(byte), _) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            (None, b'+') => {
+                decoded.push(b' ');
+                index += 1;
+            }
+            (None, byte) => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+fn constant_time_eq(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn json_response(status: StatusCode, value: Value) -> AdminResponse {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> AdminResponse {
+    json_response(status, json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_plain_text_or_json() {
+        assert_eq!(body_value(" drain\n", "state"), "drain");
+        assert_eq!(body_value(r#"{"state":"maint"}"#, "state"), "maint");
+        assert_eq!(body_value(r#""ready""#, "state"), "ready");
+    }
+
+    #[test]
+    fn queries_are_read_and_decoded() {
+        assert_eq!(query_param("a=1&cookie=SERVERID%3Dapp2", "cookie"), Some("SERVERID%3Dapp2"));
+        assert_eq!(percent_decode("SERVERID%3Dapp2%3B+lang%3Den"), "SERVERID=app2; lang=en");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq("secret", "secret"));
+        assert!(!constant_time_eq("secre", "secret"));
+        assert!(!constant_time_eq("secreT", "secret"));
+    }
+}

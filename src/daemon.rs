@@ -1,0 +1,110 @@
+//! The daemon's life under systemd (`Type=notify`): bind, start the runtime and the admin
+//! listener, tell systemd `READY=1`, reload on SIGHUP (`RELOADING=1` ... `READY=1`), keep the
+//! watchdog fed when the unit asks for one, and stop on SIGTERM/SIGINT (`STOPPING=1`).
+//! Outside systemd the notifications are no-ops.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin;
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::server::{self, ServerError};
+
+/// Runs the daemon on `config` (loaded from `path`, which SIGHUP re-reads) until SIGTERM or
+/// SIGINT, then drains connections within `shutdown_grace`.
+///
+/// # Errors
+/// [`ServerError::Bind`] when a listen address (or the admin address) cannot be bound at start.
+pub async fn run(path: &Path, config: Config) -> Result<(), ServerError> {
+    let listeners = server::bind(&config).await?;
+    let admin = match &config.admin {
+        Some(admin) => {
+            let listener = TcpListener::bind(admin.bind).await.map_err(|source| ServerError::Bind {
+                service: "admin".into(),
+                address: admin.bind,
+                source,
+            })?;
+            Some((listener, admin.token.clone()))
+        }
+        None => None,
+    };
+    let runtime = Runtime::start(config, listeners);
+    let stop = CancellationToken::new();
+    if let Some((listener, token)) = admin {
+        tokio::spawn(admin::serve(listener, Arc::clone(&runtime), token, stop.clone()));
+    }
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(feed_watchdog(period / 2, stop.clone()));
+    }
+    notify(&[NotifyState::Ready]);
+    wait_and_reload(path, &runtime).await;
+    notify(&[NotifyState::Stopping]);
+    stop.cancel();
+    runtime.shutdown().await;
+    Ok(())
+}
+
+/// Reloads on every SIGHUP until SIGTERM or SIGINT.
+async fn wait_and_reload(path: &Path, runtime: &Runtime) {
+    let stopping = server::shutdown_signal();
+    tokio::pin!(stopping);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP: reload is unavailable");
+            return stopping.await;
+        };
+        loop {
+            tokio::select! {
+                () = &mut stopping => return,
+                _ = hangup.recv() => reload(path, runtime).await,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    stopping.await;
+}
+
+/// Re-reads and validates the config; a bad one leaves the running config in place.
+pub async fn reload(path: &Path, runtime: &Runtime) {
+    let mut reloading = vec![NotifyState::Reloading];
+    reloading.extend(NotifyState::monotonic_usec_now().ok());
+    notify(&reloading);
+    match Config::load(path) {
+        Ok(config) => {
+            if config.admin != runtime.config().admin {
+                tracing::warn!("the [admin] table changed: it takes effect at the next restart");
+            }
+            if let Err(error) = runtime.reload(config).await {
+                tracing::error!(%error, "reload failed: still running the previous config");
+            }
+        }
+        Err(error) => {
+            runtime.count_reload(false);
+            tracing::error!("reload refused, still running the previous config:\n{error}");
+        }
+    }
+    notify(&[NotifyState::Ready]);
+}
+
+async fn feed_watchdog(every: std::time::Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => notify(&[NotifyState::Watchdog]),
+        }
+    }
+}
+
+fn notify(states: &[NotifyState]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::debug!(%error, "systemd notification failed");
+    }
+}
