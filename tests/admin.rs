@@ -1,0 +1,456 @@
+//! The admin listener as an operator uses it: metrics, status, backend states, session-aware
+//! drain, stick-table inspection, the resolver, and its errors.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use stickyd::config::Config;
+use stickyd::runtime::Runtime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use common::{Browser, TestBackend, config, spawn_backends, within_timeout};
+
+const TOKEN: &str = "s3cret-token";
+
+/// stickyd with its admin listener, both in process.
+struct Admin {
+    runtime: Arc<Runtime>,
+    proxy: String,
+    admin: String,
+    stop: CancellationToken,
+}
+
+impl Admin {
+    async fn start(backends: &[TestBackend], extra: &str) -> Admin {
+        let text = config(&backends.iter().collect::<Vec<_>>(), extra);
+        let config = Config::parse(&text, "<test>").unwrap_or_else(|error| panic!("{error}"));
+        let listeners = stickyd::server::bind(&config).await.unwrap();
+        let proxy = format!("http://{}", listeners[0].local_addr().unwrap());
+        let runtime = Runtime::start(config, listeners);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        tokio::spawn(stickyd::admin::serve(
+            listener,
+            Arc::clone(&runtime),
+            Some(TOKEN.into()),
+            stop.clone(),
+        ));
+        Admin {
+            runtime,
+            proxy,
+            admin,
+            stop,
+        }
+    }
+
+    /// Sends an admin request with the token; returns status and body text.
+    async fn call(&self, method: Method, path: &str, body: &str) -> (StatusCode, String) {
+        self.call_with(method, path, body, Some(TOKEN)).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, String) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.admin));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = client
+            .request(
+                request
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = String::from_utf8(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        (status, text)
+    }
+
+    async fn json(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+        let (status, text) = self.call(method, path, body).await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+        )
+    }
+
+    async fn backend_status(&self, backend: &str) -> Value {
+        let (_, status) = self.json(Method::GET, "/status", "").await;
+        let backends = status["services"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .clone();
+        backends
+            .into_iter()
+            .find(|entry| entry["name"] == backend)
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.runtime.shutdown().await;
+    }
+}
+
+const INSERT: &str = "[service.affinity]\nstrategy = \"insert\"\n";
+
+#[tokio::test]
+async fn metrics_count_requests_outcomes_and_states_in_prometheus_text() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let admin = Admin::start(&backends, INSERT).await;
+        let mut browser = Browser::new();
+        let bound = browser.get(&format!("{}/", admin.proxy)).await.backend().to_string();
+        for _ in 0..4 {
+            browser.get(&format!("{}/", admin.proxy)).await;
+        }
+        let (status, text) = admin.call(Method::GET, "/metrics", "").await;
+        assert_eq!(status, 200);
+        let expect = [
+            format!("stickyd_requests_total{{service=\"web\",backend=\"{bound}\",class=\"2xx\"}} 5"),
+            "stickyd_affinity_outcomes_total{service=\"web\",affinity=\"new\"} 1".to_string(),
+            "stickyd_affinity_outcomes_total{service=\"web\",affinity=\"hit\"} 4".to_string(),
+            format!("stickyd_backend_admin_state{{service=\"web\",backend=\"{bound}\",state=\"ready\"}} 1"),
+            format!("stickyd_backend_up{{service=\"web\",backend=\"{bound}\"}} 1"),
+            format!("stickyd_backend_sessions{{service=\"web\",backend=\"{bound}\"}} 1"),
+            "stickyd_request_duration_seconds_count{service=\"web\"} 5".to_string(),
+        ];
+        for line in expect {
+            assert!(text.lines().any(|candidate| candidate == line), "missing {line:?} in\n{text}");
+        }
+        admin.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn drain_keeps_sessions_takes_no_new_ones_and_counts_what_is_left() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let admin = Admin::start(&backends, INSERT).await;
+        let url = format!("{}/", admin.proxy);
+        let mut on_b1 = Vec::new();
+        // Each browser holds the app's own session cookie, as a real app would set it.
+        for n in 0.. {
+            if on_b1.len() == 3 {
+                break;
+            }
+            let mut browser = Browser::new();
+            browser.jar.insert("app_session".into(), format!("s{n}"));
+            if browser.get(&url).await.backend() == "b1" {
+                browser.get(&url).await;
+                on_b1.push(browser);
+            }
+        }
+        assert_eq!(admin.backend_status("b1").await["sessions"], 3);
+        let (status, answer) = admin
+            .json(Method::PUT, "/services/web/backends/b1/state", "drain")
+            .await;
+        assert_eq!(
+            (status, answer["state"].as_str()),
+            (StatusCode::OK, Some("drain"))
+        );
+        let b1 = admin.backend_status("b1").await;
+        assert_eq!(
+            (b1["state"].as_str(), b1["accepts_new_sessions"].as_bool()),
+            (Some("drain"), Some(false))
+        );
+        for browser in &mut on_b1 {
+            assert_eq!(
+                browser.get(&url).await.backend(),
+                "b1",
+                "a draining backend keeps its sessions"
+            );
+        }
+        for _ in 0..4 {
+            assert_eq!(
+                Browser::new().get(&url).await.backend(),
+                "b2",
+                "a draining backend took a new session"
+            );
+        }
+        assert_eq!(
+            admin.backend_status("b1").await["sessions"],
+            3,
+            "the operator sees what is left to drain"
+        );
+        let (status, _) = admin
+            .json(
+                Method::PUT,
+                "/services/web/backends/b1/state",
+                r#"{"state":"maint"}"#,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            on_b1[0].get(&url).await.backend(),
+            "b2",
+            "maint redispatches bound sessions"
+        );
+        admin.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_stick_table_can_be_listed_rebound_and_pruned() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let admin = Admin::start(
+            &backends,
+            "[service.affinity]\nstrategy = \"stick-table\"\ncookie = \"sid\"\n",
+        )
+        .await;
+        let mut browser = Browser::new();
+        let first = browser
+            .get(&format!("{}/session/sid", admin.proxy))
+            .await
+            .backend()
+            .to_string();
+        let session = browser.jar["sid"].clone();
+        let (status, table) = admin
+            .json(Method::GET, "/services/web/stick-table?limit=10", "")
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(table["entries"][0]["session"], session.as_str());
+        assert_eq!(table["entries"][0]["backend"], first.as_str());
+        let other = if first == "b1" { "b2" } else { "b1" };
+        let (status, _) = admin
+            .json(
+                Method::PUT,
+                &format!("/services/web/stick-table/{session}"),
+                other,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            browser.get(&format!("{}/", admin.proxy)).await.backend(),
+            other,
+            "the rebound session follows"
+        );
+        let (status, _) = admin
+            .json(
+                Method::DELETE,
+                &format!("/services/web/stick-table/{session}"),
+                "",
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = admin
+            .json(
+                Method::DELETE,
+                &format!("/services/web/stick-table/{session}"),
+                "",
+            )
+            .await;
+        assert_eq!(status, 404, "deleting twice finds nothing");
+        admin.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn resolve_says_where_a_cookie_or_key_routes_and_why() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let admin = Admin::start(&backends, INSERT).await;
+        let (_, hit) = admin
+            .json(
+                Method::GET,
+                "/services/web/resolve?cookie=SERVERID%3Db2%3B%20lang%3Den",
+                "",
+            )
+            .await;
+        assert_eq!(
+            (hit["backend"].as_str(), hit["outcome"].as_str()),
+            (Some("b2"), Some("hit")),
+            "{hit}"
+        );
+        admin
+            .json(Method::PUT, "/services/web/backends/b2/state", "maint")
+            .await;
+        let (_, moved) = admin
+            .json(
+                Method::GET,
+                "/services/web/resolve?cookie=SERVERID%3Db2",
+                "",
+            )
+            .await;
+        assert_eq!(moved["outcome"], "redispatch", "{moved}");
+        let (_, forged) = admin
+            .json(
+                Method::GET,
+                "/services/web/resolve?cookie=SERVERID%3D10.0.0.1",
+                "",
+            )
+            .await;
+        assert_eq!(forged["outcome"], "invalid", "{forged}");
+        let (_, none) = admin
+            .json(Method::GET, "/services/web/resolve?cookie=lang%3Den", "")
+            .await;
+        assert_eq!(none["outcome"], "new", "{none}");
+        let (status, _) = admin
+            .json(Method::GET, "/services/web/resolve?key=abc", "")
+            .await;
+        assert_eq!(status, 400, "?key= is for the hash strategy");
+        admin.stop().await;
+
+        let backends = spawn_backends(3).await;
+        let hashed = Admin::start(
+            &backends,
+            "[service.affinity]\nstrategy = \"hash\"\nkey = \"query:token\"\n",
+        )
+        .await;
+        let (_, answer) = hashed
+            .json(Method::GET, "/services/web/resolve?key=abc", "")
+            .await;
+        let served = Browser::new()
+            .get(&format!("{}/?token=abc", hashed.proxy))
+            .await
+            .backend()
+            .to_string();
+        assert_eq!(
+            answer["backend"].as_str(),
+            Some(served.as_str()),
+            "the resolver agrees with the proxy: {answer}"
+        );
+        hashed.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_tokens_unknown_names_and_wrong_methods_get_json_errors() {
+    within_timeout(async {
+        let backends = spawn_backends(1).await;
+        let admin = Admin::start(&backends, INSERT).await;
+        let cases = [
+            (
+                admin.call_with(Method::GET, "/status", "", None).await,
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                admin
+                    .call_with(Method::GET, "/status", "", Some("wrong"))
+                    .await,
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                admin
+                    .call(Method::GET, "/services/nope/resolve?cookie=a%3Db", "")
+                    .await,
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                admin
+                    .call(Method::PUT, "/services/web/backends/nope/state", "drain")
+                    .await,
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                admin
+                    .call(Method::PUT, "/services/web/backends/b1/state", "sleep")
+                    .await,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                admin.call(Method::POST, "/status", "").await,
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                admin
+                    .call(Method::GET, "/services/web/backends/b1/state", "")
+                    .await,
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                admin
+                    .call(Method::GET, "/services/web/stick-table", "")
+                    .await,
+                StatusCode::NOT_FOUND,
+            ),
+        ];
+        for ((status, body), expected) in cases {
+            assert_eq!(status, expected, "{body}");
+            let error: Value = serde_json::from_str(&body).unwrap();
+            assert!(error["error"].is_string(), "{body}");
+        }
+        admin.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_debug_header_names_backend_and_outcome_when_enabled() {
+    within_timeout(async {
+        let backends = spawn_backends(1).await;
+        let admin = Admin::start(&backends, &format!("debug_header = true\n{INSERT}")).await;
+        let mut browser = Browser::new();
+        let first = browser.get(&format!("{}/", admin.proxy)).await;
+        assert_eq!(first.headers["x-stickyd"], "backend=b1; affinity=new");
+        let second = browser.get(&format!("{}/", admin.proxy)).await;
+        assert_eq!(second.headers["x-stickyd"], "backend=b1; affinity=hit");
+        admin.stop().await;
+        let plain = common::proxy_over(&spawn_backends(1).await, INSERT).await;
+        assert!(
+            !Browser::new()
+                .get(&plain.url("/"))
+                .await
+                .headers
+                .contains_key("x-stickyd"),
+            "off by default"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_proxy_protocol_header_is_counted() {
+    within_timeout(async {
+        let backends = spawn_backends(1).await;
+        let admin = Admin::start(&backends, "proxy_protocol = true\n").await;
+        let address = admin.proxy.trim_start_matches("http://").to_string();
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)
+            .await
+            .unwrap();
+        let (_, text) = admin.call(Method::GET, "/metrics", "").await;
+        assert!(
+            text.contains("stickyd_proxy_protocol_rejected_total{service=\"web\"} 1"),
+            "{text}"
+        );
+        admin.stop().await;
+    })
+    .await;
+}
