@@ -44,7 +44,12 @@ type AdminResponse = Response<Full<Bytes>>;
 
 /// Serves the admin API on `listener` until `stop` is cancelled. With `token`, every request
 /// must carry `Authorization: Bearer <token>`.
-pub async fn serve(listener: TcpListener, runtime: Arc<Runtime>, token: Option<String>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    runtime: Arc<Runtime>,
+    token: Option<String>,
+    stop: CancellationToken,
+) {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "admin listening");
     }
@@ -66,14 +71,27 @@ pub async fn serve(listener: TcpListener, runtime: Arc<Runtime>, token: Option<S
             let (runtime, token) = (Arc::clone(&runtime), Arc::clone(&token));
             async move { Ok::<_, Infallible>(answer(&runtime, token.as_deref(), request).await) }
         });
-        tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service),
+        );
     }
 }
 
-async fn answer(runtime: &Runtime, token: Option<&str>, request: Request<Incoming>) -> AdminResponse {
+async fn answer(
+    runtime: &Runtime,
+    token: Option<&str>,
+    request: Request<Incoming>,
+) -> AdminResponse {
     if let Some(token) = token {
-        let presented = request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-        if !presented.and_then(|value| value.strip_prefix("Bearer ")).is_some_and(|given| constant_time_eq(given, token)) {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        if !presented
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given, token))
+        {
             return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
     }
@@ -85,20 +103,33 @@ async fn answer(runtime: &Runtime, token: Option<&str>, request: Request<Incomin
         ["metrics"] => only(method, Method::GET, || {
             let mut response = Response::new(Full::new(Bytes::from(runtime.encode_metrics())));
             let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(content_type),
+            );
             response
         }),
-        ["status"] => only(method, Method::GET, || json_response(StatusCode::OK, status(runtime))),
+        ["status"] => only(method, Method::GET, || {
+            json_response(StatusCode::OK, status(runtime))
+        }),
         ["services", service, rest @ ..] => {
             let Some(router) = runtime.router(service) else {
-                return error(StatusCode::NOT_FOUND, &format!("no service named {service:?}"));
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no service named {service:?}"),
+                );
             };
             match rest {
-                ["backends", backend, "state"] if *method == Method::PUT => match read_text(body).await {
-                    Ok(text) => set_state(&router, backend, &text),
-                    Err(response) => response,
-                },
-                ["backends", _, "state"] => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT with ready, drain or maint"),
+                ["backends", backend, "state"] if *method == Method::PUT => {
+                    match read_text(body).await {
+                        Ok(text) => set_state(&router, backend, &text),
+                        Err(response) => response,
+                    }
+                }
+                ["backends", _, "state"] => error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "use PUT with ready, drain or maint",
+                ),
                 ["stick-table"] => only(method, Method::GET, || list_table(&router, query)),
                 ["stick-table", session] => match *method {
                     Method::PUT => match read_text(body).await {
@@ -106,7 +137,10 @@ async fn answer(runtime: &Runtime, token: Option<&str>, request: Request<Incomin
                         Err(response) => response,
                     },
                     Method::DELETE => forget(&router, session).await,
-                    _ => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT (body: backend name) or DELETE"),
+                    _ => error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "use PUT (body: backend name) or DELETE",
+                    ),
                 },
                 ["resolve"] if *method == Method::GET => resolve(&router, query).await,
                 ["resolve"] => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
@@ -177,16 +211,30 @@ fn strategy_name(affinity: &Affinity) -> &'static str {
 fn set_state(router: &Router, backend: &str, body: &str) -> AdminResponse {
     let pool = router.pool();
     let Some(index) = pool.find_name(backend) else {
-        return error(StatusCode::NOT_FOUND, &format!("no backend named {backend:?} in service {:?}", router.name()));
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no backend named {backend:?} in service {:?}",
+                router.name()
+            ),
+        );
     };
     let state = match body_value(body, "state").as_str() {
         "ready" => AdminState::Ready,
         "drain" => AdminState::Drain,
         "maint" => AdminState::Maint,
-        other => return error(StatusCode::BAD_REQUEST, &format!("state {other:?}: send ready, drain or maint")),
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("state {other:?}: send ready, drain or maint"),
+            );
+        }
     };
     pool.set_admin_state(index, state);
-    json_response(StatusCode::OK, json!({ "service": router.name(), "backend": backend, "state": state.as_str() }))
+    json_response(
+        StatusCode::OK,
+        json!({ "service": router.name(), "backend": backend, "state": state.as_str() }),
+    )
 }
 
 fn list_table(router: &Router, query: &str) -> AdminResponse {
@@ -207,7 +255,10 @@ fn list_table(router: &Router, query: &str) -> AdminResponse {
             json!({ "session": session, "backend": backend, "backend_id": &*id })
         })
         .collect();
-    json_response(StatusCode::OK, json!({ "entries": entries, "total": table.entry_count() }))
+    json_response(
+        StatusCode::OK,
+        json!({ "entries": entries, "total": table.entry_count() }),
+    )
 }
 
 async fn rebind(router: &Router, session: &str, body: &str) -> AdminResponse {
@@ -219,8 +270,13 @@ async fn rebind(router: &Router, session: &str, body: &str) -> AdminResponse {
     let Some(index) = pool.find_name(&name) else {
         return error(StatusCode::NOT_FOUND, &format!("no backend named {name:?}"));
     };
-    table.bind(session, &pool.get(index).id, router.stick_ttl()).await;
-    json_response(StatusCode::OK, json!({ "session": session, "backend": name }))
+    table
+        .bind(session, &pool.get(index).id, router.stick_ttl())
+        .await;
+    json_response(
+        StatusCode::OK,
+        json!({ "session": session, "backend": name }),
+    )
 }
 
 async fn forget(router: &Router, session: &str) -> AdminResponse {
@@ -228,10 +284,16 @@ async fn forget(router: &Router, session: &str) -> AdminResponse {
         return error(StatusCode::NOT_FOUND, "this service has no stick table");
     };
     if table.get(session).await.is_none() {
-        return error(StatusCode::NOT_FOUND, &format!("no entry for session {session:?}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no entry for session {session:?}"),
+        );
     }
     table.forget(session).await;
-    json_response(StatusCode::OK, json!({ "session": session, "deleted": true }))
+    json_response(
+        StatusCode::OK,
+        json!({ "session": session, "deleted": true }),
+    )
 }
 
 /// Where a cookie (`?cookie=` as the browser sends its `Cookie` header, e.g.
@@ -243,42 +305,90 @@ async fn resolve(router: &Router, query: &str) -> AdminResponse {
         (Some(cookie), None) => {
             let cookie = percent_decode(cookie);
             let Ok(value) = header::HeaderValue::from_str(&cookie) else {
-                return error(StatusCode::BAD_REQUEST, "the cookie is not a valid header value");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "the cookie is not a valid header value",
+                );
             };
-            let mut head = Request::get("/").header(header::COOKIE, value).body(()).expect("static parts").into_parts().0;
+            let mut head = Request::get("/")
+                .header(header::COOKIE, value)
+                .body(())
+                .expect("static parts")
+                .into_parts()
+                .0;
             affinity.on_request(&mut head, IpAddr::V4(Ipv4Addr::UNSPECIFIED), pool)
         }
         (None, Some(key)) => match affinity {
-            Affinity::Hash(strategy) => Stickiness::Hash(hash_key(strategy.key(), &percent_decode(key))),
-            _ => return error(StatusCode::BAD_REQUEST, "?key= is for the hash strategy; use ?cookie="),
+            Affinity::Hash(strategy) => {
+                Stickiness::Hash(hash_key(strategy.key(), &percent_decode(key)))
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "?key= is for the hash strategy; use ?cookie=",
+                );
+            }
         },
-        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of ?cookie=... or ?key=..."),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of ?cookie=... or ?key=...",
+            );
+        }
     };
     let describe = |index: usize| {
         let backend = pool.get(index);
-        (backend.name.clone(), backend.admin_state().as_str(), backend.is_healthy() && !backend.is_ejected())
+        (
+            backend.name.clone(),
+            backend.admin_state().as_str(),
+            backend.is_healthy() && !backend.is_ejected(),
+        )
     };
     let verdict = match stickiness {
-        Stickiness::Pinned(index) => bound_verdict(router, index, "the cookie names it", describe(index)),
+        Stickiness::Pinned(index) => {
+            bound_verdict(router, index, "the cookie names it", describe(index))
+        }
         Stickiness::Lookup(session) => {
             let table = router.stick_table().expect("only the stick table looks up");
             match table.get(&session).await.and_then(|id| pool.find_id(&id)) {
-                Some(index) => bound_verdict(router, index, "the stick table binds the session to it", describe(index)),
-                None => json!({ "backend": null, "outcome": "new", "reason": "no stick-table entry for this session: it would be balanced and the binding reserved" }),
+                Some(index) => bound_verdict(
+                    router,
+                    index,
+                    "the stick table binds the session to it",
+                    describe(index),
+                ),
+                None => {
+                    json!({ "backend": null, "outcome": "new", "reason": "no stick-table entry for this session: it would be balanced and the binding reserved" })
+                }
             }
         }
         Stickiness::Hash(key) => match router.hash_choice(key) {
-            Some((index, true)) => json!({ "backend": describe(index).0, "outcome": "hit", "reason": "the key's first choice on the hash ring" }),
-            Some((index, false)) => json!({ "backend": describe(index).0, "outcome": "redispatch", "reason": "the key's first choice cannot take it now; this is its next usable choice" }),
-            None => json!({ "backend": null, "outcome": "none", "reason": "no backend can take new requests" }),
+            Some((index, true)) => {
+                json!({ "backend": describe(index).0, "outcome": "hit", "reason": "the key's first choice on the hash ring" })
+            }
+            Some((index, false)) => {
+                json!({ "backend": describe(index).0, "outcome": "redispatch", "reason": "the key's first choice cannot take it now; this is its next usable choice" })
+            }
+            None => {
+                json!({ "backend": null, "outcome": "none", "reason": "no backend can take new requests" })
+            }
         },
-        Stickiness::New => json!({ "backend": null, "outcome": "new", "reason": "no affinity value: it would be balanced as a new session" }),
-        Stickiness::Invalid => json!({ "backend": null, "outcome": "invalid", "reason": "the value names no backend of this service (forged, stale or garbled): it would be balanced as a new session" }),
+        Stickiness::New => {
+            json!({ "backend": null, "outcome": "new", "reason": "no affinity value: it would be balanced as a new session" })
+        }
+        Stickiness::Invalid => {
+            json!({ "backend": null, "outcome": "invalid", "reason": "the value names no backend of this service (forged, stale or garbled): it would be balanced as a new session" })
+        }
     };
     json_response(StatusCode::OK, verdict)
 }
 
-fn bound_verdict(router: &Router, index: usize, why: &str, (name, state, up): (String, &str, bool)) -> Value {
+fn bound_verdict(
+    router: &Router,
+    index: usize,
+    why: &str,
+    (name, state, up): (String, &str, bool),
+) -> Value {
     if router.pool().accepts_bound(index) {
         json!({ "backend": name, "outcome": "hit", "reason": format!("{why}; state {state}, up") })
     } else {
@@ -292,7 +402,9 @@ fn bound_verdict(router: &Router, index: usize, why: &str, (name, state, up): (S
 
 fn hash_key(key: &HashKey, value: &str) -> u64 {
     match (key, value.parse::<IpAddr>()) {
-        (HashKey::SourceIp | HashKey::ForwardedFor | HashKey::Forwarded, Ok(address)) => hash::hash_ip(address),
+        (HashKey::SourceIp | HashKey::ForwardedFor | HashKey::Forwarded, Ok(address)) => {
+            hash::hash_ip(address)
+        }
         _ => hash::hash_bytes(value.as_bytes()),
     }
 }
@@ -301,16 +413,26 @@ async fn read_text(body: Incoming) -> Result<String, AdminResponse> {
     let bytes = Limited::new(body, MAX_BODY_BYTES)
         .collect()
         .await
-        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "body too large or unreadable"))?
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large or unreadable",
+            )
+        })?
         .to_bytes();
-    String::from_utf8(bytes.to_vec()).map_err(|_| error(StatusCode::BAD_REQUEST, "body must be UTF-8 text"))
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "body must be UTF-8 text"))
 }
 
 /// The body as plain text (`drain`), or the `field` of a JSON object (`{"state": "drain"}`).
 fn body_value(body: &str, field: &str) -> String {
     let body = body.trim();
     match serde_json::from_str::<Value>(body) {
-        Ok(Value::Object(object)) => object.get(field).and_then(Value::as_str).unwrap_or_default().to_string(),
+        Ok(Value::Object(object)) => object
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         Ok(Value::String(text)) => text,
         _ => body.to_string(),
     }
@@ -351,13 +473,21 @@ fn percent_decode(text: &str) -> String {
 }
 
 fn constant_time_eq(given: &str, expected: &str) -> bool {
-    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn json_response(status: StatusCode, value: Value) -> AdminResponse {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -378,8 +508,14 @@ mod tests {
 
     #[test]
     fn queries_are_read_and_decoded() {
-        assert_eq!(query_param("a=1&cookie=SERVERID%3Dapp2", "cookie"), Some("SERVERID%3Dapp2"));
-        assert_eq!(percent_decode("SERVERID%3Dapp2%3B+lang%3Den"), "SERVERID=app2; lang=en");
+        assert_eq!(
+            query_param("a=1&cookie=SERVERID%3Dapp2", "cookie"),
+            Some("SERVERID%3Dapp2")
+        );
+        assert_eq!(
+            percent_decode("SERVERID%3Dapp2%3B+lang%3Den"),
+            "SERVERID=app2; lang=en"
+        );
         assert_eq!(percent_decode("100%"), "100%");
     }
 

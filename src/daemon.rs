@@ -24,11 +24,14 @@ pub async fn run(path: &Path, config: Config) -> Result<(), ServerError> {
     let listeners = server::bind(&config).await?;
     let admin = match &config.admin {
         Some(admin) => {
-            let listener = TcpListener::bind(admin.bind).await.map_err(|source| ServerError::Bind {
-                service: "admin".into(),
-                address: admin.bind,
-                source,
-            })?;
+            let listener =
+                TcpListener::bind(admin.bind)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        service: "admin".into(),
+                        address: admin.bind,
+                        source,
+                    })?;
             Some((listener, admin.token.clone()))
         }
         None => None,
@@ -36,7 +39,12 @@ pub async fn run(path: &Path, config: Config) -> Result<(), ServerError> {
     let runtime = Runtime::start(config, listeners);
     let stop = CancellationToken::new();
     if let Some((listener, token)) = admin {
-        tokio::spawn(admin::serve(listener, Arc::clone(&runtime), token, stop.clone()));
+        tokio::spawn(admin::serve(
+            listener,
+            Arc::clone(&runtime),
+            token,
+            stop.clone(),
+        ));
     }
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(feed_watchdog(period / 2, stop.clone()));

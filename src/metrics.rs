@@ -111,7 +111,11 @@ impl Metrics {
         };
         {
             let mut registry = metrics.registry.lock().expect("metrics registry lock");
-            registry.register("requests", "Requests answered, by backend and status class", metrics.requests.clone());
+            registry.register(
+                "requests",
+                "Requests answered, by backend and status class",
+                metrics.requests.clone(),
+            );
             registry.register(
                 "request_duration_seconds",
                 "Time from request head to response head, seconds",
@@ -122,7 +126,11 @@ impl Metrics {
                 "How each request's backend was chosen: hit, new, redispatch, invalid",
                 metrics.outcomes.clone(),
             );
-            registry.register("client_connections", "Open client connections", metrics.connections.clone());
+            registry.register(
+                "client_connections",
+                "Open client connections",
+                metrics.connections.clone(),
+            );
             registry.register(
                 "proxy_protocol_rejected",
                 "Connections closed for a missing or malformed PROXY protocol header",
@@ -133,20 +141,36 @@ impl Metrics {
                 "Backend health changes (up or down) from active checks",
                 metrics.health_transitions.clone(),
             );
-            registry.register("reloads", "Config reloads, by result", metrics.reloads.clone());
-            registry.register("backend_up", "1 when the backend is healthy and not ejected", metrics.backend_up.clone());
+            registry.register(
+                "reloads",
+                "Config reloads, by result",
+                metrics.reloads.clone(),
+            );
+            registry.register(
+                "backend_up",
+                "1 when the backend is healthy and not ejected",
+                metrics.backend_up.clone(),
+            );
             registry.register(
                 "backend_admin_state",
                 "1 for the backend's admin state (ready, drain, maint)",
                 metrics.backend_admin_state.clone(),
             );
-            registry.register("backend_in_flight", "Requests in flight on the backend", metrics.backend_in_flight.clone());
+            registry.register(
+                "backend_in_flight",
+                "Requests in flight on the backend",
+                metrics.backend_in_flight.clone(),
+            );
             registry.register(
                 "backend_sessions",
                 "Live sessions bound to the backend (stick-table entries, or bindings seen within session_idle)",
                 metrics.backend_sessions.clone(),
             );
-            registry.register("stick_table_entries", "Entries in the service's stick table", metrics.stick_table_entries.clone());
+            registry.register(
+                "stick_table_entries",
+                "Entries in the service's stick table",
+                metrics.stick_table_entries.clone(),
+            );
         }
         metrics
     }
@@ -168,12 +192,23 @@ impl Metrics {
                 affinity: outcome.as_str().to_string(),
             })
         };
-        let labels = ServiceLabels { service: service.to_string() };
+        let labels = ServiceLabels {
+            service: service.to_string(),
+        };
         ServiceMetrics {
-            requests: backends.iter().map(|backend| per_backend(backend)).collect(),
+            requests: backends
+                .iter()
+                .map(|backend| per_backend(backend))
+                .collect(),
             own_answers: per_backend("-"),
             latency: self.latency.get_or_create_owned(&labels),
-            outcomes: [Outcome::Hit, Outcome::New, Outcome::Redispatch, Outcome::Invalid].map(outcome),
+            outcomes: [
+                Outcome::Hit,
+                Outcome::New,
+                Outcome::Redispatch,
+                Outcome::Invalid,
+            ]
+            .map(outcome),
             connections: self.connections.get_or_create_owned(&labels),
             proxy_header_rejected: self.proxy_header_rejected.get_or_create_owned(&labels),
             health_transitions: backends
@@ -191,14 +226,19 @@ impl Metrics {
     /// Counts one reload attempt that reached the runtime or was refused before it.
     pub fn count_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
-        self.reloads.get_or_create(&ResultLabels { result: result.to_string() }).inc();
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         let registry = self.registry.lock().expect("metrics registry lock");
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .expect("writing to a String cannot fail");
         text
     }
 }

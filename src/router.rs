@@ -12,10 +12,10 @@ use crate::affinity::{Affinity, Outcome, Stickiness, TableUpdate};
 use crate::balance::{Balancer, HashRing};
 use crate::config::{AffinityConfig, ServiceConfig};
 use crate::error::ProxyError;
+use crate::metrics::{Metrics, ServiceMetrics};
 use crate::pool::{Pool, PoolPolicy};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::{self, Upstream};
-use crate::metrics::{Metrics, ServiceMetrics};
 use crate::store::StickStore;
 use crate::store::sessions::BoundSessions;
 
@@ -95,7 +95,11 @@ impl Router {
                     .unwrap_or_else(|| Arc::new(BoundSessions::new(config.session_idle))),
             ),
         };
-        let backend_names: Vec<&str> = config.backends.iter().map(|backend| backend.name.as_str()).collect();
+        let backend_names: Vec<&str> = config
+            .backends
+            .iter()
+            .map(|backend| backend.name.as_str())
+            .collect();
         let ring = match &config.affinity {
             AffinityConfig::Hash(hash) => Some(HashRing::new(&pool, hash.balance_factor)),
             _ => None,
@@ -149,7 +153,9 @@ impl Router {
 
     /// Lifetime of a stick-table binding made without the app's cookie lifetime.
     pub fn stick_ttl(&self) -> Duration {
-        self.table.as_ref().map_or(Duration::ZERO, |table| table.ttl)
+        self.table
+            .as_ref()
+            .map_or(Duration::ZERO, |table| table.ttl)
     }
 
     /// The affinity strategy.
@@ -187,7 +193,8 @@ impl Router {
             Ok(()) => {
                 let stickiness = self.affinity.on_request(&mut head, client.ip(), &self.pool);
                 let identity = self.sessions.as_ref().and_then(|_| {
-                    self.affinity.session_identity(&head.headers, client.ip(), &stickiness)
+                    self.affinity
+                        .session_identity(&head.headers, client.ip(), &stickiness)
                 });
                 let choice = self.resolve(stickiness).await;
                 let upgrade = proxy::is_upgrade(&head.headers);
@@ -197,8 +204,11 @@ impl Router {
                 let (result, outcome) = self.forward(request, choice).await;
                 match result {
                     Ok((mut response, backend)) => {
-                        if let (Some(sessions), Some(identity), Outcome::Hit | Outcome::Redispatch) =
-                            (&self.sessions, identity, outcome)
+                        if let (
+                            Some(sessions),
+                            Some(identity),
+                            Outcome::Hit | Outcome::Redispatch,
+                        ) = (&self.sessions, identity, outcome)
                         {
                             sessions.seen(identity, &self.pool.get(backend).id);
                         }
@@ -218,7 +228,8 @@ impl Router {
         };
         let elapsed = started.elapsed();
         let mut response = response;
-        self.metrics.record(backend, response.status().as_u16(), outcome, elapsed);
+        self.metrics
+            .record(backend, response.status().as_u16(), outcome, elapsed);
         if self.debug_header {
             let name = backend.map_or("-", |index| self.pool.get(index).name.as_str());
             let value = format!("backend={name}; affinity={}", outcome.as_str());

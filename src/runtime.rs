@@ -80,7 +80,11 @@ impl Runtime {
             .iter()
             .zip(bound_by_service)
             .map(|(service, bound)| {
-                let slot = Arc::new(ArcSwap::from_pointee(Router::new(service, None, &runtime.metrics)));
+                let slot = Arc::new(ArcSwap::from_pointee(Router::new(
+                    service,
+                    None,
+                    &runtime.metrics,
+                )));
                 let health = runtime.start_health(service, &slot);
                 let listeners = bound
                     .into_iter()
@@ -160,7 +164,11 @@ impl Runtime {
     /// Counts a reload attempt: one that reached [`Runtime::reload`], or a config that failed
     /// validation before it (the daemon counts those).
     pub fn count_reload(&self, ok: bool) {
-        let counter = if ok { &self.reloads } else { &self.failed_reloads };
+        let counter = if ok {
+            &self.reloads
+        } else {
+            &self.failed_reloads
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         self.metrics.count_reload(ok);
     }
@@ -172,12 +180,24 @@ impl Runtime {
             let service = router.name().to_string();
             let sessions = router.sessions_per_backend();
             for backend in router.pool().backends() {
-                let labels = BackendLabels { service: service.clone(), backend: backend.name.clone() };
+                let labels = BackendLabels {
+                    service: service.clone(),
+                    backend: backend.name.clone(),
+                };
                 let up = backend.is_healthy() && !backend.is_ejected();
-                self.metrics.backend_up.get_or_create(&labels).set(i64::from(up));
-                self.metrics.backend_in_flight.get_or_create(&labels).set(i64::from(backend.in_flight()));
+                self.metrics
+                    .backend_up
+                    .get_or_create(&labels)
+                    .set(i64::from(up));
+                self.metrics
+                    .backend_in_flight
+                    .get_or_create(&labels)
+                    .set(i64::from(backend.in_flight()));
                 let live = sessions.get(&backend.id).copied().unwrap_or(0);
-                self.metrics.backend_sessions.get_or_create(&labels).set(live as i64);
+                self.metrics
+                    .backend_sessions
+                    .get_or_create(&labels)
+                    .set(live as i64);
                 for state in [AdminState::Ready, AdminState::Drain, AdminState::Maint] {
                     let labels = StateLabels {
                         service: service.clone(),
@@ -185,12 +205,20 @@ impl Runtime {
                         state: state.as_str().to_string(),
                     };
                     let current = backend.admin_state() == state;
-                    self.metrics.backend_admin_state.get_or_create(&labels).set(i64::from(current));
+                    self.metrics
+                        .backend_admin_state
+                        .get_or_create(&labels)
+                        .set(i64::from(current));
                 }
             }
             if let Some(table) = router.stick_table() {
-                let labels = ServiceLabels { service: service.clone() };
-                self.metrics.stick_table_entries.get_or_create(&labels).set(table.entry_count() as i64);
+                let labels = ServiceLabels {
+                    service: service.clone(),
+                };
+                self.metrics
+                    .stick_table_entries
+                    .get_or_create(&labels)
+                    .set(table.entry_count() as i64);
             }
         }
         self.metrics.encode()
@@ -245,7 +273,11 @@ impl Runtime {
                     handle
                 }
                 None => {
-                    let slot = Arc::new(ArcSwap::from_pointee(Router::new(service, None, &self.metrics)));
+                    let slot = Arc::new(ArcSwap::from_pointee(Router::new(
+                        service,
+                        None,
+                        &self.metrics,
+                    )));
                     let health = self.start_health(service, &slot);
                     ServiceHandle {
                         name: service.name.clone(),
@@ -300,7 +332,12 @@ impl Runtime {
         let router = slot.load();
         let transitions = router.metrics().health_transitions.clone();
         let pool = Arc::clone(router.pool());
-        tokio::spawn(health::run(pool, service.health.clone(), transitions, stop.clone()));
+        tokio::spawn(health::run(
+            pool,
+            service.health.clone(),
+            transitions,
+            stop.clone(),
+        ));
         stop
     }
 

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use prometheus_client::metrics::gauge::Gauge;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -191,7 +191,10 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let (proxy_protocol, open) = {
         let router = slot.load();
-        (router.proxy_protocol(), router.metrics().connections.clone())
+        (
+            router.proxy_protocol(),
+            router.metrics().connections.clone(),
+        )
     };
     let _open_until_closed = OpenConnection::new(open);
     let (client, already_read) = if proxy_protocol {

@@ -119,12 +119,20 @@ impl Affinity {
     /// the hash key, the app's session value (prefix), or the client address with the app's
     /// cookies (insert, after stickyd's cookie is stripped). `None` for the stick table, which
     /// counts its entries, and for `none`.
-    pub fn session_identity(&self, headers: &HeaderMap, client: IpAddr, stickiness: &Stickiness) -> Option<u64> {
+    pub fn session_identity(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+        stickiness: &Stickiness,
+    ) -> Option<u64> {
         match (self, stickiness) {
             (Affinity::Hash(_), Stickiness::Hash(key)) => Some(*key),
-            (Affinity::Prefix(prefix), _) => cookies::find(headers, prefix.cookie()).map(|value| hash::hash_bytes(value.as_bytes())),
+            (Affinity::Prefix(prefix), _) => cookies::find(headers, prefix.cookie())
+                .map(|value| hash::hash_bytes(value.as_bytes())),
             (Affinity::Insert(_), _) => {
-                let cookie = headers.get(http::header::COOKIE).map_or(&b""[..], |value| value.as_bytes());
+                let cookie = headers
+                    .get(http::header::COOKIE)
+                    .map_or(&b""[..], |value| value.as_bytes());
                 Some(hash::hash_ip(client) ^ hash::hash_bytes(cookie))
             }
             _ => None,

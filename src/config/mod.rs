@@ -774,19 +774,35 @@ impl Checker<'_> {
     }
 
     fn admin(&mut self, raw: file::RawAdmin) -> AdminConfig {
-        let token = raw.token_file.as_ref().and_then(|path| match std::fs::read_to_string(path.get_ref()) {
-            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
-            Ok(_) => {
-                self.report_at(path, format!("admin token file {:?} is empty: write a token in it", path.get_ref()));
-                None
-            }
-            Err(error) => {
-                self.report_at(path, format!("cannot read admin token file {:?}: {error}", path.get_ref()));
-                None
+        let token = raw.token_file.as_ref().and_then(|path| {
+            match std::fs::read_to_string(path.get_ref()) {
+                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+                Ok(_) => {
+                    self.report_at(
+                        path,
+                        format!(
+                            "admin token file {:?} is empty: write a token in it",
+                            path.get_ref()
+                        ),
+                    );
+                    None
+                }
+                Err(error) => {
+                    self.report_at(
+                        path,
+                        format!("cannot read admin token file {:?}: {error}", path.get_ref()),
+                    );
+                    None
+                }
             }
         });
-        let default_bind = file::DEFAULT_ADMIN_BIND.parse().expect("a valid default address");
-        AdminConfig { bind: raw.bind.map_or(default_bind, Spanned::into_inner), token }
+        let default_bind = file::DEFAULT_ADMIN_BIND
+            .parse()
+            .expect("a valid default address");
+        AdminConfig {
+            bind: raw.bind.map_or(default_bind, Spanned::into_inner),
+            token,
+        }
     }
 
     fn hash(&mut self, raw: RawAffinity) -> HashConfig {

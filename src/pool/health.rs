@@ -22,7 +22,12 @@ use crate::config::HealthConfig;
 /// Checks `pool`'s backends until `stop` is cancelled. Returns at once when `config` has no
 /// check path (passive ejection still applies).
 /// Each flip is counted in `transitions` (per backend index).
-pub async fn run(pool: Arc<Pool>, config: HealthConfig, transitions: Vec<Counter>, stop: CancellationToken) {
+pub async fn run(
+    pool: Arc<Pool>,
+    config: HealthConfig,
+    transitions: Vec<Counter>,
+    stop: CancellationToken,
+) {
     let Some(path) = config.path.clone() else {
         return;
     };

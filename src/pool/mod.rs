@@ -71,6 +71,9 @@ pub struct Backend {
     pub weight: u32,
     /// Takes traffic only while no primary can.
     pub backup: bool,
+    /// The admin state the config gave; a reload that changes it applies it, one that does not
+    /// keeps whatever the admin API set.
+    configured_state: AdminState,
     state: Arc<BackendState>,
 }
 
@@ -125,7 +128,12 @@ impl Pool {
                         .find(|old| old.name == config.name && old.address == config.address)
                 });
                 let state = match kept {
-                    Some(old) => Arc::clone(&old.state),
+                    Some(old) => {
+                        if old.configured_state != config.state {
+                            old.state.admin.store(config.state as u8, Ordering::Relaxed);
+                        }
+                        Arc::clone(&old.state)
+                    }
                     None => Arc::new(BackendState {
                         in_flight: AtomicU32::new(0),
                         ejected_until_ms: AtomicU64::new(0),
@@ -140,6 +148,7 @@ impl Pool {
                     address: config.address,
                     weight: config.weight,
                     backup: config.backup,
+                    configured_state: config.state,
                     state,
                 }
             })
@@ -395,6 +404,32 @@ pub(crate) mod tests {
         );
         assert_eq!(new.get(1).in_flight(), 0, "a new address is a new backend");
         assert_eq!(old.get(1).in_flight(), 1);
+    }
+
+    #[test]
+    fn a_reload_applies_a_changed_configured_state_and_keeps_a_runtime_one_otherwise() {
+        let old = pool(PoolPolicy::default());
+        old.set_admin_state(0, AdminState::Drain);
+        let same = Pool::new(
+            &[backend("a"), backend("b")],
+            PoolPolicy::default(),
+            Some(&old),
+        );
+        assert_eq!(
+            same.get(0).admin_state(),
+            AdminState::Drain,
+            "the operator's drain survives a reload"
+        );
+        let maint = BackendConfig {
+            state: AdminState::Maint,
+            ..backend("b")
+        };
+        let changed = Pool::new(&[backend("a"), maint], PoolPolicy::default(), Some(&same));
+        assert_eq!(
+            changed.get(1).admin_state(),
+            AdminState::Maint,
+            "a state changed in the config applies"
+        );
     }
 
     #[test]

@@ -100,7 +100,11 @@ impl MemoryStore {
 
     /// Up to `limit` entries as (session, backend id).
     pub fn entries(&self, limit: usize) -> Vec<(String, BackendId)> {
-        self.cache.iter().take(limit).map(|(session, binding)| ((*session).clone(), binding.backend)).collect()
+        self.cache
+            .iter()
+            .take(limit)
+            .map(|(session, binding)| ((*session).clone(), binding.backend))
+            .collect()
     }
 
     /// Entries per backend id.

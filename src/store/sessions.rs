@@ -16,7 +16,9 @@ pub struct BoundSessions {
 
 impl std::fmt::Debug for BoundSessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoundSessions").field("entries", &self.seen.entry_count()).finish()
+        f.debug_struct("BoundSessions")
+            .field("entries", &self.seen.entry_count())
+            .finish()
     }
 }
 
@@ -26,7 +28,12 @@ pub const MAX_TRACKED_SESSIONS: u64 = 1_000_000;
 impl BoundSessions {
     /// Remembers sessions for `idle` after their last request.
     pub fn new(idle: Duration) -> BoundSessions {
-        BoundSessions { seen: Cache::builder().max_capacity(MAX_TRACKED_SESSIONS).time_to_idle(idle).build() }
+        BoundSessions {
+            seen: Cache::builder()
+                .max_capacity(MAX_TRACKED_SESSIONS)
+                .time_to_idle(idle)
+                .build(),
+        }
     }
 
     /// Session `identity` was just served by `backend`.
