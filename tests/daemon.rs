@@ -134,3 +134,64 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_reloading_and_stopping_even_around_a_refused_reload() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let dir = std::env::temp_dir().join(format!("stickyd-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (socket_path, config_path) = (dir.join("notify.sock"), dir.join("stickyd.toml"));
+        let _ = std::fs::remove_file(&socket_path);
+        let notify = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+        let good = config(&[&backend], "");
+        std::fs::write(&config_path, &good).unwrap();
+        let mut daemon = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_stickyd"))
+                .arg("--config")
+                .arg(&config_path)
+                .env("NOTIFY_SOCKET", &socket_path)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut buffer = [0u8; 256];
+        let mut next = async || {
+            let read = notify.recv(&mut buffer).await.unwrap();
+            String::from_utf8_lossy(&buffer[..read])
+                .trim_end()
+                .to_string()
+        };
+        assert_eq!(next().await, "READY=1");
+        let pid = daemon.0.id().to_string();
+        let signal = |name: &str| {
+            assert!(
+                Command::new("kill")
+                    .args([name, &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            )
+        };
+        std::fs::write(&config_path, "this is not toml").unwrap();
+        signal("-HUP");
+        assert!(next().await.starts_with("RELOADING=1"));
+        assert_eq!(
+            next().await,
+            "READY=1",
+            "a refused reload still reports ready"
+        );
+        std::fs::write(&config_path, &good).unwrap();
+        signal("-HUP");
+        assert!(next().await.starts_with("RELOADING=1"));
+        assert_eq!(next().await, "READY=1");
+        signal("-TERM");
+        assert_eq!(next().await, "STOPPING=1");
+        let status = tokio::task::spawn_blocking(move || daemon.0.wait().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(status.code(), Some(0));
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
