@@ -29,6 +29,11 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let Some(path) = config.path.clone() else {
+        // Without active checks every backend counts as up, also one a previous config's
+        // checks had taken down (a reload keeps backend state).
+        for index in 0..pool.backends().len() {
+            pool.set_healthy(index, true);
+        }
         return;
     };
     let backends = pool.backends().len();

@@ -112,8 +112,9 @@ impl Backend {
 pub struct Pool {
     backends: Vec<Backend>,
     policy: PoolPolicy,
-    /// Bumped on every state change (health, admin state, ejection), for whoever must react.
-    changes: watch::Sender<u64>,
+    /// Bumped on every state change (health, admin state, the start of an ejection), for
+    /// whoever must react; shared with the pools that replace this one on reload.
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl Pool {
@@ -153,10 +154,14 @@ impl Pool {
                 }
             })
             .collect();
+        let changes = previous.map_or_else(
+            || Arc::new(watch::Sender::new(0)),
+            |pool| Arc::clone(&pool.changes),
+        );
         Pool {
             backends,
             policy,
-            changes: watch::Sender::new(0),
+            changes,
         }
     }
 
@@ -260,7 +265,9 @@ impl Pool {
         InFlight { state }
     }
 
-    /// Watches state changes: the value is bumped on each health flip, admin change, ejection.
+    /// Watches state changes: the value is bumped on each health flip, admin change and start
+    /// of an ejection (its time-based end is not signalled). Receivers keep hearing the pools
+    /// that replace this one on reload.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
