@@ -216,7 +216,7 @@ impl Pool {
             .admin
             .swap(state as u8, Ordering::Relaxed);
         if previous != state as u8 {
-            tracing::info!(backend = %self.backends[index].name, state = state.as_str(), "admin state changed");
+            tracing::info!(backend = %self.backends[index].name, state = %state.as_str(), "admin state changed");
             self.changed();
         }
     }
