@@ -72,6 +72,7 @@ pub struct Metrics {
     proxy_header_rejected: Family<ServiceLabels, Counter>,
     health_transitions: Family<BackendLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    redis_errors: Family<ServiceLabels, Counter>,
     /// Set at scrape time from the runtime.
     pub backend_up: Family<BackendLabels, Gauge>,
     /// Set at scrape time from the runtime.
@@ -103,6 +104,7 @@ impl Metrics {
             proxy_header_rejected: Family::default(),
             health_transitions: Family::default(),
             reloads: Family::default(),
+            redis_errors: Family::default(),
             backend_up: Family::default(),
             backend_admin_state: Family::default(),
             backend_in_flight: Family::default(),
@@ -145,6 +147,11 @@ impl Metrics {
                 "reloads",
                 "Config reloads, by result",
                 metrics.reloads.clone(),
+            );
+            registry.register(
+                "redis_errors",
+                "Redis stick-table calls that failed or timed out (the local table answered)",
+                metrics.redis_errors.clone(),
             );
             registry.register(
                 "backend_up",
@@ -211,6 +218,7 @@ impl Metrics {
             .map(outcome),
             connections: self.connections.get_or_create_owned(&labels),
             proxy_header_rejected: self.proxy_header_rejected.get_or_create_owned(&labels),
+            redis_errors: self.redis_errors.get_or_create_owned(&labels),
             health_transitions: backends
                 .iter()
                 .map(|backend| {
@@ -257,6 +265,8 @@ pub struct ServiceMetrics {
     pub connections: Gauge,
     /// Connections refused for a bad PROXY header.
     pub proxy_header_rejected: Counter,
+    /// Redis stick-table calls that failed or timed out.
+    pub redis_errors: Counter,
     /// Per backend index: health flips.
     pub health_transitions: Vec<Counter>,
 }

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use crate::affinity::{Affinity, Outcome, Stickiness, TableUpdate};
 use crate::balance::{Balancer, HashRing};
-use crate::config::{AffinityConfig, ServiceConfig};
+use crate::config::{AffinityConfig, ServiceConfig, StoreConfig};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::pool::{Pool, PoolPolicy};
@@ -24,6 +24,8 @@ use crate::store::sessions::BoundSessions;
 struct Table {
     store: Arc<StickStore>,
     ttl: Duration,
+    store_config: StoreConfig,
+    max_entries: u64,
 }
 
 /// Everything one service needs to route a request.
@@ -75,16 +77,37 @@ impl Router {
             policy,
             previous.map(|router| &*router.pool),
         ));
+        let backend_names: Vec<&str> = config
+            .backends
+            .iter()
+            .map(|backend| backend.name.as_str())
+            .collect();
+        let service_metrics = metrics.service(&config.name, &backend_names);
         let table = match &config.affinity {
-            AffinityConfig::StickTable(table) => Some(Table {
-                store: previous
+            AffinityConfig::StickTable(table) => {
+                // Keep the entries across a reload unless the table itself was reconfigured.
+                let kept = previous
                     .and_then(|router| router.table.as_ref())
-                    .map_or_else(
-                        || Arc::new(StickStore::new(table)),
-                        |kept| Arc::clone(&kept.store),
-                    ),
-                ttl: table.ttl,
-            }),
+                    .filter(|old| {
+                        old.store_config == table.store && old.max_entries == table.max_entries
+                    });
+                let store = kept.map_or_else(
+                    || {
+                        Arc::new(StickStore::new(
+                            table,
+                            &config.name,
+                            service_metrics.redis_errors.clone(),
+                        ))
+                    },
+                    |old| Arc::clone(&old.store),
+                );
+                Some(Table {
+                    store,
+                    ttl: table.ttl,
+                    store_config: table.store.clone(),
+                    max_entries: table.max_entries,
+                })
+            }
             _ => None,
         };
         let sessions = match &config.affinity {
@@ -95,11 +118,6 @@ impl Router {
                     .unwrap_or_else(|| Arc::new(BoundSessions::new(config.session_idle))),
             ),
         };
-        let backend_names: Vec<&str> = config
-            .backends
-            .iter()
-            .map(|backend| backend.name.as_str())
-            .collect();
         let ring = match &config.affinity {
             AffinityConfig::Hash(hash) => Some(HashRing::new(&pool, hash.balance_factor)),
             _ => None,
@@ -119,7 +137,7 @@ impl Router {
             passive_5xx: config.health.passive_5xx,
             proxy_protocol: config.proxy_protocol,
             debug_header: config.debug_header,
-            metrics: metrics.service(&config.name, &backend_names),
+            metrics: service_metrics,
             sessions,
         }
     }
@@ -272,11 +290,23 @@ impl Router {
                     .table
                     .as_ref()
                     .expect("only the stick-table strategy looks up");
-                let bound = table
+                let mut bound = table
                     .store
                     .get(&session)
                     .await
                     .and_then(|id| self.pool.find_id(&id));
+                if bound.is_some_and(|backend| !self.pool.accepts_bound(backend)) {
+                    // Before redispatching, see whether another instance already moved the
+                    // session (a shared store): then every instance agrees on the new backend.
+                    let fresh = table
+                        .store
+                        .get_fresh(&session)
+                        .await
+                        .and_then(|id| self.pool.find_id(&id));
+                    if fresh.is_some_and(|backend| self.pool.accepts_bound(backend)) {
+                        bound = fresh;
+                    }
+                }
                 let outcome = if bound.is_some() {
                     Outcome::Hit
                 } else {

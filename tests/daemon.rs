@@ -2,9 +2,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use http_body_util::BodyExt;
 
 use common::{Browser, TestBackend, config, start_proxy, within_timeout};
@@ -40,41 +37,10 @@ async fn the_daemon_logs_one_access_line_per_request_and_exits_0_on_sigterm() {
             "log_level = \"info\"\n{}",
             config(&[&backend], "[service.affinity]\nstrategy = \"insert\"\n")
         );
-        let path = std::env::temp_dir().join(format!("stickyd-daemon-{}.toml", std::process::id()));
+        let path = common::temp_file("daemon.toml");
         std::fs::write(&path, text).unwrap();
-        let mut daemon = KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_stickyd"))
-                .arg("--config")
-                .arg(&path)
-                .env_remove("RUST_LOG")
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let (lines_in, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let stderr = daemon.0.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let _ = lines_in.send(line.unwrap());
-            }
-        });
-        let listening = loop {
-            let line = lines
-                .recv()
-                .await
-                .expect("the daemon exited before listening");
-            if line.contains("listening") {
-                break line;
-            }
-        };
-        let address = listening
-            .split("address=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
+        let mut daemon = common::Daemon::start(&path);
+        let address = daemon.address().await;
         let mut browser = Browser::new();
         assert_eq!(
             browser
@@ -87,13 +53,10 @@ async fn the_daemon_logs_one_access_line_per_request_and_exits_0_on_sigterm() {
             browser.get(&format!("http://{address}/hello")).await.status,
             200
         );
-        let mut access = Vec::new();
-        while access.len() < 2 {
-            let line = lines.recv().await.expect("the daemon exited");
-            if line.contains("stickyd::access") {
-                access.push(line);
-            }
-        }
+        let access = [
+            daemon.line_with("stickyd::access").await,
+            daemon.line_with("stickyd::access").await,
+        ];
         for (line, affinity) in access.iter().zip(["new", "hit"]) {
             for field in [
                 "client=127.0.0.1",
@@ -108,31 +71,13 @@ async fn the_daemon_logs_one_access_line_per_request_and_exits_0_on_sigterm() {
             assert!(line.contains(&format!("affinity={affinity}")), "{line}");
             assert!(line.contains(" ms="), "{line}");
         }
-        let killed = Command::new("kill")
-            .args(["-TERM", &daemon.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = tokio::task::spawn_blocking(move || daemon.0.wait().unwrap())
-            .await
-            .unwrap();
         assert_eq!(
-            status.code(),
+            daemon.stop().await,
             Some(0),
             "SIGTERM did not end the daemon cleanly"
         );
     })
     .await;
-}
-
-/// A child process that is killed if the test fails before it exits.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,15 +91,8 @@ async fn systemd_hears_ready_reloading_and_stopping_even_around_a_refused_reload
         let notify = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
         let good = config(&[&backend], "");
         std::fs::write(&config_path, &good).unwrap();
-        let mut daemon = KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_stickyd"))
-                .arg("--config")
-                .arg(&config_path)
-                .env("NOTIFY_SOCKET", &socket_path)
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let daemon =
+            common::Daemon::start_with_env(&config_path, &[("NOTIFY_SOCKET", &socket_path)]);
         let mut buffer = [0u8; 256];
         let mut next = async || {
             let read = notify.recv(&mut buffer).await.unwrap();
@@ -163,16 +101,7 @@ async fn systemd_hears_ready_reloading_and_stopping_even_around_a_refused_reload
                 .to_string()
         };
         assert_eq!(next().await, "READY=1");
-        let pid = daemon.0.id().to_string();
-        let signal = |name: &str| {
-            assert!(
-                Command::new("kill")
-                    .args([name, &pid])
-                    .status()
-                    .unwrap()
-                    .success()
-            )
-        };
+        let signal = |name: &str| daemon.signal(name);
         std::fs::write(&config_path, "this is not toml").unwrap();
         signal("-HUP");
         assert!(next().await.starts_with("RELOADING=1"));
@@ -185,12 +114,9 @@ async fn systemd_hears_ready_reloading_and_stopping_even_around_a_refused_reload
         signal("-HUP");
         assert!(next().await.starts_with("RELOADING=1"));
         assert_eq!(next().await, "READY=1");
-        signal("-TERM");
+        let stopped = tokio::spawn(daemon.stop());
         assert_eq!(next().await, "STOPPING=1");
-        let status = tokio::task::spawn_blocking(move || daemon.0.wait().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(status.code(), Some(0));
+        assert_eq!(stopped.await.unwrap(), Some(0));
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;

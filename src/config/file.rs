@@ -144,6 +144,22 @@ impl Fallback {
     }
 }
 
+/// Where a stick table lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process only.
+    #[default]
+    Memory,
+    /// Shared through Redis, with a local table in front.
+    Redis,
+}
+
+/// Prefix of every Redis key stickyd writes.
+pub const DEFAULT_KEY_PREFIX: &str = "stickyd:";
+/// Time one Redis call may take before the local table answers instead. Default: 50 ms.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+
 /// What the hash strategy does with a request that lacks its key (seed 003's
 /// `ignoreMissingHeader`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -187,6 +203,10 @@ pub struct RawAffinity {
     // stick-table
     pub ttl: Option<Spanned<DurationValue>>,
     pub max_entries: Option<Spanned<u64>>,
+    pub store: Option<Spanned<StoreKind>>,
+    pub redis_url: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub redis_timeout: Option<Spanned<DurationValue>>,
     // hash
     pub key: Option<Spanned<String>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,

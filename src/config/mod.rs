@@ -268,6 +268,24 @@ pub struct StickTableConfig {
     pub ttl: Duration,
     /// Most entries kept; the least recently used is evicted past it. Default: 1 000 000.
     pub max_entries: u64,
+    /// Where the table lives. Default: in memory.
+    pub store: StoreConfig,
+}
+
+/// Where a stick table lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In this process: empty after a restart, not shared.
+    Memory,
+    /// Shared through Redis by every instance with the same `url` and `key_prefix`.
+    Redis {
+        /// `redis://[user:password@]host:port/db` or `rediss://` (TLS).
+        url: String,
+        /// Prefix of every key. Default: `stickyd:`.
+        key_prefix: String,
+        /// Time one Redis call may take before the local table answers. Default: 50 ms.
+        timeout: Duration,
+    },
 }
 
 /// Why a config could not be used.
@@ -559,7 +577,7 @@ impl Checker<'_> {
             Strategy::Hash => "hash",
             Strategy::None => "none",
         };
-        let misplaced: [(Option<Range<usize>>, &str, &str); 15] = [
+        let misplaced: [(Option<Range<usize>>, &str, &str); 19] = [
             (raw.path.as_ref().map(Spanned::span), "path", "insert"),
             (raw.domain.as_ref().map(Spanned::span), "domain", "insert"),
             (raw.max_age.as_ref().map(Spanned::span), "max_age", "insert"),
@@ -589,6 +607,26 @@ impl Checker<'_> {
             (
                 raw.max_entries.as_ref().map(Spanned::span),
                 "max_entries",
+                "stick-table",
+            ),
+            (
+                raw.store.as_ref().map(Spanned::span),
+                "store",
+                "stick-table",
+            ),
+            (
+                raw.redis_url.as_ref().map(Spanned::span),
+                "redis_url",
+                "stick-table",
+            ),
+            (
+                raw.key_prefix.as_ref().map(Spanned::span),
+                "key_prefix",
+                "stick-table",
+            ),
+            (
+                raw.redis_timeout.as_ref().map(Spanned::span),
+                "redis_timeout",
                 "stick-table",
             ),
             (raw.key.as_ref().map(Spanned::span), "key", "hash"),
@@ -656,15 +694,64 @@ impl Checker<'_> {
                     let at = raw.max_entries.as_ref().expect("zero was written");
                     self.report_at(at, "max_entries must be at least 1".into());
                 }
+                let store = self.store(&raw);
                 AffinityConfig::StickTable(StickTableConfig {
                     cookie,
                     ttl: raw
                         .ttl
                         .map_or(file::DEFAULT_STICK_TTL, |d| d.into_inner().0),
                     max_entries,
+                    store,
                 })
             }
             Strategy::None | Strategy::Hash => unreachable!("handled above"),
+        }
+    }
+
+    fn store(&mut self, raw: &RawAffinity) -> StoreConfig {
+        let kind = raw
+            .store
+            .as_ref()
+            .map_or(file::StoreKind::Memory, |kind| *kind.get_ref());
+        let redis_keys = [
+            (raw.redis_url.as_ref().map(Spanned::span), "redis_url"),
+            (raw.key_prefix.as_ref().map(Spanned::span), "key_prefix"),
+            (
+                raw.redis_timeout.as_ref().map(Spanned::span),
+                "redis_timeout",
+            ),
+        ];
+        if kind == file::StoreKind::Memory {
+            for (span, key) in redis_keys {
+                if span.is_some() {
+                    self.report(span, format!(r#"`{key}` applies only to store = "redis": remove it or set store = "redis""#));
+                }
+            }
+            return StoreConfig::Memory;
+        }
+        let url = match &raw.redis_url {
+            Some(url) => {
+                if let Err(error) = redis::Client::open(url.get_ref().as_str()) {
+                    self.report_at(url, format!(r#"invalid redis_url: {error}: write e.g. "redis://127.0.0.1:6379/0" or "rediss://host:6380""#));
+                }
+                url.get_ref().clone()
+            }
+            None => {
+                let at = raw.store.as_ref().expect("store = redis was written");
+                self.report_at(at, r#"store = "redis" needs redis_url, e.g. redis_url = "redis://127.0.0.1:6379/0""#.into());
+                String::new()
+            }
+        };
+        StoreConfig::Redis {
+            url,
+            key_prefix: raw.key_prefix.as_ref().map_or_else(
+                || file::DEFAULT_KEY_PREFIX.to_string(),
+                |p| p.get_ref().clone(),
+            ),
+            timeout: raw
+                .redis_timeout
+                .as_ref()
+                .map_or(file::DEFAULT_REDIS_TIMEOUT, |d| d.get_ref().0),
         }
     }
 

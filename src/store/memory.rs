@@ -75,6 +75,13 @@ impl MemoryStore {
         self.cache.get(session).map(|binding| binding.backend)
     }
 
+    /// The backend bound to `session` and the binding's lifetime; the read restarts it.
+    pub fn get_with_ttl(&self, session: &str) -> Option<(BackendId, Duration)> {
+        self.cache
+            .get(session)
+            .map(|binding| (binding.backend, binding.ttl))
+    }
+
     /// Binds `session` to `backend` if it has no binding; returns the binding that holds.
     pub fn reserve(&self, session: &str, backend: &BackendId, ttl: Duration) -> BackendId {
         self.cache

@@ -1,42 +1,80 @@
 //! Where stick-table bindings (app session id -> backend id) live.
 //!
-//! [`StickStore`] is an enum so a shared store (Redis, for several stickyd instances) can join
-//! the in-memory one without a trait object; its methods are `async` for that reason.
+//! [`StickStore`] is an enum, not a trait object: the set is closed (in memory, or shared
+//! through Redis with a local table in front). Its methods are `async` for Redis.
 
 pub mod memory;
+pub mod redis;
 pub mod sessions;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::config::StickTableConfig;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::config::{StickTableConfig, StoreConfig};
 use crate::pool::BackendId;
 use memory::MemoryStore;
+use redis::RedisStore;
 
 /// The stick table of one service.
 #[derive(Debug)]
 pub enum StickStore {
     /// In this process: bounded, per-entry TTL, least recently used evicted.
     Memory(MemoryStore),
+    /// Shared through Redis; degrades to its local table when Redis fails.
+    Redis(RedisStore),
 }
 
 impl StickStore {
-    /// Builds the store a stick-table config asks for.
-    pub fn new(config: &StickTableConfig) -> StickStore {
-        StickStore::Memory(MemoryStore::new(config.max_entries))
+    /// Builds the store a stick-table config asks for, for `service`; Redis errors are counted
+    /// in `redis_errors`. Must be called inside a tokio runtime (Redis connects lazily).
+    pub fn new(config: &StickTableConfig, service: &str, redis_errors: Counter) -> StickStore {
+        match &config.store {
+            StoreConfig::Memory => StickStore::Memory(MemoryStore::new(config.max_entries)),
+            StoreConfig::Redis {
+                url,
+                key_prefix,
+                timeout,
+            } => {
+                let store = RedisStore::new(
+                    url,
+                    key_prefix,
+                    service,
+                    config.max_entries,
+                    *timeout,
+                    redis_errors,
+                )
+                .expect("redis_url was validated when the config was loaded");
+                StickStore::Redis(store)
+            }
+        }
     }
 
     /// The backend bound to `session`, refreshing the entry's TTL.
     pub async fn get(&self, session: &str) -> Option<BackendId> {
         match self {
             StickStore::Memory(memory) => memory.get(session),
+            StickStore::Redis(redis) => redis.get(session).await,
+        }
+    }
+
+    /// The binding as the shared store holds it now, bypassing any local copy: another
+    /// instance may have moved the session. The same as [`StickStore::get`] in memory.
+    pub async fn get_fresh(&self, session: &str) -> Option<BackendId> {
+        match self {
+            StickStore::Memory(memory) => memory.get(session),
+            StickStore::Redis(redis) => redis.get_fresh(session).await,
         }
     }
 
     /// Binds `session` to `backend` unless it is bound already, and returns the binding that
-    /// holds: so concurrent first requests of one session agree on one backend.
+    /// holds: so concurrent first requests of one session agree on one backend (across
+    /// instances too, with Redis).
     pub async fn reserve(&self, session: &str, backend: &BackendId, ttl: Duration) -> BackendId {
         match self {
             StickStore::Memory(memory) => memory.reserve(session, backend, ttl),
+            StickStore::Redis(redis) => redis.reserve(session, backend, ttl).await,
         }
     }
 
@@ -44,27 +82,7 @@ impl StickStore {
     pub async fn bind(&self, session: &str, backend: &BackendId, ttl: Duration) {
         match self {
             StickStore::Memory(memory) => memory.bind(session, backend, ttl),
-        }
-    }
-
-    /// Up to `limit` entries as (session, backend id), in no particular order.
-    pub fn entries(&self, limit: usize) -> Vec<(String, BackendId)> {
-        match self {
-            StickStore::Memory(memory) => memory.entries(limit),
-        }
-    }
-
-    /// Entries per backend id.
-    pub fn per_backend(&self) -> std::collections::HashMap<BackendId, u64> {
-        match self {
-            StickStore::Memory(memory) => memory.per_backend(),
-        }
-    }
-
-    /// Number of entries (approximate while writes are pending).
-    pub fn entry_count(&self) -> u64 {
-        match self {
-            StickStore::Memory(memory) => memory.entry_count(),
+            StickStore::Redis(redis) => redis.bind(session, backend, ttl).await,
         }
     }
 
@@ -72,6 +90,30 @@ impl StickStore {
     pub async fn forget(&self, session: &str) {
         match self {
             StickStore::Memory(memory) => memory.forget(session),
+            StickStore::Redis(redis) => redis.forget(session).await,
         }
+    }
+
+    /// This instance's table: all of it in memory, the local table in front of Redis.
+    fn local(&self) -> &MemoryStore {
+        match self {
+            StickStore::Memory(memory) => memory,
+            StickStore::Redis(redis) => redis.local(),
+        }
+    }
+
+    /// Up to `limit` entries of this instance's table as (session, backend id).
+    pub fn entries(&self, limit: usize) -> Vec<(String, BackendId)> {
+        self.local().entries(limit)
+    }
+
+    /// Entries of this instance's table per backend id.
+    pub fn per_backend(&self) -> HashMap<BackendId, u64> {
+        self.local().per_backend()
+    }
+
+    /// Number of entries in this instance's table.
+    pub fn entry_count(&self) -> u64 {
+        self.local().entry_count()
     }
 }

@@ -506,3 +506,103 @@ impl Browser {
         }
     }
 }
+
+/// A `stickyd` process (the real binary) on a config file, killed if the test ends first.
+pub struct Daemon {
+    pub child: std::process::Child,
+    /// Its stderr, line by line.
+    pub lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Daemon {
+    /// Starts `stickyd --config path` with `RUST_LOG` unset (the config's `log_level` rules).
+    pub fn start(path: &std::path::Path) -> Daemon {
+        Daemon::start_with_env(path, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (`NOTIFY_SOCKET`).
+    pub fn start_with_env(path: &std::path::Path, env: &[(&str, &std::path::Path)]) -> Daemon {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stickyd"))
+            .arg("--config")
+            .arg(path)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start stickyd");
+        let (lines_in, lines) = mpsc::unbounded_channel::<String>();
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = lines_in.send(line);
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    /// The next stderr line containing `text`.
+    pub async fn line_with(&mut self, text: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("stickyd exited before logging {text:?}"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    /// The address of the first service's listener, from its `listening` log line.
+    pub async fn address(&mut self) -> String {
+        let listening = self.line_with("listening service=").await;
+        let address = listening
+            .split("address=")
+            .nth(1)
+            .expect("an address field");
+        address
+            .split_whitespace()
+            .next()
+            .expect("an address")
+            .to_string()
+    }
+
+    /// Sends `signal` (`-TERM`, `-HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+        assert!(sent.expect("run kill").success(), "kill {signal} failed");
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub async fn stop(mut self) -> Option<i32> {
+        self.signal("-TERM");
+        let mut child = std::mem::replace(
+            &mut self.child,
+            std::process::Command::new("true")
+                .spawn()
+                .expect("spawn true"),
+        );
+        tokio::task::spawn_blocking(move || child.wait().expect("wait for stickyd").code())
+            .await
+            .expect("join")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A path for a test's file under the temp dir, unique to this process and `name`.
+pub fn temp_file(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("stickyd-test-{}-{name}", std::process::id()))
+}
