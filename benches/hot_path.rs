@@ -7,7 +7,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use http::header::{COOKIE, HeaderValue, SET_COOKIE};
-use stickyd::affinity::{Affinity, Outcome};
+use stickyd::affinity::{Affinity, Binding, Outcome};
 use stickyd::balance::Balancer;
 use stickyd::config::Config;
 use stickyd::pool::Pool;
@@ -34,6 +34,14 @@ fn service(affinity: &str, balance: &str) -> (Affinity, Pool, Balancer) {
     (affinity, pool, balancer)
 }
 
+/// A new session bound to `app2` (pool index 1).
+const NEW_ON_APP2: Binding<'static> = Binding {
+    backend: 1,
+    outcome: Outcome::New,
+    session: None,
+    seen: None,
+};
+
 const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
 
 fn request_head() -> http::request::Parts {
@@ -56,7 +64,7 @@ fn affinity_benches(c: &mut Criterion) {
     c.bench_function("insert: set cookie on a new session", |b| {
         b.iter_batched_ref(
             HeaderMap::new,
-            |headers| insert.on_response(&pool, 1, Outcome::New, None, headers),
+            |headers| insert.on_response(&pool, &NEW_ON_APP2, headers),
             criterion::BatchSize::SmallInput,
         )
     });
@@ -81,7 +89,7 @@ fn affinity_benches(c: &mut Criterion) {
                 );
                 headers
             },
-            |headers| prefix.on_response(&pool, 1, Outcome::New, None, headers),
+            |headers| prefix.on_response(&pool, &NEW_ON_APP2, headers),
             criterion::BatchSize::SmallInput,
         )
     });

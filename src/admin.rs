@@ -345,7 +345,7 @@ async fn resolve(router: &Router, query: &str) -> AdminResponse {
         )
     };
     let verdict = match stickiness {
-        Stickiness::Pinned(index) => {
+        Stickiness::Pinned(index, _) => {
             bound_verdict(router, index, "the cookie names it", describe(index))
         }
         Stickiness::Lookup(session) => {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::affinity::{Affinity, Outcome, Stickiness, TableUpdate};
+use crate::affinity::{Affinity, Binding, Outcome, Seen, Stickiness, TableUpdate};
 use crate::balance::{Balancer, HashRing};
 use crate::config::{AffinityConfig, ServiceConfig, StoreConfig};
 use crate::error::ProxyError;
@@ -60,6 +60,10 @@ struct Choice {
     session: Option<String>,
     /// The hash strategy's key, placed on the ring for the first try and every redispatch.
     hash: Option<u64>,
+    /// The sealed times the request's cookie carried.
+    seen: Option<Seen>,
+    /// The prefix app value, kept when the cookie must be re-issued (a due refresh).
+    reissue: Option<String>,
 }
 
 impl Router {
@@ -214,7 +218,16 @@ impl Router {
                     self.affinity
                         .session_identity(&head.headers, client.ip(), &stickiness)
                 });
-                let choice = self.resolve(stickiness).await;
+                let reissue = match &stickiness {
+                    Stickiness::Pinned(_, seen) if self.affinity.wants_reissue(*seen) => {
+                        self.affinity.session_to_reissue(&head.headers)
+                    }
+                    _ => None,
+                };
+                let choice = Choice {
+                    reissue,
+                    ..self.resolve(stickiness).await
+                };
                 let upgrade = proxy::is_upgrade(&head.headers);
                 proxy::prepare_request(&mut head, client, upgrade);
                 let mut request = Request::from_parts(head, body);
@@ -274,11 +287,16 @@ impl Router {
         let choice = |backend, outcome| Choice {
             backend,
             outcome,
+            seen: None,
+            reissue: None,
             session: None,
             hash: None,
         };
         match stickiness {
-            Stickiness::Pinned(backend) => choice(Some(backend), Outcome::Hit),
+            Stickiness::Pinned(backend, seen) => Choice {
+                seen,
+                ..choice(Some(backend), Outcome::Hit)
+            },
             Stickiness::New => choice(None, Outcome::New),
             Stickiness::Invalid => choice(None, Outcome::Invalid),
             Stickiness::Hash(key) => Choice {
@@ -345,8 +363,9 @@ impl Router {
             mut outcome,
             session,
             hash,
+            seen,
+            mut reissue,
         } = choice;
-        let mut reissue: Option<String> = None;
         let mut failed: Vec<usize> = Vec::new();
         let mut last_error: Option<ProxyError> = None;
         loop {
@@ -387,7 +406,13 @@ impl Router {
                         self.pool.record_success(backend);
                     }
                     let session = session.as_deref().or(reissue.as_deref());
-                    self.record(backend, outcome, session, &mut response).await;
+                    let binding = Binding {
+                        backend,
+                        outcome,
+                        session,
+                        seen,
+                    };
+                    self.record(&binding, &mut response).await;
                     return (Ok((response, backend)), outcome);
                 }
                 Err(proxy::SendFailed {
@@ -446,21 +471,12 @@ impl Router {
 
     /// Lets the strategy write the binding into the response head, applies any stick-table
     /// change it asks for, and makes the head fit for the client.
-    async fn record(
-        &self,
-        backend: usize,
-        outcome: Outcome,
-        session: Option<&str>,
-        response: &mut Response<ProxyBody>,
-    ) {
+    async fn record(&self, binding: &Binding<'_>, response: &mut Response<ProxyBody>) {
         proxy::prepare_response(response);
-        let update = self.affinity.on_response(
-            &self.pool,
-            backend,
-            outcome,
-            session,
-            response.headers_mut(),
-        );
+        let backend = binding.backend;
+        let update = self
+            .affinity
+            .on_response(&self.pool, binding, response.headers_mut());
         if let (Some(table), Some(update)) = (&self.table, update) {
             match update {
                 TableUpdate::Bind { key, ttl } => {

@@ -3,17 +3,22 @@
 
 use http::header::{CACHE_CONTROL, HeaderMap, HeaderValue, SET_COOKIE};
 
-use super::{Outcome, Stickiness, cookies};
+use super::seal::{IdCodec, unix_now};
+use super::{Binding, Outcome, Stickiness, cookies};
 use crate::config::{InsertConfig, SameSite};
 use crate::pool::Pool;
 
-/// The insert strategy of one service, with every `Set-Cookie` value built once.
+/// The insert strategy of one service. With plain ids every `Set-Cookie` value is built
+/// once; sealed values change with their times and are built per response.
 #[derive(Debug)]
 pub struct Insert {
     cookie: String,
     indirect: bool,
     nocache: bool,
-    /// `Set-Cookie` value per backend index.
+    codec: IdCodec,
+    /// `; Path=/; HttpOnly; ...`
+    attributes: String,
+    /// Plain `Set-Cookie` value per backend index.
     set_cookie: Vec<HeaderValue>,
 }
 
@@ -51,18 +56,24 @@ impl Insert {
             cookie: config.cookie.clone(),
             indirect: config.indirect,
             nocache: config.nocache,
+            codec: IdCodec::new(&config.seal),
+            attributes,
             set_cookie,
         }
     }
 
-    /// A cookie naming a known backend pins the request to it; one naming no backend is
+    /// A cookie naming a known backend pins the request to it; one naming no backend, or a
+    /// sealed value that is forged, tampered or expired (`max_idle`, `max_life`), is
     /// `Invalid`. With `indirect`, the cookie is removed before the backend sees the request.
     pub fn on_request(&self, headers: &mut HeaderMap, pool: &Pool) -> Stickiness {
         let stickiness = match cookies::find(headers, &self.cookie) {
             None => return Stickiness::New,
-            Some(value) => pool
-                .find_id(value)
-                .map_or(Stickiness::Invalid, Stickiness::Pinned),
+            Some(value) => match self.codec.open(value, unix_now()) {
+                Some((id, seen)) => pool.find_id(&id).map_or(Stickiness::Invalid, |backend| {
+                    Stickiness::Pinned(backend, seen)
+                }),
+                None => Stickiness::Invalid,
+            },
         };
         if self.indirect {
             cookies::rewrite(headers, &self.cookie, None);
@@ -70,14 +81,25 @@ impl Insert {
         stickiness
     }
 
-    /// Sets the cookie when the binding changed (anything but a hit), and with `nocache` marks
-    /// the response `private` so a shared cache does not hand one client's cookie to others
+    /// Sets the cookie when the binding changed (anything but a hit) or, sealed with
+    /// `max_idle`, when its last-use time is due for a refresh; with `nocache` marks the
+    /// response `private` so a shared cache does not hand one client's cookie to others
     /// (RFC 9111 §5.2.2.7).
-    pub fn on_response(&self, backend: usize, outcome: Outcome, headers: &mut HeaderMap) {
-        if outcome == Outcome::Hit {
+    pub fn on_response(&self, pool: &Pool, binding: &Binding<'_>, headers: &mut HeaderMap) {
+        let now = unix_now();
+        let kept = binding.outcome == Outcome::Hit;
+        if kept && !self.codec.refresh_due(binding.seen, now) {
             return;
         }
-        headers.append(SET_COOKIE, self.set_cookie[backend].clone());
+        let value = if self.codec.is_plain() {
+            self.set_cookie[binding.backend].clone()
+        } else {
+            let seen = if kept { binding.seen } else { None };
+            let sealed = self.codec.seal(&pool.get(binding.backend).id, seen, now);
+            let field = format!("{}={sealed}{}", self.cookie, self.attributes);
+            HeaderValue::from_str(&field).expect("sealed values use cookie-octets only")
+        };
+        headers.append(SET_COOKIE, value);
         if self.nocache {
             mark_private(headers);
         }
@@ -111,7 +133,9 @@ mod tests {
     use http::header::COOKIE;
 
     use super::*;
+    use crate::affinity::seal::{SealMode, Sealer};
     use crate::affinity::tests::pool;
+    use crate::config::SealConfig;
 
     fn config() -> InsertConfig {
         InsertConfig {
@@ -124,7 +148,36 @@ mod tests {
             same_site: SameSite::Lax,
             indirect: true,
             nocache: true,
+            seal: crate::affinity::tests::plain_ids(),
         }
+    }
+
+    fn binding(
+        backend: usize,
+        outcome: Outcome,
+        seen: Option<super::super::Seen>,
+    ) -> Binding<'static> {
+        Binding {
+            backend,
+            outcome,
+            session: None,
+            seen,
+        }
+    }
+
+    /// The `SERVERID` value of the response's `Set-Cookie`.
+    fn issued(headers: &HeaderMap) -> String {
+        let field = headers
+            .get(SET_COOKIE)
+            .expect("a Set-Cookie")
+            .to_str()
+            .unwrap();
+        field
+            .split(';')
+            .next()
+            .unwrap()
+            .trim_start_matches("SERVERID=")
+            .to_string()
     }
 
     fn request(cookie: &str) -> HeaderMap {
@@ -140,7 +193,7 @@ mod tests {
         let mut headers = request("lang=en; SERVERID=s2");
         assert_eq!(
             insert.on_request(&mut headers, &pool),
-            Stickiness::Pinned(1)
+            Stickiness::Pinned(1, None)
         );
         assert_eq!(headers.get(COOKIE).unwrap(), "lang=en");
     }
@@ -172,7 +225,7 @@ mod tests {
         let mut headers = request("SERVERID=s1");
         assert_eq!(
             insert.on_request(&mut headers, &pool),
-            Stickiness::Pinned(0)
+            Stickiness::Pinned(0, None)
         );
         assert_eq!(headers.get(COOKIE).unwrap(), "SERVERID=s1");
     }
@@ -189,15 +242,105 @@ mod tests {
         };
         let insert = Insert::new(&config, &pool);
         let mut hit = HeaderMap::new();
-        insert.on_response(0, Outcome::Hit, &mut hit);
+        insert.on_response(&pool, &binding(0, Outcome::Hit, None), &mut hit);
         assert!(hit.is_empty());
         let mut changed = HeaderMap::new();
         changed.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
-        insert.on_response(1, Outcome::Redispatch, &mut changed);
+        insert.on_response(&pool, &binding(1, Outcome::Redispatch, None), &mut changed);
         assert_eq!(
             changed.get(SET_COOKIE).unwrap(),
             "SERVERID=s2; Path=/; Domain=example.com; Max-Age=3600; HttpOnly; Secure; SameSite=Strict"
         );
         assert_eq!(changed.get(CACHE_CONTROL).unwrap(), "max-age=60, private");
+    }
+
+    fn sealed(mode: SealMode, max_idle: Option<Duration>) -> InsertConfig {
+        let sealer = Sealer::new(mode, vec![vec![7u8; 32]]).unwrap();
+        InsertConfig {
+            seal: SealConfig {
+                sealer,
+                max_idle,
+                max_life: None,
+            },
+            ..config()
+        }
+    }
+
+    #[test]
+    fn a_sealed_cookie_round_trips_and_a_forged_or_plain_one_is_invalid() {
+        let pool = pool();
+        for mode in [SealMode::Signed, SealMode::Encrypted] {
+            let insert = Insert::new(&sealed(mode, None), &pool);
+            let mut response = HeaderMap::new();
+            insert.on_response(&pool, &binding(2, Outcome::New, None), &mut response);
+            let value = issued(&response);
+            assert_ne!(value, "s3", "{mode:?} wrote the plain id");
+            let pinned = insert.on_request(&mut request(&format!("SERVERID={value}")), &pool);
+            assert!(
+                matches!(pinned, Stickiness::Pinned(2, Some(_))),
+                "{mode:?}: {pinned:?}"
+            );
+            assert_eq!(
+                insert.on_request(&mut request("SERVERID=s3"), &pool),
+                Stickiness::Invalid,
+                "{mode:?}"
+            );
+            let forged = format!("SERVERID={}x", &value[..value.len() - 1]);
+            assert_eq!(
+                insert.on_request(&mut request(&forged), &pool),
+                Stickiness::Invalid,
+                "{mode:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_idle_sealed_binding_is_invalid_and_one_in_use_is_refreshed() {
+        let pool = pool();
+        let insert = Insert::new(
+            &sealed(SealMode::Signed, Some(Duration::from_secs(600))),
+            &pool,
+        );
+        let codec = IdCodec::new(&sealed(SealMode::Signed, Some(Duration::from_secs(600))).seal);
+        let now = unix_now();
+        let stale = codec.seal(
+            "s1",
+            Some(super::super::Seen {
+                first: now - 5000,
+                last: now - 700,
+            }),
+            now - 700,
+        );
+        assert_eq!(
+            insert.on_request(&mut request(&format!("SERVERID={stale}")), &pool),
+            Stickiness::Invalid
+        );
+        let aging = codec.seal(
+            "s1",
+            Some(super::super::Seen {
+                first: now - 5000,
+                last: now - 200,
+            }),
+            now - 200,
+        );
+        let Stickiness::Pinned(0, seen) =
+            insert.on_request(&mut request(&format!("SERVERID={aging}")), &pool)
+        else {
+            panic!("a binding within max_idle must hold");
+        };
+        let mut response = HeaderMap::new();
+        insert.on_response(&pool, &binding(0, Outcome::Hit, seen), &mut response);
+        let refreshed = issued(&response);
+        let Stickiness::Pinned(0, Some(renewed)) =
+            insert.on_request(&mut request(&format!("SERVERID={refreshed}")), &pool)
+        else {
+            panic!("the refreshed value must open");
+        };
+        assert_eq!(
+            renewed.first,
+            now - 5000,
+            "a refresh keeps the binding's first-seen time"
+        );
+        assert!(renewed.last >= now, "a refresh moves the last-use time");
     }
 }

@@ -10,6 +10,7 @@ pub mod cookies;
 pub mod hash;
 pub mod insert;
 pub mod prefix;
+pub mod seal;
 pub mod stick_table;
 
 use std::time::Duration;
@@ -29,8 +30,9 @@ use stick_table::StickTable;
 /// stale value is [`Stickiness::Invalid`], which routes like a new session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stickiness {
-    /// A cookie named a known backend (index into the pool).
-    Pinned(usize),
+    /// A cookie named a known backend (index into the pool); a sealed value also says when
+    /// the binding was made and last used.
+    Pinned(usize, Option<Seen>),
     /// Stick table: this app session id must be resolved through the store.
     Lookup(String),
     /// Hash strategy: the key's hash, to be placed on the consistent hash.
@@ -39,6 +41,27 @@ pub enum Stickiness {
     New,
     /// A value that names no backend: the balancer chooses, counted apart.
     Invalid,
+}
+
+/// What the router knows of a request's binding when its response comes back.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    /// The backend that answered (pool index).
+    pub backend: usize,
+    /// How it was chosen.
+    pub outcome: Outcome,
+    /// The request's session value: the stick-table key, or the prefix app value kept by
+    /// [`Affinity::session_to_reissue`] for a re-issue.
+    pub session: Option<&'a str>,
+    /// The sealed times the request's cookie carried, for a binding that held.
+    pub seen: Option<Seen>,
+}
+
+/// When a sealed binding was first made and last used, in unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub first: u64,
+    pub last: u64,
 }
 
 /// How a request's backend was chosen, for the access log (and, later, metrics).
@@ -148,29 +171,35 @@ impl Affinity {
         }
     }
 
-    /// Records the binding in the response head: `Set-Cookie` for insert (only when it
-    /// changed), prefix rewrite, and for the stick table the update the router must apply.
-    /// `session` is the request's session value: the stick-table key, or the prefix value
-    /// kept by [`Affinity::session_to_reissue`].
+    /// Whether the prefix cookie must be re-issued even if the app sets none: its sealed
+    /// last-use time is due for a refresh (`max_idle`). The router then keeps the app value.
+    pub fn wants_reissue(&self, seen: Option<Seen>) -> bool {
+        match self {
+            Affinity::Prefix(prefix) => prefix.refresh_due(seen),
+            _ => false,
+        }
+    }
+
+    /// Records the binding in the response head: `Set-Cookie` for insert (when it changed,
+    /// or its sealed last-use time is due for a refresh), prefix rewrite, and for the stick
+    /// table the update the router must apply.
     pub fn on_response(
         &self,
         pool: &Pool,
-        backend: usize,
-        outcome: Outcome,
-        session: Option<&str>,
+        binding: &Binding<'_>,
         headers: &mut HeaderMap,
     ) -> Option<TableUpdate> {
         match self {
             Affinity::None | Affinity::Hash(_) => None,
             Affinity::Insert(insert) => {
-                insert.on_response(backend, outcome, headers);
+                insert.on_response(pool, binding, headers);
                 None
             }
             Affinity::Prefix(prefix) => {
-                prefix.on_response(&pool.get(backend).id, outcome, session, headers);
+                prefix.on_response(&pool.get(binding.backend).id, binding, headers);
                 None
             }
-            Affinity::StickTable(table) => table.on_response(session, headers),
+            Affinity::StickTable(table) => table.on_response(binding.session, headers),
         }
     }
 }
@@ -180,6 +209,15 @@ pub(crate) mod tests {
 
     use crate::config::BackendConfig;
     use crate::pool::Pool;
+
+    /// Plain ids, no lifetimes.
+    pub fn plain_ids() -> crate::config::SealConfig {
+        crate::config::SealConfig {
+            sealer: crate::affinity::seal::Sealer::plain(),
+            max_idle: None,
+            max_life: None,
+        }
+    }
 
     /// Three backends with ids `s1`, `s2`, `s3`.
     pub fn pool() -> Pool {

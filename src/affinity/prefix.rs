@@ -4,7 +4,8 @@
 
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
-use super::{Outcome, Stickiness, cookies};
+use super::seal::{IdCodec, unix_now};
+use super::{Binding, Outcome, Seen, Stickiness, cookies};
 use crate::config::PrefixConfig;
 use crate::pool::Pool;
 
@@ -13,6 +14,7 @@ use crate::pool::Pool;
 pub struct Prefix {
     cookie: String,
     delimiter: char,
+    codec: IdCodec,
 }
 
 impl Prefix {
@@ -21,6 +23,7 @@ impl Prefix {
         Prefix {
             cookie: config.cookie.clone(),
             delimiter: config.delimiter,
+            codec: IdCodec::new(&config.seal),
         }
     }
 
@@ -29,67 +32,63 @@ impl Prefix {
         &self.cookie
     }
 
+    /// Whether a binding in use is due for a re-sealed prefix (`max_idle`).
+    pub fn refresh_due(&self, seen: Option<Seen>) -> bool {
+        self.codec.refresh_due(seen, unix_now())
+    }
+
     /// `<id><delimiter><value>` with a known id pins the request and leaves the backend exactly
-    /// `<value>`; an unknown id is `Invalid` and a value without delimiter is `New`, both
-    /// passed on untouched.
+    /// `<value>`; an unknown, forged or expired id is `Invalid` and a value without delimiter
+    /// is `New`, both passed on untouched.
     pub fn on_request(&self, headers: &mut HeaderMap, pool: &Pool) -> Stickiness {
         let Some(value) = cookies::find(headers, &self.cookie) else {
             return Stickiness::New;
         };
-        let Some((id, app_value)) = value.split_once(self.delimiter) else {
+        let Some((prefix, app_value)) = value.split_once(self.delimiter) else {
             return Stickiness::New;
         };
-        let Some(backend) = pool.find_id(id) else {
+        let Some((id, seen)) = self.codec.open(prefix, unix_now()) else {
+            return Stickiness::Invalid;
+        };
+        let Some(backend) = pool.find_id(&id) else {
             return Stickiness::Invalid;
         };
         let app_value = app_value.to_string();
         cookies::rewrite(headers, &self.cookie, Some(&app_value));
-        Stickiness::Pinned(backend)
+        Stickiness::Pinned(backend, seen)
     }
 
-    /// Prefixes every `Set-Cookie` of the app's cookie with `backend_id`, attributes untouched.
-    /// After a redispatch where the app set no new cookie, re-issues the client's session value
-    /// (`session`, as the backend saw it) under the new prefix, so the client stops asking for
-    /// the old backend.
-    pub fn on_response(
-        &self,
-        backend_id: &str,
-        outcome: Outcome,
-        session: Option<&str>,
-        headers: &mut HeaderMap,
-    ) {
+    /// Prefixes every `Set-Cookie` of the app's cookie with the (sealed) `backend_id`,
+    /// attributes untouched. After a redispatch, or when a sealed prefix is due for a refresh,
+    /// and the app set no new cookie, re-issues the client's session value (`session`, as the
+    /// backend saw it) under the new prefix, so the client stops asking for the old backend.
+    pub fn on_response(&self, backend_id: &str, binding: &Binding<'_>, headers: &mut HeaderMap) {
+        let now = unix_now();
+        let kept = binding.outcome == Outcome::Hit;
+        let prefix = self
+            .codec
+            .seal(backend_id, if kept { binding.seen } else { None }, now);
         let mut prefixed_any = false;
-        let http::header::Entry::Occupied(mut set_cookies) = headers.entry(SET_COOKIE) else {
-            return self.reissue(backend_id, outcome, session, headers);
-        };
-        for field in set_cookies.iter_mut() {
-            let Ok(text) = field.to_str() else { continue };
-            let Some((name, rest)) = cookies::set_cookie_name(text) else {
-                continue;
-            };
-            if name != self.cookie {
-                continue;
+        if let http::header::Entry::Occupied(mut set_cookies) = headers.entry(SET_COOKIE) {
+            for field in set_cookies.iter_mut() {
+                let Ok(text) = field.to_str() else { continue };
+                let Some((name, rest)) = cookies::set_cookie_name(text) else {
+                    continue;
+                };
+                if name != self.cookie {
+                    continue;
+                }
+                let rewritten = format!("{name}={prefix}{}{}", self.delimiter, rest.trim_start());
+                *field = HeaderValue::from_str(&rewritten)
+                    .expect("valid header text with cookie-octets inserted");
+                prefixed_any = true;
             }
-            let rewritten = format!("{name}={backend_id}{}{}", self.delimiter, rest.trim_start());
-            *field =
-                HeaderValue::from_str(&rewritten).expect("valid header text with a token inserted");
-            prefixed_any = true;
         }
-        if !prefixed_any {
-            self.reissue(backend_id, outcome, session, headers);
-        }
-    }
-
-    fn reissue(
-        &self,
-        backend_id: &str,
-        outcome: Outcome,
-        session: Option<&str>,
-        headers: &mut HeaderMap,
-    ) {
-        if let (Outcome::Redispatch, Some(session)) = (outcome, session) {
+        let reissue = binding.outcome == Outcome::Redispatch
+            || (kept && self.codec.refresh_due(binding.seen, now));
+        if let (false, true, Some(session)) = (prefixed_any, reissue, binding.session) {
             let reissued = format!(
-                "{}={backend_id}{}{session}; Path=/",
+                "{}={prefix}{}{session}; Path=/",
                 self.cookie, self.delimiter
             );
             headers.append(
@@ -109,6 +108,7 @@ mod tests {
 
     fn prefix() -> Prefix {
         Prefix::new(&PrefixConfig {
+            seal: crate::affinity::tests::plain_ids(),
             cookie: "JSESSIONID".into(),
             delimiter: '~',
         })
@@ -126,7 +126,7 @@ mod tests {
         let mut headers = request("a=1; JSESSIONID=s2~ABC.def~x==; b=2");
         assert_eq!(
             prefix().on_request(&mut headers, &pool),
-            Stickiness::Pinned(1)
+            Stickiness::Pinned(1, None)
         );
         assert_eq!(
             headers.get(COOKIE).unwrap(),
@@ -156,7 +156,16 @@ mod tests {
             HeaderValue::from_static("JSESSIONID=abc; Path=/app; HttpOnly"),
         );
         headers.append(SET_COOKIE, HeaderValue::from_static("other=1"));
-        prefix().on_response("s1", Outcome::New, None, &mut headers);
+        prefix().on_response(
+            "s1",
+            &Binding {
+                backend: 0,
+                outcome: Outcome::New,
+                session: None,
+                seen: None,
+            },
+            &mut headers,
+        );
         let fields: Vec<_> = headers.get_all(SET_COOKIE).iter().collect();
         assert_eq!(
             fields,
@@ -167,13 +176,31 @@ mod tests {
     #[test]
     fn a_redispatch_without_a_new_app_cookie_reissues_the_session_under_the_new_prefix() {
         let mut headers = HeaderMap::new();
-        prefix().on_response("s3", Outcome::Redispatch, Some("abc"), &mut headers);
+        prefix().on_response(
+            "s3",
+            &Binding {
+                backend: 0,
+                outcome: Outcome::Redispatch,
+                session: Some("abc"),
+                seen: None,
+            },
+            &mut headers,
+        );
         assert_eq!(
             headers.get(SET_COOKIE).unwrap(),
             "JSESSIONID=s3~abc; Path=/"
         );
         let mut hit = HeaderMap::new();
-        prefix().on_response("s3", Outcome::Hit, Some("abc"), &mut hit);
+        prefix().on_response(
+            "s3",
+            &Binding {
+                backend: 0,
+                outcome: Outcome::Hit,
+                session: Some("abc"),
+                seen: None,
+            },
+            &mut hit,
+        );
         assert!(hit.is_empty());
     }
 }

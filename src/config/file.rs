@@ -51,6 +51,8 @@ pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 
 /// Weight of a backend that names none.
 pub const DEFAULT_WEIGHT: u32 = 1;
+/// Longest backend id, in bytes: ids travel in every cookie, sealed or not.
+pub const MAX_ID_BYTES: usize = 64;
 /// Largest weight a backend may have.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -200,6 +202,11 @@ pub struct RawAffinity {
     pub nocache: Option<Spanned<bool>>,
     // prefix
     pub delimiter: Option<Spanned<String>>,
+    // insert and prefix: sealed ids
+    pub seal: Option<Spanned<crate::affinity::seal::SealMode>>,
+    pub key_file: Option<Spanned<String>>,
+    pub max_idle: Option<Spanned<DurationValue>>,
+    pub max_life: Option<Spanned<DurationValue>>,
     // stick-table
     pub ttl: Option<Spanned<DurationValue>>,
     pub max_entries: Option<Spanned<u64>>,

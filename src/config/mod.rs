@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::affinity::seal::{SealMode, Sealer};
 pub use file::{AdminState, Balance, Fallback, SameSite};
 use file::{RawAffinity, RawBackend, RawConfig, RawHealth, RawService, Strategy};
 
@@ -248,6 +249,22 @@ pub struct InsertConfig {
     pub indirect: bool,
     /// Add `Cache-Control: private` where we set the cookie (HAProxy `nocache`). Default: true.
     pub nocache: bool,
+    /// How the backend id is written into the cookie. Default: plain.
+    pub seal: SealConfig,
+}
+
+/// How insert and prefix write backend ids into cookies, and how long a binding may live.
+#[derive(Debug, Clone)]
+pub struct SealConfig {
+    /// Plain, signed (HMAC-SHA256) or encrypted (XChaCha20-Poly1305) ids, with the key ring
+    /// read from `key_file` (first key seals, every key opens). Default: plain.
+    pub sealer: Sealer,
+    /// A binding not used for this long is a new session (HAProxy `maxidle`). Needs a sealed
+    /// mode: the last-use time travels in the sealed value. Default: none.
+    pub max_idle: Option<Duration>,
+    /// A binding older than this is a new session (HAProxy `maxlife`). Needs a sealed mode.
+    /// Default: none.
+    pub max_life: Option<Duration>,
 }
 
 /// Settings of the prefix strategy.
@@ -257,6 +274,8 @@ pub struct PrefixConfig {
     pub cookie: String,
     /// Separator between backend id and the app's value. Default: `~`.
     pub delimiter: char,
+    /// How the backend id in the prefix is written. Default: plain.
+    pub seal: SealConfig,
 }
 
 /// Settings of the stick-table strategy.
@@ -577,7 +596,7 @@ impl Checker<'_> {
             Strategy::Hash => "hash",
             Strategy::None => "none",
         };
-        let misplaced: [(Option<Range<usize>>, &str, &str); 19] = [
+        let misplaced: [(Option<Range<usize>>, &str, &str); 23] = [
             (raw.path.as_ref().map(Spanned::span), "path", "insert"),
             (raw.domain.as_ref().map(Spanned::span), "domain", "insert"),
             (raw.max_age.as_ref().map(Spanned::span), "max_age", "insert"),
@@ -615,6 +634,26 @@ impl Checker<'_> {
                 "stick-table",
             ),
             (
+                raw.seal.as_ref().map(Spanned::span),
+                "seal",
+                "insert or prefix",
+            ),
+            (
+                raw.key_file.as_ref().map(Spanned::span),
+                "key_file",
+                "insert or prefix",
+            ),
+            (
+                raw.max_idle.as_ref().map(Spanned::span),
+                "max_idle",
+                "insert or prefix",
+            ),
+            (
+                raw.max_life.as_ref().map(Spanned::span),
+                "max_life",
+                "insert or prefix",
+            ),
+            (
                 raw.redis_url.as_ref().map(Spanned::span),
                 "redis_url",
                 "stick-table",
@@ -643,7 +682,7 @@ impl Checker<'_> {
             ),
         ];
         for (span, key, owner) in misplaced {
-            if span.is_some() && owner != strategy_name {
+            if span.is_some() && !owner.split(" or ").any(|one| one == strategy_name) {
                 self.report(
                     span,
                     format!(r#"`{key}` applies only to strategy = "{owner}", not "{strategy_name}": remove it"#),
@@ -683,7 +722,12 @@ impl Checker<'_> {
                     Some(text) => self.delimiter(text),
                     None => file::DEFAULT_PREFIX_DELIMITER,
                 };
-                AffinityConfig::Prefix(PrefixConfig { cookie, delimiter })
+                let seal = self.seal(&raw);
+                AffinityConfig::Prefix(PrefixConfig {
+                    cookie,
+                    delimiter,
+                    seal,
+                })
             }
             Strategy::StickTable => {
                 let max_entries = raw
@@ -756,6 +800,7 @@ impl Checker<'_> {
     }
 
     fn insert(&mut self, raw: RawAffinity, cookie: String) -> InsertConfig {
+        let seal = self.seal(&raw);
         for attribute in [&raw.path, &raw.domain].into_iter().flatten() {
             if attribute
                 .get_ref()
@@ -800,6 +845,60 @@ impl Checker<'_> {
             same_site,
             indirect: flag(&raw.indirect, true),
             nocache: flag(&raw.nocache, true),
+            seal,
+        }
+    }
+
+    fn seal(&mut self, raw: &RawAffinity) -> SealConfig {
+        let mode = raw
+            .seal
+            .as_ref()
+            .map_or(SealMode::Plain, |mode| *mode.get_ref());
+        let duration =
+            |value: &Option<Spanned<file::DurationValue>>| value.as_ref().map(|d| d.get_ref().0);
+        let (max_idle, max_life) = (duration(&raw.max_idle), duration(&raw.max_life));
+        if mode == SealMode::Plain {
+            for (span, key) in [
+                (raw.key_file.as_ref().map(Spanned::span), "key_file"),
+                (raw.max_idle.as_ref().map(Spanned::span), "max_idle"),
+                (raw.max_life.as_ref().map(Spanned::span), "max_life"),
+            ] {
+                if span.is_some() {
+                    self.report(
+                        span,
+                        format!(r#"`{key}` needs sealed ids (the times travel in the sealed value): set seal = "signed" or "encrypted""#),
+                    );
+                }
+            }
+            return SealConfig {
+                sealer: Sealer::plain(),
+                max_idle: None,
+                max_life: None,
+            };
+        }
+        let keys = match &raw.key_file {
+            None => {
+                let at = raw.seal.as_ref().expect("a sealed mode was written");
+                self.report_at(at, r#"sealed ids need key_file = "/etc/stickyd/keys" (one key of 32+ bytes per line, base64 or hex)"#.into());
+                Vec::new()
+            }
+            Some(path) => match Sealer::read_key_file(Path::new(path.get_ref())) {
+                Ok(keys) => keys,
+                Err(error) => {
+                    self.report_at(path, format!("{error}: write one key of at least 32 bytes per line, base64 or hex (e.g. `openssl rand -base64 32`)"));
+                    Vec::new()
+                }
+            },
+        };
+        let sealer = if keys.is_empty() {
+            Sealer::plain()
+        } else {
+            Sealer::new(mode, keys).unwrap_or_else(|_| Sealer::plain())
+        };
+        SealConfig {
+            sealer,
+            max_idle,
+            max_life,
         }
     }
 
@@ -978,6 +1077,14 @@ impl Checker<'_> {
         let text = value.get_ref();
         if text.is_empty() || !text.chars().all(is_token_char) {
             self.report_at(value, format!("{what} {text:?} must be non-empty and use only letters, digits, '.', '_' and '-'"));
+        } else if text.len() > file::MAX_ID_BYTES {
+            self.report_at(
+                value,
+                format!(
+                    "{what} {text:?} is longer than {} bytes: shorten it",
+                    file::MAX_ID_BYTES
+                ),
+            );
         }
     }
 }
