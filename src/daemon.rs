@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
@@ -19,7 +20,8 @@ use crate::server::{self, ServerError};
 /// SIGINT, then drains connections within `shutdown_grace`.
 ///
 /// # Errors
-/// [`ServerError::Bind`] when a listen address (or the admin address) cannot be bound at start.
+/// [`ServerError::Bind`] when a listen address (or the admin address) cannot be bound at start;
+/// [`ServerError::Signals`] when signal handlers cannot be installed.
 pub async fn run(path: &Path, config: Config) -> Result<(), ServerError> {
     let listeners = server::bind(&config).await?;
     let admin = match &config.admin {
@@ -49,34 +51,47 @@ pub async fn run(path: &Path, config: Config) -> Result<(), ServerError> {
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(feed_watchdog(period / 2, stop.clone()));
     }
+    let mut signals = Signals::register().map_err(ServerError::Signals)?;
     notify(&[NotifyState::Ready]);
-    wait_and_reload(path, &runtime).await;
+    while let Request::Reload = signals.next().await {
+        reload(path, &runtime).await;
+    }
     notify(&[NotifyState::Stopping]);
     stop.cancel();
     runtime.shutdown().await;
     Ok(())
 }
 
-/// Reloads on every SIGHUP until SIGTERM or SIGINT.
-async fn wait_and_reload(path: &Path, runtime: &Runtime) {
-    let stopping = server::shutdown_signal();
-    tokio::pin!(stopping);
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot watch SIGHUP: reload is unavailable");
-            return stopping.await;
-        };
-        loop {
-            tokio::select! {
-                () = &mut stopping => return,
-                _ = hangup.recv() => reload(path, runtime).await,
-            }
+/// SIGTERM, SIGINT and SIGHUP, registered before systemd hears `READY=1`: a signal sent
+/// right after it must not meet the default action (which ends the process).
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+/// What a signal asks for.
+enum Request {
+    Stop,
+    Reload,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Request {
+        tokio::select! {
+            _ = self.terminate.recv() => Request::Stop,
+            _ = self.interrupt.recv() => Request::Stop,
+            _ = self.hangup.recv() => Request::Reload,
         }
     }
-    #[cfg(not(unix))]
-    stopping.await;
 }
 
 /// Re-reads and validates the config; a bad one leaves the running config in place.

@@ -57,6 +57,9 @@ pub enum ServerError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    /// SIGTERM / SIGINT / SIGHUP handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
 }
 
 /// Binds every listen address of every service.
