@@ -30,6 +30,9 @@ pub enum ProxyError {
     /// The backend sent no response head within `response_timeout`: 504.
     #[error("backend {backend} sent no response within {after:?}")]
     ResponseTimeout { backend: String, after: Duration },
+    /// The request declares a body larger than the service's `max_body`: 413.
+    #[error("request body over {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
     /// The request is malformed and never reaches a backend: 400.
     #[error("bad request: {reason}")]
     BadRequest { reason: &'static str },
@@ -50,6 +53,7 @@ impl ProxyError {
             }
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -72,7 +76,7 @@ impl ProxyError {
             header::CACHE_CONTROL,
             header::HeaderValue::from_static("no-store"),
         );
-        if status == StatusCode::BAD_REQUEST {
+        if status.is_client_error() {
             headers.insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),

@@ -73,6 +73,7 @@ pub struct Metrics {
     health_transitions: Family<BackendLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     redis_errors: Family<ServiceLabels, Counter>,
+    connections_queued: Family<ServiceLabels, Counter>,
     /// Set at scrape time from the runtime.
     pub backend_up: Family<BackendLabels, Gauge>,
     /// Set at scrape time from the runtime.
@@ -105,6 +106,7 @@ impl Metrics {
             health_transitions: Family::default(),
             reloads: Family::default(),
             redis_errors: Family::default(),
+            connections_queued: Family::default(),
             backend_up: Family::default(),
             backend_admin_state: Family::default(),
             backend_in_flight: Family::default(),
@@ -147,6 +149,11 @@ impl Metrics {
                 "reloads",
                 "Config reloads, by result",
                 metrics.reloads.clone(),
+            );
+            registry.register(
+                "connections_queued",
+                "Connections that waited in the accept queue because the listener was at max_connections",
+                metrics.connections_queued.clone(),
             );
             registry.register(
                 "redis_errors",
@@ -219,6 +226,7 @@ impl Metrics {
             connections: self.connections.get_or_create_owned(&labels),
             proxy_header_rejected: self.proxy_header_rejected.get_or_create_owned(&labels),
             redis_errors: self.redis_errors.get_or_create_owned(&labels),
+            connections_queued: self.connections_queued.get_or_create_owned(&labels),
             health_transitions: backends
                 .iter()
                 .map(|backend| {
@@ -267,6 +275,8 @@ pub struct ServiceMetrics {
     pub proxy_header_rejected: Counter,
     /// Redis stick-table calls that failed or timed out.
     pub redis_errors: Counter,
+    /// Connections that waited because the listener was at `max_connections`.
+    pub connections_queued: Counter,
     /// Per backend index: health flips.
     pub health_transitions: Vec<Counter>,
 }

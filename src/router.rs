@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use crate::affinity::{Affinity, Binding, Outcome, Seen, Stickiness, TableUpdate};
 use crate::balance::{Balancer, HashRing};
-use crate::config::{AffinityConfig, ServiceConfig, StoreConfig};
+use crate::config::{AffinityConfig, LimitsConfig, ServiceConfig, StoreConfig};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::pool::{Pool, PoolPolicy};
@@ -41,6 +41,7 @@ pub struct Router {
     /// A 5xx counts as a failed request for passive ejection.
     passive_5xx: bool,
     proxy_protocol: bool,
+    limits: LimitsConfig,
     /// Adds [`DEBUG_HEADER`] to every response.
     debug_header: bool,
     metrics: ServiceMetrics,
@@ -140,6 +141,7 @@ impl Router {
             pool,
             passive_5xx: config.health.passive_5xx,
             proxy_protocol: config.proxy_protocol,
+            limits: config.limits.clone(),
             debug_header: config.debug_header,
             metrics: service_metrics,
             sessions,
@@ -185,6 +187,11 @@ impl Router {
         &self.affinity
     }
 
+    /// Limits on client requests and connections.
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
     /// Whether connections to this service start with a PROXY protocol header.
     pub fn proxy_protocol(&self) -> bool {
         self.proxy_protocol
@@ -210,7 +217,7 @@ impl Router {
         let started = Instant::now();
         let (mut head, body) = request.into_parts();
         let (method, uri) = (head.method.clone(), head.uri.clone());
-        let (response, backend, outcome) = match proxy::check_request(&head) {
+        let (response, backend, outcome) = match proxy::check_request(&head, self.limits.max_body) {
             Err(error) => (error.to_response(), None, Outcome::New),
             Ok(()) => {
                 let stickiness = self.affinity.on_request(&mut head, client.ip(), &self.pool);

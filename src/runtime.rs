@@ -358,6 +358,7 @@ impl Runtime {
             Arc::clone(slot),
             stop.clone(),
             Arc::clone(&self.connections),
+            service.limits.max_connections,
         ));
         Some(ListenerHandle {
             configured,

@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
@@ -25,9 +26,6 @@ use crate::config::{Config, ServiceConfig};
 use crate::proxy_header::{self, Prefixed};
 use crate::router::Router;
 use crate::runtime::Runtime;
-
-/// Time a client has to send a complete request head (slowloris guard). Default: 30 s.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A listening socket of one service.
 #[derive(Debug)]
@@ -155,13 +153,27 @@ impl Default for Connections {
 
 /// Accepts connections on `listener` for the service whose current router is in `slot`, until
 /// `stop` is cancelled.
+/// At most `max_connections` are served at once; past it, new clients wait in the kernel's
+/// accept queue until one closes, and each wait is counted.
 pub async fn accept_loop(
     listener: TcpListener,
     slot: Arc<ArcSwap<Router>>,
     stop: CancellationToken,
     connections: Arc<Connections>,
+    max_connections: usize,
 ) {
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                slot.load().metrics().connections_queued.inc();
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    permit = Arc::clone(&slots).acquire_owned() => permit.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
@@ -171,7 +183,11 @@ pub async fn accept_loop(
                 let Some(watcher) = connections.watcher() else {
                     return;
                 };
-                tokio::spawn(serve_connection(stream, peer, Arc::clone(&slot), watcher));
+                let slot = Arc::clone(&slot);
+                tokio::spawn(async move {
+                    serve_connection(stream, peer, slot, watcher).await;
+                    drop(permit);
+                });
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off briefly rather than spin.
@@ -192,11 +208,12 @@ async fn serve_connection(
     graceful: Watcher,
 ) {
     let _ = stream.set_nodelay(true);
-    let (proxy_protocol, open) = {
+    let (proxy_protocol, open, limits) = {
         let router = slot.load();
         (
             router.proxy_protocol(),
             router.metrics().connections.clone(),
+            router.limits().clone(),
         )
     };
     let _open_until_closed = OpenConnection::new(open);
@@ -218,11 +235,16 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(router.handle(request, client).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.head_timeout)
+        .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
+    if limits.max_headers != hyper_default_max_headers() {
+        // Only when changed: a custom count moves hyper's header array to the heap.
+        http1.max_headers(limits.max_headers);
+    }
     let io = TokioIo::new(Prefixed::new(already_read, stream));
     let connection = graceful.watch(
         builder
@@ -232,6 +254,11 @@ async fn serve_connection(
     if let Err(error) = connection.await {
         tracing::debug!(%client, %error, "client connection ended with an error");
     }
+}
+
+/// hyper's own header-count limit, kept unless the config asks for another.
+fn hyper_default_max_headers() -> usize {
+    crate::config::file::DEFAULT_MAX_HEADERS
 }
 
 /// Counts a client connection in its service's open-connections gauge while it lives.

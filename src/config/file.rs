@@ -96,6 +96,7 @@ pub struct RawService {
     pub debug_header: bool,
     pub session_idle: Option<Spanned<DurationValue>>,
     pub health: Option<Spanned<RawHealth>>,
+    pub limits: Option<Spanned<RawLimits>>,
     pub affinity: Option<Spanned<RawAffinity>>,
     #[serde(rename = "backend")]
     pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
@@ -272,6 +273,74 @@ pub struct RawHealth {
     pub passive_failures: Option<Spanned<u32>>,
     #[serde(default)]
     pub passive_5xx: bool,
+}
+
+/// The `[service.limits]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub head_timeout: Option<Spanned<DurationValue>>,
+    pub max_header_bytes: Option<Spanned<SizeValue>>,
+    pub max_headers: Option<Spanned<usize>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub max_body: Option<Spanned<SizeValue>>,
+}
+
+/// Time a client has for a whole request head, and to start the next one on a kept-alive
+/// connection (slowloris guard; HAProxy `timeout http-request`). Default: 10 s.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head, bytes; larger gets 431. Default: 64 KiB (hyper's floor is 8 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Smallest `max_header_bytes` hyper accepts.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+/// Most header fields in a request; more gets 431. Default: 100.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Most client connections served at once per listener; more wait in the accept queue.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// A size written as a string with a unit: `"512"`, `"8KiB"`, `"64KiB"`, `"10MiB"`, `"1GiB"`.
+#[derive(Debug, Clone, Copy)]
+pub struct SizeValue(pub usize);
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a size such as "8KiB", "64KiB" or "10MiB""#)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<SizeValue, E> {
+                parse_size(text).map(SizeValue).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(SizeVisitor)
+    }
+}
+
+/// Parses `"<integer>[KiB|MiB|GiB]"` (bytes without a unit).
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let hint = r#"write a whole number and a unit: "512", "8KiB", "64KiB", "10MiB" or "1GiB""#;
+    let Ok(number) = number.parse::<usize>() else {
+        return Err(format!("invalid size {text:?}: {hint}"));
+    };
+    let multiplier: usize = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("invalid size unit in {text:?}: {hint}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 /// A duration written as a string with a unit: `"500ms"`, `"30s"`, `"15m"`, `"1h"`, `"1d"`.

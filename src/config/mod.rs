@@ -67,6 +67,8 @@ pub struct ServiceConfig {
     pub session_idle: Duration,
     /// Health checking.
     pub health: HealthConfig,
+    /// Limits on client requests and connections.
+    pub limits: LimitsConfig,
     /// Every response carries `x-stickyd: backend=NAME; affinity=OUTCOME`, to debug stickiness
     /// from the client side. Default: false.
     pub debug_header: bool,
@@ -143,6 +145,24 @@ pub struct BackendConfig {
     pub state: AdminState,
     /// Takes traffic only while no primary backend is usable. Default: false.
     pub backup: bool,
+}
+
+/// Limits on what a client may send and hold, per service (each of its listeners).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Time for a whole request head, and to start the next request on a kept-alive
+    /// connection; past it the connection is closed. Default: 10 s.
+    pub head_timeout: Duration,
+    /// Largest request head in bytes; larger gets 431. Default: 64 KiB; at least 8 KiB.
+    pub max_header_bytes: usize,
+    /// Most header fields; more gets 431. Default: 100.
+    pub max_headers: usize,
+    /// Most client connections served at once per listener; more wait in the accept queue
+    /// (counted). Default: 10 000.
+    pub max_connections: usize,
+    /// Largest request body a `Content-Length` may declare; larger gets 413 before anything is
+    /// forwarded. Default: none.
+    pub max_body: Option<u64>,
 }
 
 /// Active and passive health checking of a service's backends.
@@ -512,6 +532,7 @@ impl Checker<'_> {
                 .session_idle
                 .map_or(file::DEFAULT_SESSION_IDLE, |d| d.into_inner().0),
             health: self.health(raw.health.map(Spanned::into_inner)),
+            limits: self.limits(raw.limits.map(Spanned::into_inner)),
             affinity,
             backends,
         }
@@ -899,6 +920,50 @@ impl Checker<'_> {
             sealer,
             max_idle,
             max_life,
+        }
+    }
+
+    fn limits(&mut self, raw: Option<file::RawLimits>) -> LimitsConfig {
+        let Some(raw) = raw else {
+            return LimitsConfig {
+                head_timeout: file::DEFAULT_HEAD_TIMEOUT,
+                max_header_bytes: file::DEFAULT_MAX_HEADER_BYTES,
+                max_headers: file::DEFAULT_MAX_HEADERS,
+                max_connections: file::DEFAULT_MAX_CONNECTIONS,
+                max_body: None,
+            };
+        };
+        if let Some(bytes) = raw
+            .max_header_bytes
+            .as_ref()
+            .filter(|bytes| bytes.get_ref().0 < file::MIN_HEADER_BYTES)
+        {
+            self.report_at(bytes, r#"max_header_bytes must be at least "8KiB""#.into());
+        }
+        for count in [&raw.max_headers, &raw.max_connections]
+            .into_iter()
+            .flatten()
+        {
+            if *count.get_ref() == 0 {
+                self.report_at(count, "must be at least 1".into());
+            }
+        }
+        LimitsConfig {
+            head_timeout: raw
+                .head_timeout
+                .map_or(file::DEFAULT_HEAD_TIMEOUT, |d| d.into_inner().0),
+            max_header_bytes: raw
+                .max_header_bytes
+                .map_or(file::DEFAULT_MAX_HEADER_BYTES, |s| {
+                    s.into_inner().0.max(file::MIN_HEADER_BYTES)
+                }),
+            max_headers: raw
+                .max_headers
+                .map_or(file::DEFAULT_MAX_HEADERS, |n| n.into_inner().max(1)),
+            max_connections: raw
+                .max_connections
+                .map_or(file::DEFAULT_MAX_CONNECTIONS, |n| n.into_inner().max(1)),
+            max_body: raw.max_body.map(|s| s.into_inner().0 as u64),
         }
     }
 

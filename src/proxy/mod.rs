@@ -41,7 +41,16 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ///
 /// # Errors
 /// [`ProxyError::BadRequest`] for several `Host` fields, or none on HTTP/1.1.
-pub fn check_request(head: &request::Parts) -> Result<(), ProxyError> {
+pub fn check_request(head: &request::Parts, max_body: Option<u64>) -> Result<(), ProxyError> {
+    if let Some(limit) = max_body {
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return Err(ProxyError::PayloadTooLarge { limit });
+        }
+    }
     let hosts = head.headers.get_all(header::HOST).iter().count();
     if hosts > 1 {
         return Err(ProxyError::BadRequest {
@@ -395,10 +404,10 @@ mod tests {
     fn requests_without_exactly_one_host_are_rejected() {
         let mut no_host = head("/");
         no_host.version = Version::HTTP_11;
-        assert!(check_request(&no_host).is_err());
+        assert!(check_request(&no_host, None).is_err());
         let mut http10 = head("/");
         http10.version = Version::HTTP_10;
-        assert!(check_request(&http10).is_ok());
+        assert!(check_request(&http10, None).is_ok());
         let two_hosts = {
             let mut parts = head("/\nHost: a");
             parts
@@ -406,6 +415,12 @@ mod tests {
                 .append(header::HOST, HeaderValue::from_static("b"));
             parts
         };
-        assert!(check_request(&two_hosts).is_err());
+        assert!(check_request(&two_hosts, None).is_err());
+        let large = head("/\nHost: a\nContent-Length: 2048");
+        assert!(matches!(
+            check_request(&large, Some(1024)),
+            Err(ProxyError::PayloadTooLarge { limit: 1024 })
+        ));
+        assert!(check_request(&large, Some(4096)).is_ok());
     }
 }
