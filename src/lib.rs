@@ -19,6 +19,7 @@
 //! - [`admin`]: the admin listener: metrics, status, backend states, stick table, resolve.
 //! - [`demo`]: `stickyd demo`, demo backends behind a proxy.
 //! - [`telemetry`]: logging setup.
+//! - [`tls`]: TLS termination: certificates, SNI, ALPN.
 
 pub mod admin;
 pub mod affinity;
@@ -37,3 +38,4 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -18,6 +18,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::{self, Upstream};
 use crate::store::StickStore;
 use crate::store::sessions::BoundSessions;
+use crate::tls::Acceptor;
 
 /// The stick table of a service and the lifetime of a binding reserved before the app answers.
 #[derive(Debug)]
@@ -41,6 +42,8 @@ pub struct Router {
     /// A 5xx counts as a failed request for passive ejection.
     passive_5xx: bool,
     proxy_protocol: bool,
+    /// Terminates TLS on this service's listeners, when it has certificates.
+    tls: Option<Acceptor>,
     limits: LimitsConfig,
     /// Adds [`DEBUG_HEADER`] to every response.
     debug_header: bool,
@@ -141,6 +144,7 @@ impl Router {
             pool,
             passive_5xx: config.health.passive_5xx,
             proxy_protocol: config.proxy_protocol,
+            tls: (!config.tls.is_empty()).then(|| crate::tls::acceptor(&config.tls)),
             limits: config.limits.clone(),
             debug_header: config.debug_header,
             metrics: service_metrics,
@@ -192,6 +196,12 @@ impl Router {
         &self.limits
     }
 
+    /// The TLS acceptor of this service's listeners, if they speak TLS. A reload builds a new
+    /// one, so re-read certificates serve new connections.
+    pub fn tls(&self) -> Option<&Acceptor> {
+        self.tls.as_ref()
+    }
+
     /// Whether connections to this service start with a PROXY protocol header.
     pub fn proxy_protocol(&self) -> bool {
         self.proxy_protocol
@@ -236,7 +246,7 @@ impl Router {
                     ..self.resolve(stickiness).await
                 };
                 let upgrade = proxy::is_upgrade(&head.headers);
-                proxy::prepare_request(&mut head, client, upgrade);
+                proxy::prepare_request(&mut head, client, upgrade, self.tls.is_some());
                 let mut request = Request::from_parts(head, body);
                 let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
                 let (result, outcome) = self.forward(request, choice).await;

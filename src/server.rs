@@ -22,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 
-use crate::config::{Config, ServiceConfig};
+use crate::config::{Config, LimitsConfig, ServiceConfig};
 use crate::proxy_header::{self, Prefixed};
 use crate::router::Router;
 use crate::runtime::Runtime;
+use crate::tls::Acceptor;
 
 /// A listening socket of one service.
 #[derive(Debug)]
@@ -208,12 +209,13 @@ async fn serve_connection(
     graceful: Watcher,
 ) {
     let _ = stream.set_nodelay(true);
-    let (proxy_protocol, open, limits) = {
+    let (proxy_protocol, open, limits, tls) = {
         let router = slot.load();
         (
             router.proxy_protocol(),
             router.metrics().connections.clone(),
             router.limits().clone(),
+            router.tls().cloned(),
         )
     };
     let _open_until_closed = OpenConnection::new(open);
@@ -230,25 +232,59 @@ async fn serve_connection(
     } else {
         (peer, Bytes::new())
     };
+    let io = Prefixed::new(already_read, stream);
+    let Some(acceptor) = tls else {
+        return serve_http(io, false, slot, client, &limits, graceful).await;
+    };
+    match tokio::time::timeout(limits.head_timeout, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => {
+            let http2 = Acceptor::negotiated_h2(&stream);
+            serve_http(stream, http2, slot, client, &limits, graceful).await;
+        }
+        Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+    }
+}
+
+/// Serves HTTP on an established connection (HTTP/2 when ALPN chose it, else HTTP/1.1), each
+/// request routed by the service's router of the moment.
+async fn serve_http<I>(
+    io: I,
+    http2: bool,
+    slot: Arc<ArcSwap<Router>>,
+    client: SocketAddr,
+    limits: &LimitsConfig,
+    graceful: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |request| {
         let router = slot.load_full();
         async move { Ok::<_, Infallible>(router.handle(request, client).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    let mut http1 = builder.http1();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.head_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true);
-    if limits.max_headers != hyper_default_max_headers() {
-        // Only when changed: a custom count moves hyper's header array to the heap.
-        http1.max_headers(limits.max_headers);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if http2 {
+        builder = builder.http2_only();
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    } else {
+        builder = builder.http1_only();
+        let mut http1 = builder.http1();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.head_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        if limits.max_headers != hyper_default_max_headers() {
+            // Only when changed: a custom count moves hyper's header array to the heap.
+            http1.max_headers(limits.max_headers);
+        }
     }
-    let io = TokioIo::new(Prefixed::new(already_read, stream));
     let connection = graceful.watch(
         builder
-            .serve_connection_with_upgrades(io, service)
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned(),
     );
     if let Err(error) = connection.await {

@@ -91,6 +91,8 @@ pub struct RawService {
     pub ejection_time: Option<Spanned<DurationValue>>,
     #[serde(default)]
     pub proxy_protocol: bool,
+    #[serde(default)]
+    pub tls: Vec<Spanned<RawTls>>,
     pub failback: Option<bool>,
     #[serde(default)]
     pub debug_header: bool,
@@ -273,6 +275,14 @@ pub struct RawHealth {
     pub passive_failures: Option<Spanned<u32>>,
     #[serde(default)]
     pub passive_5xx: bool,
+}
+
+/// One `[[service.tls]]` table: a certificate chain and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 /// The `[service.limits]` table.

@@ -10,8 +10,10 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::sign::CertifiedKey;
 use toml::Spanned;
 
 use crate::affinity::seal::{SealMode, Sealer};
@@ -59,6 +61,9 @@ pub struct ServiceConfig {
     /// Every connection to this service's listeners starts with a PROXY protocol v1 or v2
     /// header (HAProxy's `accept-proxy`) naming the real client. Default: false.
     pub proxy_protocol: bool,
+    /// TLS certificates (`[[service.tls]]`): when any, the listeners speak TLS with ALPN `h2`
+    /// and `http/1.1`, the first certificate serving clients whose SNI matches none.
+    pub tls: Vec<Arc<CertifiedKey>>,
     /// Sessions bound to a backup backend move back to a primary at their next request once
     /// a primary is usable again (HAProxy leaves them: its issue 2729). Default: true.
     pub failback: bool,
@@ -503,8 +508,21 @@ impl Checker<'_> {
                 ),
             );
         }
+        let tls: Vec<Arc<CertifiedKey>> = raw
+            .tls
+            .iter()
+            .filter_map(|entry| {
+                let entry = entry.get_ref();
+                crate::tls::load(
+                    Path::new(entry.cert.get_ref()),
+                    Path::new(entry.key.get_ref()),
+                )
+                .map_err(|message| self.report_at(&entry.cert, message))
+                .ok()
+            })
+            .collect();
         let affinity = match raw.affinity {
-            Some(affinity) => self.affinity(affinity.into_inner()),
+            Some(affinity) => self.affinity(affinity.into_inner(), !raw.tls.is_empty()),
             None => AffinityConfig::None,
         };
         ServiceConfig {
@@ -526,6 +544,7 @@ impl Checker<'_> {
                 .ejection_time
                 .map_or(file::DEFAULT_EJECTION_TIME, |d| d.into_inner().0),
             proxy_protocol: raw.proxy_protocol,
+            tls,
             failback: raw.failback.unwrap_or(true),
             debug_header: raw.debug_header,
             session_idle: raw
@@ -608,7 +627,7 @@ impl Checker<'_> {
         }
     }
 
-    fn affinity(&mut self, raw: RawAffinity) -> AffinityConfig {
+    fn affinity(&mut self, raw: RawAffinity, tls: bool) -> AffinityConfig {
         let strategy = *raw.strategy.get_ref();
         let strategy_name = match strategy {
             Strategy::Insert => "insert",
@@ -737,7 +756,7 @@ impl Checker<'_> {
             }
         };
         match strategy {
-            Strategy::Insert => AffinityConfig::Insert(self.insert(raw, cookie)),
+            Strategy::Insert => AffinityConfig::Insert(self.insert(raw, cookie, tls)),
             Strategy::Prefix => {
                 let delimiter = match &raw.delimiter {
                     Some(text) => self.delimiter(text),
@@ -820,7 +839,7 @@ impl Checker<'_> {
         }
     }
 
-    fn insert(&mut self, raw: RawAffinity, cookie: String) -> InsertConfig {
+    fn insert(&mut self, raw: RawAffinity, cookie: String, tls: bool) -> InsertConfig {
         let seal = self.seal(&raw);
         for attribute in [&raw.path, &raw.domain].into_iter().flatten() {
             if attribute
@@ -837,7 +856,7 @@ impl Checker<'_> {
         let flag = |value: &Option<Spanned<bool>>, default: bool| {
             value.as_ref().map_or(default, |v| *v.get_ref())
         };
-        let secure = flag(&raw.secure, false);
+        let secure = flag(&raw.secure, tls);
         let same_site = raw
             .same_site
             .as_ref()

@@ -119,8 +119,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Rewrites a client's request head for the backend: origin-form target (the authority of an
 /// absolute-form target becomes `Host`, RFC 9112 §3.2.2), hop-by-hop fields removed,
 /// `X-Forwarded-For` appended with the client address, `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` set, `Host` otherwise preserved.
-pub fn prepare_request(head: &mut request::Parts, client: SocketAddr, upgrade: bool) {
+/// `X-Forwarded-Host` set, `Host` otherwise preserved. `tls` says whether the client spoke
+/// TLS to stickyd (`X-Forwarded-Proto: https`). An HTTP/2 request's `:authority` becomes
+/// `Host` the same way.
+pub fn prepare_request(head: &mut request::Parts, client: SocketAddr, upgrade: bool, tls: bool) {
     if let Some(authority) = head.uri.authority() {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             head.headers.insert(header::HOST, host);
@@ -134,8 +136,12 @@ pub fn prepare_request(head: &mut request::Parts, client: SocketAddr, upgrade: b
     head.version = Version::HTTP_11;
     strip_hop_by_hop(&mut head.headers, upgrade);
     append_forwarded_for(&mut head.headers, client);
-    head.headers
-        .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if tls {
+        HeaderValue::from_static("https")
+    } else {
+        HeaderValue::from_static("http")
+    };
+    head.headers.insert(X_FORWARDED_PROTO, proto);
     if let Some(host) = head.headers.get(header::HOST).cloned() {
         head.headers.insert(X_FORWARDED_HOST, host);
     }
@@ -344,7 +350,7 @@ mod tests {
         let mut parts = head(
             "/a?b=1\nHost: app\nConnection: keep-alive, X-Secret\nX-Secret: 1\nKeep-Alive: timeout=5\nTE: trailers\nProxy-Connection: keep-alive\nX-End: kept",
         );
-        prepare_request(&mut parts, "10.1.2.3:5555".parse().unwrap(), false);
+        prepare_request(&mut parts, "10.1.2.3:5555".parse().unwrap(), false, false);
         for gone in [
             "connection",
             "x-secret",
@@ -363,7 +369,7 @@ mod tests {
     fn forwarded_headers_append_the_client_and_name_host_and_proto() {
         let mut parts =
             head("/\nHost: shop.example\nX-Forwarded-For: 203.0.113.9\nX-Forwarded-Proto: https");
-        prepare_request(&mut parts, "10.1.2.3:5555".parse().unwrap(), false);
+        prepare_request(&mut parts, "10.1.2.3:5555".parse().unwrap(), false, false);
         assert_eq!(parts.headers["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(parts.headers["x-forwarded-proto"], "http");
         assert_eq!(parts.headers["x-forwarded-host"], "shop.example");
@@ -374,7 +380,7 @@ mod tests {
         let mut parts =
             head("/ws\nHost: a\nConnection: Upgrade, X-Other\nUpgrade: websocket\nX-Other: 1");
         assert!(is_upgrade(&parts.headers));
-        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), true);
+        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), true, false);
         assert_eq!(parts.headers["upgrade"], "websocket");
         assert_eq!(parts.headers["connection"], "upgrade");
         assert!(!parts.headers.contains_key("x-other"));
@@ -386,7 +392,7 @@ mod tests {
             "/\nHost: a\nConnection: Upgrade, HTTP2-Settings\nUpgrade: h2c\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
         );
         assert!(!is_upgrade(&parts.headers));
-        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), false);
+        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), false, false);
         for gone in ["upgrade", "http2-settings", "connection"] {
             assert!(!parts.headers.contains_key(gone), "{gone} was forwarded");
         }
@@ -395,7 +401,7 @@ mod tests {
     #[test]
     fn an_absolute_form_target_becomes_origin_form_with_its_host() {
         let mut parts = head("http://real.example:8080/p?q\nHost: other");
-        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), false);
+        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), false, false);
         assert_eq!(parts.uri, "/p?q");
         assert_eq!(parts.headers["host"], "real.example:8080");
     }
