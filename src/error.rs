@@ -33,6 +33,15 @@ pub enum ProxyError {
     /// The request declares a body larger than the service's `max_body`: 413.
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    /// The backend's response has ambiguous framing and is not relayed: 502.
+    #[error("backend {backend} sent a response with {reason}")]
+    BadResponse {
+        backend: String,
+        reason: &'static str,
+    },
+    /// The request asks for something stickyd does not do (CONNECT): 501.
+    #[error("{what} is not supported")]
+    NotImplemented { what: &'static str },
     /// The request is malformed and never reaches a backend: 400.
     #[error("bad request: {reason}")]
     BadRequest { reason: &'static str },
@@ -48,9 +57,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoUsableBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectFailed { .. } | ProxyError::Upstream { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,7 +86,7 @@ impl ProxyError {
             header::CACHE_CONTROL,
             header::HeaderValue::from_static("no-store"),
         );
-        if status.is_client_error() {
+        if status.is_client_error() || status == StatusCode::NOT_IMPLEMENTED {
             headers.insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version, request};
+use http::{Method, Request, Response, StatusCode, Version, request};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -42,6 +42,39 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// # Errors
 /// [`ProxyError::BadRequest`] for several `Host` fields, or none on HTTP/1.1.
 pub fn check_request(head: &request::Parts, max_body: Option<u64>) -> Result<(), ProxyError> {
+    let bad = |reason| Err(ProxyError::BadRequest { reason });
+    if head.method == Method::CONNECT {
+        return Err(ProxyError::NotImplemented { what: "CONNECT" });
+    }
+    let uri = &head.uri;
+    if uri.scheme().is_none() && uri.authority().is_some() {
+        return bad("authority-form target outside CONNECT");
+    }
+    if uri == "*" && head.method != Method::OPTIONS {
+        return bad("asterisk-form target outside OPTIONS");
+    }
+    if uri
+        .authority()
+        .is_some_and(|authority| !is_valid_host(authority.as_str().as_bytes()))
+    {
+        return bad("invalid authority in the target");
+    }
+    if head.headers.contains_key(header::TRANSFER_ENCODING) && !only_chunked(&head.headers) {
+        // RFC 9112 §6.1: stickyd forwards only chunked; anything else must not be re-framed.
+        return bad("unsupported transfer coding");
+    }
+    let smuggled = |name: &HeaderName| {
+        let name = name.as_str();
+        name.contains('_')
+            && matches!(
+                name.replace('_', "-").as_str(),
+                "transfer-encoding" | "content-length"
+            )
+    };
+    if head.headers.keys().any(smuggled) {
+        // CGI, PHP-FPM and WSGI turn '_' into '-': both framings would reach the app.
+        return bad("framing header spelled with '_'");
+    }
     if let Some(limit) = max_body {
         let declared = head
             .headers
@@ -51,18 +84,75 @@ pub fn check_request(head: &request::Parts, max_body: Option<u64>) -> Result<(),
             return Err(ProxyError::PayloadTooLarge { limit });
         }
     }
-    let hosts = head.headers.get_all(header::HOST).iter().count();
-    if hosts > 1 {
-        return Err(ProxyError::BadRequest {
-            reason: "more than one Host header",
-        });
+    let mut hosts = head.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => bad("more than one Host header"),
+        (None, _) if head.version == Version::HTTP_11 && uri.authority().is_none() => {
+            bad("HTTP/1.1 request without Host")
+        }
+        (Some(host), None) if !is_valid_host(host.as_bytes()) => bad("invalid Host"),
+        _ => Ok(()),
     }
-    if hosts == 0 && head.version == Version::HTTP_11 && head.uri.authority().is_none() {
-        return Err(ProxyError::BadRequest {
-            reason: "HTTP/1.1 request without Host",
-        });
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §4.2.1, §7.2): a non-empty reg-name or IP literal,
+/// no userinfo, no spaces, no list.
+fn is_valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&byte| byte == b']') {
+            Some(end)
+                if end > 0
+                    && literal[..end]
+                        .iter()
+                        .all(|&byte| byte.is_ascii_hexdigit() || byte == b':' || byte == b'.') =>
+            {
+                (&literal[..end], &literal[end + 1..])
+            }
+            _ => return false,
+        },
+        None => {
+            let split = value
+                .iter()
+                .position(|&byte| byte == b':')
+                .unwrap_or(value.len());
+            let host = &value[..split];
+            let allowed =
+                |byte: &u8| byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(byte);
+            if host.is_empty() || !host.iter().all(allowed) {
+                return false;
+            }
+            (host, &value[split..])
+        }
+    };
+    !host.is_empty()
+        && (port.is_empty() || (port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit)))
+}
+
+/// Rejects a backend response whose framing is ambiguous (RFC 9112 §6.1, §6.3): a
+/// `Transfer-Encoding` beside a `Content-Length`, or any coding but one `chunked`.
+fn check_response(headers: &HeaderMap) -> Result<(), &'static str> {
+    if !headers.contains_key(header::TRANSFER_ENCODING) {
+        Ok(())
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        Err("both Transfer-Encoding and Content-Length")
+    } else if !only_chunked(headers) {
+        Err("a transfer coding other than one chunked")
+    } else {
+        Ok(())
     }
-    Ok(())
+}
+
+/// Whether the `Transfer-Encoding` fields say exactly one `chunked`: the one coding stickyd
+/// relays, as hyper re-frames every body.
+fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (Some(coding), None) => coding
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    }
 }
 
 /// Whether the request asks to switch to WebSocket (RFC 9110 §7.8, RFC 6455 §4.1). Only
@@ -134,6 +224,12 @@ pub fn prepare_request(head: &mut request::Parts, client: SocketAddr, upgrade: b
         head.uri = origin_form.parse().expect("a path and query parsed before");
     }
     head.version = Version::HTTP_11;
+    if !head.headers.contains_key(header::HOST) {
+        // Forwarded as HTTP/1.1, which needs a Host: empty when the client had none
+        // (HTTP/1.0, RFC 9112 §3.2).
+        head.headers
+            .insert(header::HOST, HeaderValue::from_static(""));
+    }
     strip_hop_by_hop(&mut head.headers, upgrade);
     append_forwarded_for(&mut head.headers, client);
     let proto = if tls {
@@ -228,6 +324,17 @@ impl Upstream {
                 tokio::time::timeout(self.response_timeout, sender.try_send_request(request)).await;
             let mut failed = match sent {
                 Ok(Ok(response)) => {
+                    if let Err(reason) = check_response(response.headers()) {
+                        // Dropping the sender closes the connection: its framing is unknown.
+                        let error = ProxyError::BadResponse {
+                            backend: target.name.clone(),
+                            reason,
+                        };
+                        return Err(SendFailed {
+                            error,
+                            request: None,
+                        });
+                    }
                     let release =
                         Release::new(Arc::clone(&self.connections), backend, sender, in_flight);
                     return Ok(with_release(response, release));
@@ -261,9 +368,17 @@ impl Upstream {
                     });
                 }
                 None => {
-                    let error = ProxyError::Upstream {
-                        backend: backend_name,
-                        source: failed.into_error(),
+                    let source = failed.into_error();
+                    let error = if source.is_user() {
+                        // The client's request body was malformed (a bad chunk): its fault.
+                        ProxyError::BadRequest {
+                            reason: "malformed request body",
+                        }
+                    } else {
+                        ProxyError::Upstream {
+                            backend: backend_name,
+                            source,
+                        }
                     };
                     return Err(SendFailed {
                         error,
