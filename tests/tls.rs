@@ -199,3 +199,27 @@ async fn a_missing_certificate_file_fails_the_config_at_its_line() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_renewed_certificate_files_to_new_connections() {
+    within_timeout(async {
+        let backends = spawn_backends(1).await;
+        let (table, old) = certificate("renew.test");
+        let text = common::config(&[&backends[0]], &table);
+        let config = stickyd::config::Config::parse(&text, "<test>").unwrap();
+        let listeners = stickyd::server::bind(&config).await.unwrap();
+        let address = listeners[0].local_addr().unwrap();
+        let runtime = stickyd::runtime::Runtime::start(config, listeners);
+        drop(connect(address, "renew.test", &[old], b"http/1.1").await);
+        // Renew: new files at the same paths, then the reload SIGHUP would do.
+        let (_, renewed) = certificate("renew.test");
+        runtime
+            .reload(stickyd::config::Config::parse(&text, "<test>").unwrap())
+            .await
+            .unwrap();
+        let stream = connect(address, "renew.test", &[renewed], b"http/1.1").await;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        runtime.shutdown().await;
+    })
+    .await;
+}
