@@ -32,12 +32,12 @@ fn main() -> anyhow::Result<ExitCode> {
                 }
             };
             telemetry::init(&config.log_level);
-            runtime()?.block_on(daemon::run(&path, config))?;
+            runtime(config.workers)?.block_on(daemon::run(&path, config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
             telemetry::init("info");
-            runtime()?
+            runtime(None)?
                 .block_on(demo::run(server::shutdown_signal()))
                 .context("demo failed")?;
             Ok(ExitCode::SUCCESS)
@@ -45,9 +45,10 @@ fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build().context("cannot start the tokio runtime")
 }

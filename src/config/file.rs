@@ -61,6 +61,7 @@ pub const MAX_WEIGHT: u32 = 1000;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub log_level: Option<Spanned<String>>,
+    pub workers: Option<Spanned<usize>>,
     pub shutdown_grace: Option<Spanned<DurationValue>>,
     pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default, rename = "service")]

@@ -27,6 +27,8 @@ pub struct Config {
     pub log_level: String,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT. Default: 30 s.
     pub shutdown_grace: Duration,
+    /// Worker threads of the runtime; `None` means one per CPU core (tokio's default).
+    pub workers: Option<usize>,
     /// The services, in file order.
     pub services: Vec<ServiceConfig>,
     /// The admin listener; off when `[admin]` is absent.
@@ -483,6 +485,12 @@ impl Checker<'_> {
                 .shutdown_grace
                 .map_or(file::DEFAULT_SHUTDOWN_GRACE, |d| d.into_inner().0),
             admin: raw.admin.map(|admin| self.admin(admin.into_inner())),
+            workers: raw.workers.map(|workers| {
+                if *workers.get_ref() == 0 {
+                    self.report_at(&workers, "workers must be at least 1 (or leave it out: one per core)".into());
+                }
+                workers.into_inner().max(1)
+            }),
             services,
         }
     }
