@@ -50,5 +50,8 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     if let Some(workers) = workers {
         builder.worker_threads(workers);
     }
-    builder.enable_all().build().context("cannot start the tokio runtime")
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
 }

@@ -188,3 +188,22 @@ async fn an_open_websocket_counts_as_load_for_least_connections() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_pooled_backend_connection() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let proxy = start_proxy(&config(&[&backend], "")).await;
+        let mut browser = Browser::new();
+        for _ in 0..20 {
+            assert_eq!(browser.get(&proxy.url("/")).await.status, 200);
+        }
+        assert_eq!(backend.count(), 20);
+        assert_eq!(
+            backend.connections(),
+            1,
+            "each response of known length must hand its connection back to the pool"
+        );
+    })
+    .await;
+}

@@ -487,7 +487,10 @@ impl Checker<'_> {
             admin: raw.admin.map(|admin| self.admin(admin.into_inner())),
             workers: raw.workers.map(|workers| {
                 if *workers.get_ref() == 0 {
-                    self.report_at(&workers, "workers must be at least 1 (or leave it out: one per core)".into());
+                    self.report_at(
+                        &workers,
+                        "workers must be at least 1 (or leave it out: one per core)".into(),
+                    );
                 }
                 workers.into_inner().max(1)
             }),

@@ -41,18 +41,21 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
             ProxyBody::Upstream { body, release } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) => {
-                        if let Some(release) = release.take() {
-                            release.reuse();
-                        }
-                    }
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                // hyper stops polling once `is_end_stream` says so (a body of known length),
+                // so the end may come with the last data frame rather than as `None`.
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
                     Poll::Ready(Some(Err(_))) => {
                         // The connection is broken: drop it rather than reuse it.
                         release.take();
+                        false
                     }
-                    _ => {}
+                    Poll::Pending => false,
+                };
+                if let Some(release) = release.take_if(|_| ended) {
+                    release.reuse();
                 }
                 polled
             }

@@ -193,6 +193,7 @@ pub struct TestBackend {
     release: Arc<Mutex<Option<mpsc::Sender<()>>>>,
     stop: CancellationToken,
     sessions: Arc<std::sync::atomic::AtomicU64>,
+    connections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TestBackend {
@@ -206,6 +207,7 @@ impl TestBackend {
             release: Arc::default(),
             stop: CancellationToken::new(),
             sessions: Arc::default(),
+            connections: Arc::default(),
         };
         let app = App {
             name: backend.name.clone(),
@@ -214,12 +216,14 @@ impl TestBackend {
             sessions: Arc::clone(&backend.sessions),
         };
         let stop = backend.stop.clone();
+        let connections = Arc::clone(&backend.connections);
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     () = stop.cancelled() => return,
                     accepted = listener.accept() => accepted.unwrap(),
                 };
+                connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let app = app.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
@@ -248,6 +252,11 @@ impl TestBackend {
     /// Every request this backend received, in order.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// How many TCP connections this backend accepted.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many requests this backend received.
