@@ -46,12 +46,5 @@ fn main() -> anyhow::Result<ExitCode> {
 }
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers);
-    }
-    builder
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")
+    daemon::tokio_runtime(workers).context("cannot start the tokio runtime")
 }

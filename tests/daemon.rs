@@ -34,7 +34,7 @@ async fn the_daemon_logs_one_access_line_per_request_and_exits_0_on_sigterm() {
     within_timeout(async {
         let backend = TestBackend::spawn("b1").await;
         let text = format!(
-            "log_level = \"info\"\n{}",
+            "log_level = \"info\"\nworkers = 1\n{}",
             config(&[&backend], "[service.affinity]\nstrategy = \"insert\"\n")
         );
         let path = common::temp_file("daemon.toml");
