@@ -234,13 +234,8 @@ impl Client {
     /// error or a timeout is an outcome.
     async fn get(&mut self, url: &str) -> Outcome {
         let mut request = Request::get(url);
-        if !self.jar.is_empty() {
-            let cookies: Vec<String> = self
-                .jar
-                .iter()
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect();
-            request = request.header(header::COOKIE, cookies.join("; "));
+        if let Some(cookies) = common::cookie_header(&self.jar) {
+            request = request.header(header::COOKIE, cookies);
         }
         let request = request.body(Empty::new()).unwrap();
         let exchange = async {

@@ -321,24 +321,8 @@ fn prerequisites_present(kind: BackendKind) -> bool {
     if !common::require_program("curl") || !common::require_program(kind.program()) {
         return false;
     }
-    if kind == BackendKind::Express {
-        let modules = kind.dir().join("node_modules");
-        let installed = ["express", "express-session"]
-            .iter()
-            .all(|m| modules.join(m).join("package.json").is_file());
-        if !installed {
-            let message = format!(
-                "{} not installed: run `npm ci --prefix tests/backends/express`",
-                modules.display()
-            );
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{message}");
-            }
-            println!("skipped: {message}");
-            return false;
-        }
-    }
-    true
+    kind != BackendKind::Express
+        || common::require_npm_packages(&kind.dir(), &["express", "express-session"])
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -192,19 +192,7 @@ fn prerequisites_present() -> bool {
     if !common::require_program("node") {
         return false;
     }
-    let modules = socketio_dir().join("node_modules");
-    let installed = ["socket.io", "socket.io-client"]
-        .iter()
-        .all(|m| modules.join(m).join("package.json").is_file());
-    if !installed {
-        let message = "run npm ci --prefix tests/backends/socketio";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{} not installed: {message}", modules.display());
-        }
-        println!("skipped: {message}");
-        return false;
-    }
-    true
+    common::require_npm_packages(&socketio_dir(), &["socket.io", "socket.io-client"])
 }
 
 // ---------------------------------------------------------------------------------------------

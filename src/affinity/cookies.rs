@@ -72,15 +72,6 @@ pub fn set_cookie_name(field: &str) -> Option<(&str, &str)> {
     Some((name.trim(), rest))
 }
 
-/// Whether the response sets a cookie called `name`.
-pub fn sets_cookie(headers: &HeaderMap, name: &str) -> bool {
-    headers
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|field| field.to_str().ok())
-        .any(|field| set_cookie_name(field).is_some_and(|(found, _)| found == name))
-}
-
 /// What a `Set-Cookie` says about the lifetime of its cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lifetime {

@@ -159,13 +159,40 @@ pub async fn open_stream(proxy: &Proxy) -> Incoming {
 pub fn require_program(program: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
-    if !found {
-        if std::env::var("CI").is_ok_and(|value| value == "true") {
-            panic!("{program} is required under CI=true but is not installed");
-        }
-        println!("skipped: {program} not installed");
+    found || missing(&format!("{program} not installed"))
+}
+
+/// true when every npm package in `packages` is installed under `app/node_modules`; when one
+/// is not, the same rule as [`require_program`], with the `npm ci` command to run.
+pub fn require_npm_packages(app: &std::path::Path, packages: &[&str]) -> bool {
+    let modules = app.join("node_modules");
+    let installed = packages
+        .iter()
+        .all(|package| modules.join(package).join("package.json").is_file());
+    installed
+        || missing(&format!(
+            "{} not installed: run `npm ci --prefix {}`",
+            modules.display(),
+            app.display()
+        ))
+}
+
+/// A prerequisite is missing: a failure under `CI=true`, elsewhere a printed skip (false).
+fn missing(what: &str) -> bool {
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        panic!("{what} (required under CI=true)");
     }
-    found
+    println!("skipped: {what}");
+    false
+}
+
+/// The `Cookie` header value of `jar`, or `None` when it is empty.
+pub fn cookie_header(jar: &HashMap<String, String>) -> Option<String> {
+    let pairs: Vec<String> = jar
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    (!pairs.is_empty()).then(|| pairs.join("; "))
 }
 
 /// What a test backend saw of one request.
@@ -481,13 +508,8 @@ impl Browser {
     /// empty value deletes one).
     pub async fn get(&mut self, url: &str) -> Page {
         let mut request = Request::get(url);
-        if !self.jar.is_empty() {
-            let cookies: Vec<String> = self
-                .jar
-                .iter()
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect();
-            request = request.header(header::COOKIE, cookies.join("; "));
+        if let Some(cookies) = cookie_header(&self.jar) {
+            request = request.header(header::COOKIE, cookies);
         }
         let response = self
             .client
