@@ -115,7 +115,7 @@ fn hash_benches(c: &mut Criterion) {
 }
 
 fn store_benches(c: &mut Criterion) {
-    let store = MemoryStore::new(1_000_000);
+    let store: MemoryStore = MemoryStore::new(1_000_000);
     let backend = stickyd::pool::BackendId::from("app2");
     let sessions: Vec<String> = (0..100_000).map(|n| format!("{n:032x}")).collect();
     for session in &sessions {

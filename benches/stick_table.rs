@@ -27,7 +27,7 @@ fn sessions() -> Vec<String> {
 }
 
 fn memory(c: &mut Criterion) {
-    let store = MemoryStore::new(1_000_000);
+    let store: MemoryStore = MemoryStore::new(1_000_000);
     let backend = BackendId::from("app2");
     let sessions = sessions();
     for session in &sessions {

@@ -29,7 +29,7 @@ fn main() {
         .map(|n| BackendId::from(format!("app{n}").as_str()))
         .collect();
     let before = resident_bytes();
-    let store = MemoryStore::new(ENTRIES as u64 * 2);
+    let store: MemoryStore = MemoryStore::new(ENTRIES as u64 * 2);
     for n in 0..ENTRIES {
         let session = format!(
             "{:032x}",

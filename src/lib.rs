@@ -10,7 +10,7 @@
 //! - [`affinity`]: the strategies (insert, prefix, stick table), synchronous and pure.
 //! - [`balance`]: how a new session picks a backend (round-robin, least-connections, random).
 //! - [`pool`]: backends and their live state (in-flight count, passive ejection).
-//! - [`store`]: where stick-table bindings live (in memory, moka).
+//! - [`store`]: where stick-table bindings live (in memory or shared through Redis) and the live-session tracker.
 //! - [`proxy`]: forwarding one request: head rewriting, pooled backend connections, streaming
 //!   bodies, WebSocket tunnels.
 //! - [`proxy_header`]: the PROXY protocol header (v1, v2) on listeners behind an L4 balancer.

@@ -8,8 +8,13 @@
 //! meet. An entry is the key, the backend id (shared `Arc`), its deadline and its TTL; the time
 //! of last use is the deadline minus the TTL. When a shard is full, the least recently used of
 //! a handful of its entries (expired ones first) makes room, as Redis's approximate LRU does.
+//!
+//! The same table, keyed by a `u64` hash, tracks live cookie and hash sessions
+//! ([`crate::store::sessions`]).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,16 +54,46 @@ impl Binding {
     }
 }
 
-/// One shard: session id -> binding.
-type Shard = Mutex<HashMap<Box<str>, Binding>>;
+/// What a table can be keyed by: a session id (`str`, stored as `Box<str>`) or a hash (`u64`).
+pub trait Key: Hash + Eq {
+    /// How the table stores the key.
+    type Owned: Borrow<Self> + Hash + Eq + Clone;
+    /// The stored form of the key.
+    fn to_owned_key(&self) -> Self::Owned;
+    /// A hash that picks the key's shard, independent of the shards' own hashing.
+    fn shard_hash(&self) -> u64;
+}
 
-/// Session id -> backend id, bounded to `max_entries`.
-pub struct MemoryStore {
-    shards: Box<[Shard]>,
+impl Key for str {
+    type Owned = Box<str>;
+    fn to_owned_key(&self) -> Box<str> {
+        self.into()
+    }
+    fn shard_hash(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.as_bytes())
+    }
+}
+
+impl Key for u64 {
+    type Owned = u64;
+    fn to_owned_key(&self) -> u64 {
+        *self
+    }
+    fn shard_hash(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.to_le_bytes())
+    }
+}
+
+/// One shard: key -> binding.
+type Shard<K> = Mutex<HashMap<<K as Key>::Owned, Binding>>;
+
+/// Session id (or other [`Key`]) -> backend id, bounded to `max_entries`.
+pub struct MemoryStore<K: Key + ?Sized = str> {
+    shards: Box<[Shard<K>]>,
     per_shard: usize,
 }
 
-impl std::fmt::Debug for MemoryStore {
+impl<K: Key + ?Sized> std::fmt::Debug for MemoryStore<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("entries", &self.entry_count())
@@ -66,10 +101,10 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-impl MemoryStore {
+impl<K: Key + ?Sized> MemoryStore<K> {
     /// An empty table holding at most `max_entries` bindings (plus fewer than one per shard,
     /// from rounding).
-    pub fn new(max_entries: u64) -> MemoryStore {
+    pub fn new(max_entries: u64) -> MemoryStore<K> {
         let max_entries = usize::try_from(max_entries).unwrap_or(usize::MAX).max(1);
         let shards = max_entries.min(SHARDS);
         let per_shard = max_entries.div_ceil(shards);
@@ -80,12 +115,12 @@ impl MemoryStore {
     }
 
     /// The backend bound to `session`; the read restarts the entry's TTL.
-    pub fn get(&self, session: &str) -> Option<BackendId> {
+    pub fn get(&self, session: &K) -> Option<BackendId> {
         self.get_with_ttl(session).map(|(backend, _)| backend)
     }
 
     /// The backend bound to `session` and the binding's lifetime; the read restarts it.
-    pub fn get_with_ttl(&self, session: &str) -> Option<(BackendId, Duration)> {
+    pub fn get_with_ttl(&self, session: &K) -> Option<(BackendId, Duration)> {
         let now = now_ms();
         let mut shard = self.shard(session);
         let binding = shard.get_mut(session)?;
@@ -101,7 +136,7 @@ impl MemoryStore {
     }
 
     /// Binds `session` to `backend` if it has no live binding; returns the binding that holds.
-    pub fn reserve(&self, session: &str, backend: &BackendId, ttl: Duration) -> BackendId {
+    pub fn reserve(&self, session: &K, backend: &BackendId, ttl: Duration) -> BackendId {
         let now = now_ms();
         let mut shard = self.shard(session);
         if let Some(held) = shard.get(session).filter(|binding| binding.is_live(now)) {
@@ -112,32 +147,15 @@ impl MemoryStore {
     }
 
     /// Binds `session` to `backend` for `ttl`, replacing any binding.
-    pub fn bind(&self, session: &str, backend: &BackendId, ttl: Duration) {
+    pub fn bind(&self, session: &K, backend: &BackendId, ttl: Duration) {
         let now = now_ms();
         let mut shard = self.shard(session);
         self.put(&mut shard, session, Binding::new(backend, ttl, now), now);
     }
 
     /// Drops the binding of `session`.
-    pub fn forget(&self, session: &str) {
+    pub fn forget(&self, session: &K) {
         self.shard(session).remove(session);
-    }
-
-    /// Up to `limit` live entries as (session, backend id).
-    pub fn entries(&self, limit: usize) -> Vec<(String, BackendId)> {
-        let now = now_ms();
-        let mut entries = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock().expect("stick table shard lock");
-            let live = shard.iter().filter(|(_, binding)| binding.is_live(now));
-            entries.extend(live.take(limit - entries.len()).map(|(session, binding)| {
-                (session.to_string(), BackendId::clone(&binding.backend))
-            }));
-            if entries.len() == limit {
-                break;
-            }
-        }
-        entries
     }
 
     /// Live entries per backend id.
@@ -158,7 +176,7 @@ impl MemoryStore {
     /// Number of live entries.
     pub fn entry_count(&self) -> u64 {
         let now = now_ms();
-        let count = |shard: &Shard| {
+        let count = |shard: &Shard<K>| {
             shard
                 .lock()
                 .expect("stick table shard lock")
@@ -169,24 +187,18 @@ impl MemoryStore {
         self.shards.iter().map(count).sum()
     }
 
-    fn shard(&self, session: &str) -> MutexGuard<'_, HashMap<Box<str>, Binding>> {
+    fn shard(&self, session: &K) -> MutexGuard<'_, HashMap<K::Owned, Binding>> {
         self.shards[self.shard_index(session)]
             .lock()
             .expect("stick table shard lock")
     }
 
-    fn shard_index(&self, session: &str) -> usize {
-        (xxhash_rust::xxh3::xxh3_64(session.as_bytes()) % self.shards.len() as u64) as usize
+    fn shard_index(&self, session: &K) -> usize {
+        (session.shard_hash() % self.shards.len() as u64) as usize
     }
 
     /// Inserts or replaces, first making room in a full shard.
-    fn put(
-        &self,
-        shard: &mut HashMap<Box<str>, Binding>,
-        session: &str,
-        binding: Binding,
-        now: u64,
-    ) {
+    fn put(&self, shard: &mut HashMap<K::Owned, Binding>, session: &K, binding: Binding, now: u64) {
         if let Some(existing) = shard.get_mut(session) {
             *existing = binding;
             return;
@@ -204,10 +216,29 @@ impl MemoryStore {
                 })
                 .map(|(session, _)| session.clone());
             if let Some(victim) = victim {
-                shard.remove(&victim);
+                shard.remove::<K::Owned>(&victim);
             }
         }
-        shard.insert(session.into(), binding);
+        shard.insert(session.to_owned_key(), binding);
+    }
+}
+
+impl MemoryStore<str> {
+    /// Up to `limit` live entries as (session, backend id).
+    pub fn entries(&self, limit: usize) -> Vec<(String, BackendId)> {
+        let now = now_ms();
+        let mut entries = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().expect("stick table shard lock");
+            let live = shard.iter().filter(|(_, binding)| binding.is_live(now));
+            entries.extend(live.take(limit - entries.len()).map(|(session, binding)| {
+                (session.to_string(), BackendId::clone(&binding.backend))
+            }));
+            if entries.len() == limit {
+                break;
+            }
+        }
+        entries
     }
 }
 
@@ -227,7 +258,7 @@ mod tests {
 
     #[test]
     fn reserve_keeps_the_first_binding_and_bind_replaces_it() {
-        let store = MemoryStore::new(100);
+        let store: MemoryStore = MemoryStore::new(100);
         let minute = Duration::from_secs(60);
         assert_eq!(&*store.reserve("abc", &id("s1"), minute), "s1");
         assert_eq!(&*store.reserve("abc", &id("s2"), minute), "s1");
@@ -239,7 +270,7 @@ mod tests {
 
     #[test]
     fn an_entry_expires_after_its_own_ttl_unless_read_in_time() {
-        let store = MemoryStore::new(100);
+        let store: MemoryStore = MemoryStore::new(100);
         store.bind("short", &id("s1"), Duration::from_millis(300));
         store.bind("long", &id("s2"), Duration::from_secs(60));
         // Reads within the TTL keep the entry alive past its first deadline.
@@ -255,7 +286,7 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded_by_max_entries() {
-        let store = MemoryStore::new(50);
+        let store: MemoryStore = MemoryStore::new(50);
         for n in 0..500 {
             store.bind(&format!("session-{n}"), &id("s1"), Duration::from_secs(60));
         }
@@ -265,7 +296,7 @@ mod tests {
 
     #[test]
     fn a_full_table_evicts_the_least_recently_used_entry() {
-        let store = MemoryStore::new(128);
+        let store: MemoryStore = MemoryStore::new(128);
         // Three sessions of one shard (two entries each): the one not read since is evicted.
         let same_shard: Vec<String> = (0..)
             .map(|n| format!("session-{n}"))

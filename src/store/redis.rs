@@ -1,7 +1,7 @@
 //! The stick table shared through Redis by several stickyd instances.
 //!
 //! Every binding lives in Redis as `<key_prefix><service>:<session>` = backend id, with its TTL
-//! (`SET .. PX`), and in a local moka table in front of it: hot lookups stay off the network,
+//! (`SET .. PX`), and in the local in-memory table in front of it: hot lookups stay off the network,
 //! and when Redis is down, slow or flapping the local table answers alone. A request never
 //! fails because of Redis: every call is bounded by `redis_timeout` (default 50 ms), errors
 //! are counted and logged once per outage, and the connection manager reconnects with

@@ -1,25 +1,21 @@
 //! Live sessions per backend for cookie and hash strategies, for session-aware drain: each
 //! session identity seen on a request is remembered with its backend until it has been idle
 //! for `session_idle`. A stick table counts its own entries instead.
+//!
+//! It is the stick table's compact in-memory table keyed by the identity's hash: one
+//! short-held shard lock per request, where moka cost a lookup plus a policy update.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use moka::sync::Cache;
-
+use super::memory::MemoryStore;
 use crate::pool::BackendId;
 
 /// Session identity (a hash) -> the backend it was last served by.
+#[derive(Debug)]
 pub struct BoundSessions {
-    seen: Cache<u64, BackendId>,
-}
-
-impl std::fmt::Debug for BoundSessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoundSessions")
-            .field("entries", &self.seen.entry_count())
-            .finish()
-    }
+    seen: MemoryStore<u64>,
+    idle: Duration,
 }
 
 /// Most session identities remembered; past it the least recently seen are forgotten.
@@ -29,28 +25,22 @@ impl BoundSessions {
     /// Remembers sessions for `idle` after their last request.
     pub fn new(idle: Duration) -> BoundSessions {
         BoundSessions {
-            seen: Cache::builder()
-                .max_capacity(MAX_TRACKED_SESSIONS)
-                .time_to_idle(idle)
-                .build(),
+            seen: MemoryStore::new(MAX_TRACKED_SESSIONS),
+            idle,
         }
     }
 
     /// Session `identity` was just served by `backend`.
     pub fn seen(&self, identity: u64, backend: &BackendId) {
-        let current = self.seen.get(&identity);
-        if current.as_ref() != Some(backend) {
-            self.seen.insert(identity, BackendId::clone(backend));
+        // The read restarts the idle time of a session still on its backend.
+        if self.seen.get(&identity).as_ref() != Some(backend) {
+            self.seen.bind(&identity, backend, self.idle);
         }
     }
 
     /// Live sessions per backend id.
     pub fn per_backend(&self) -> HashMap<BackendId, u64> {
-        let mut counts = HashMap::new();
-        for (_, backend) in self.seen.iter() {
-            *counts.entry(backend).or_insert(0) += 1;
-        }
-        counts
+        self.seen.per_backend()
     }
 }
 
