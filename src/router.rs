@@ -1,7 +1,6 @@
 //! One service's request path: read affinity, choose (or redispatch to) a backend, forward,
 //! record the binding on the response, log one access line.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use crate::error::ProxyError;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::pool::{Pool, PoolPolicy};
 use crate::proxy::body::ProxyBody;
-use crate::proxy::{self, Upstream};
+use crate::proxy::{self, Peer, Upstream};
 use crate::store::StickStore;
 use crate::store::sessions::BoundSessions;
 use crate::tls::Acceptor;
@@ -219,21 +218,21 @@ impl Router {
 
     /// Proxies one request from `client` and always answers: a backend's response, or stickyd's
     /// own 400 / 502 / 503 / 504.
-    pub async fn handle(
-        &self,
-        request: Request<Incoming>,
-        client: SocketAddr,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, request: Request<Incoming>, client: &Peer) -> Response<ProxyBody> {
         let started = Instant::now();
         let (mut head, body) = request.into_parts();
-        let (method, uri) = (head.method.clone(), head.uri.clone());
+        // Kept for the access line only when it is logged.
+        let request_line = tracing::enabled!(target: "stickyd::access", tracing::Level::INFO)
+            .then(|| (head.method.clone(), head.uri.clone()));
         let (response, backend, outcome) = match proxy::check_request(&head, self.limits.max_body) {
             Err(error) => (error.to_response(), None, Outcome::New),
             Ok(()) => {
-                let stickiness = self.affinity.on_request(&mut head, client.ip(), &self.pool);
+                let stickiness =
+                    self.affinity
+                        .on_request(&mut head, client.address.ip(), &self.pool);
                 let identity = self.sessions.as_ref().and_then(|_| {
                     self.affinity
-                        .session_identity(&head.headers, client.ip(), &stickiness)
+                        .session_identity(&head.headers, client.address.ip(), &stickiness)
                 });
                 let reissue = match &stickiness {
                     Stickiness::Pinned(_, seen) if self.affinity.wants_reissue(*seen) => {
@@ -285,17 +284,19 @@ impl Router {
                 response.headers_mut().insert(DEBUG_HEADER, value);
             }
         }
-        tracing::info!(
-            target: "stickyd::access",
-            client = %client.ip(),
-            method = %method,
-            path = %uri.path(),
-            status = response.status().as_u16(),
-            service = %self.name,
-            backend = %backend.map_or("-", |index| self.pool.get(index).name.as_str()),
-            affinity = %outcome.as_str(),
-            ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-        );
+        if let Some((method, uri)) = request_line {
+            tracing::info!(
+                target: "stickyd::access",
+                client = %client.address.ip(),
+                method = %method,
+                path = %uri.path(),
+                status = response.status().as_u16(),
+                service = %self.name,
+                backend = %backend.map_or("-", |index| self.pool.get(index).name.as_str()),
+                affinity = %outcome.as_str(),
+                ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+            );
+        }
         response
     }
 

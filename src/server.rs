@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use bytes::Bytes;
 
 use crate::config::{Config, LimitsConfig, ServiceConfig};
+use crate::proxy::Peer;
 use crate::proxy_header::{self, Prefixed};
 use crate::router::Router;
 use crate::runtime::Runtime;
@@ -258,9 +259,11 @@ async fn serve_http<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = Arc::new(Peer::new(client));
     let service = service_fn(move |request| {
         let router = slot.load_full();
-        async move { Ok::<_, Infallible>(router.handle(request, client).await) }
+        let peer = Arc::clone(&peer);
+        async move { Ok::<_, Infallible>(router.handle(request, &peer).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if http2 {

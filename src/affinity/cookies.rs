@@ -30,19 +30,25 @@ pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Replaces the value of every cookie called `name` with `replacement`, or removes it when
 /// `replacement` is `None`. Other pairs keep their text and order; an emptied `Cookie` field is
-/// removed. Does nothing, and allocates nothing, when no cookie is called `name`.
+/// removed. Does nothing when no cookie is called `name`.
 pub fn rewrite(headers: &mut HeaderMap, name: &str, replacement: Option<&str>) {
-    if find(headers, name).is_none() {
-        return;
-    }
+    rewritten(headers, name, replacement).apply(headers);
+}
+
+/// What [`rewrite`] would do, worked out without changing `headers`, so `replacement` may
+/// borrow from them.
+pub fn rewritten(headers: &HeaderMap, name: &str, replacement: Option<&str>) -> CookieRewrite {
+    let mut matched = false;
     let mut joined = String::new();
     for field in headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|field| field.to_str().ok())
     {
+        joined.reserve(field.len());
         for (found, value) in pairs(field) {
             let value = if found == name {
+                matched = true;
                 match replacement {
                     Some(replacement) => replacement,
                     None => continue,
@@ -58,10 +64,39 @@ pub fn rewrite(headers: &mut HeaderMap, name: &str, replacement: Option<&str>) {
             joined.push_str(value);
         }
     }
-    headers.remove(COOKIE);
-    if !joined.is_empty() {
-        let value = HeaderValue::from_str(&joined).expect("joined from valid header text");
-        headers.insert(COOKIE, value);
+    match (matched, joined.is_empty()) {
+        (false, _) => CookieRewrite::Unchanged,
+        (true, true) => CookieRewrite::Remove,
+        (true, false) => CookieRewrite::Set(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined))
+                .expect("joined from valid header text"),
+        ),
+    }
+}
+
+/// The `Cookie` field a rewrite leaves: see [`rewritten`].
+#[derive(Debug)]
+pub enum CookieRewrite {
+    /// No cookie had the name.
+    Unchanged,
+    /// No cookie is left: the field goes.
+    Remove,
+    /// One field with the remaining pairs replaces every `Cookie` field.
+    Set(HeaderValue),
+}
+
+impl CookieRewrite {
+    /// Makes the change in `headers`.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        match self {
+            CookieRewrite::Unchanged => {}
+            CookieRewrite::Remove => {
+                headers.remove(COOKIE);
+            }
+            CookieRewrite::Set(value) => {
+                headers.insert(COOKIE, value);
+            }
+        }
     }
 }
 

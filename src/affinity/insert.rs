@@ -3,7 +3,7 @@
 
 use http::header::{CACHE_CONTROL, HeaderMap, HeaderValue, SET_COOKIE};
 
-use super::seal::{IdCodec, unix_now};
+use super::seal::IdCodec;
 use super::{Binding, Outcome, Stickiness, cookies};
 use crate::config::{InsertConfig, SameSite};
 use crate::pool::Pool;
@@ -68,7 +68,7 @@ impl Insert {
     pub fn on_request(&self, headers: &mut HeaderMap, pool: &Pool) -> Stickiness {
         let stickiness = match cookies::find(headers, &self.cookie) {
             None => return Stickiness::New,
-            Some(value) => match self.codec.open(value, unix_now()) {
+            Some(value) => match self.codec.open(value, self.codec.now()) {
                 Some((id, seen)) => pool.find_id(&id).map_or(Stickiness::Invalid, |backend| {
                     Stickiness::Pinned(backend, seen)
                 }),
@@ -86,7 +86,7 @@ impl Insert {
     /// response `private` so a shared cache does not hand one client's cookie to others
     /// (RFC 9111 §5.2.2.7).
     pub fn on_response(&self, pool: &Pool, binding: &Binding<'_>, headers: &mut HeaderMap) {
-        let now = unix_now();
+        let now = self.codec.now();
         let kept = binding.outcome == Outcome::Hit;
         if kept && !self.codec.refresh_due(binding.seen, now) {
             return;
@@ -133,7 +133,7 @@ mod tests {
     use http::header::COOKIE;
 
     use super::*;
-    use crate::affinity::seal::{SealMode, Sealer};
+    use crate::affinity::seal::{SealMode, Sealer, unix_now};
     use crate::affinity::tests::pool;
     use crate::config::SealConfig;
 

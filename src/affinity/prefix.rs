@@ -4,7 +4,7 @@
 
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
-use super::seal::{IdCodec, unix_now};
+use super::seal::IdCodec;
 use super::{Binding, Outcome, Seen, Stickiness, cookies};
 use crate::config::PrefixConfig;
 use crate::pool::Pool;
@@ -34,7 +34,7 @@ impl Prefix {
 
     /// Whether a binding in use is due for a re-sealed prefix (`max_idle`).
     pub fn refresh_due(&self, seen: Option<Seen>) -> bool {
-        self.codec.refresh_due(seen, unix_now())
+        self.codec.refresh_due(seen, self.codec.now())
     }
 
     /// `<id><delimiter><value>` with a known id pins the request and leaves the backend exactly
@@ -47,14 +47,13 @@ impl Prefix {
         let Some((prefix, app_value)) = value.split_once(self.delimiter) else {
             return Stickiness::New;
         };
-        let Some((id, seen)) = self.codec.open(prefix, unix_now()) else {
+        let Some((id, seen)) = self.codec.open(prefix, self.codec.now()) else {
             return Stickiness::Invalid;
         };
         let Some(backend) = pool.find_id(&id) else {
             return Stickiness::Invalid;
         };
-        let app_value = app_value.to_string();
-        cookies::rewrite(headers, &self.cookie, Some(&app_value));
+        cookies::rewritten(headers, &self.cookie, Some(app_value)).apply(headers);
         Stickiness::Pinned(backend, seen)
     }
 
@@ -63,8 +62,22 @@ impl Prefix {
     /// and the app set no new cookie, re-issues the client's session value (`session`, as the
     /// backend saw it) under the new prefix, so the client stops asking for the old backend.
     pub fn on_response(&self, backend_id: &str, binding: &Binding<'_>, headers: &mut HeaderMap) {
-        let now = unix_now();
+        let now = self.codec.now();
         let kept = binding.outcome == Outcome::Hit;
+        let reissue = binding.outcome == Outcome::Redispatch
+            || (kept && self.codec.refresh_due(binding.seen, now));
+        let sets_cookie = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|field| field.to_str().ok())
+            .any(|field| {
+                cookies::set_cookie_name(field).is_some_and(|(name, _)| name == self.cookie)
+            });
+        let reissues = reissue && binding.session.is_some();
+        if !sets_cookie && !reissues {
+            // The common case of a request in a session: nothing to write, nothing to seal.
+            return;
+        }
         let prefix = self
             .codec
             .seal(backend_id, if kept { binding.seen } else { None }, now);
@@ -84,8 +97,6 @@ impl Prefix {
                 prefixed_any = true;
             }
         }
-        let reissue = binding.outcome == Outcome::Redispatch
-            || (kept && self.codec.refresh_due(binding.seen, now));
         if let (false, true, Some(session)) = (prefixed_any, reissue, binding.session) {
             let reissued = format!(
                 "{}={prefix}{}{session}; Path=/",

@@ -456,6 +456,12 @@ impl IdCodec {
         }
     }
 
+    /// Unix seconds for [`IdCodec::open`], [`IdCodec::seal`] and [`IdCodec::refresh_due`]:
+    /// plain values carry no times, so then it reads no clock and is 0.
+    pub fn now(&self) -> u64 {
+        if self.is_plain() { 0 } else { unix_now() }
+    }
+
     /// Whether ids are written as they are (then [`IdCodec::seal`] is the id itself).
     pub fn is_plain(&self) -> bool {
         self.sealer.mode() == SealMode::Plain

@@ -99,7 +99,9 @@ impl Backend {
 
     /// Whether passive ejection currently keeps it out.
     pub fn is_ejected(&self) -> bool {
-        now_ms() < self.state.ejected_until_ms.load(Ordering::Relaxed)
+        // A backend never ejected reads no clock: this is asked on every request.
+        let until = self.state.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
     }
 
     fn is_up(&self) -> bool {

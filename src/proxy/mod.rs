@@ -36,6 +36,28 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// The client of one connection, with what each of its requests reuses.
+#[derive(Debug)]
+pub struct Peer {
+    /// The client's address: the TCP peer, or the source a PROXY protocol header gave.
+    pub address: SocketAddr,
+    /// The client IP as an `X-Forwarded-For` element, built once per connection.
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    /// The client at `address`.
+    pub fn new(address: SocketAddr) -> Peer {
+        let forwarded_for =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(address.ip().to_string()))
+                .expect("an IP address is a valid header value");
+        Peer {
+            address,
+            forwarded_for,
+        }
+    }
+}
+
 /// Rejects what must never reach a backend (RFC 9112 §3.2: exactly one `Host`). Framing
 /// (`Content-Length` / `Transfer-Encoding`) is hyper's parser's to enforce.
 ///
@@ -180,6 +202,10 @@ fn connection_has(headers: &HeaderMap, option: &str) -> bool {
 /// Removes hop-by-hop fields: every field `Connection` names, then the fixed list. When
 /// `upgrade` is set, keeps `Upgrade` and sends `Connection: upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over the names costs less than six removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let upgrade_value = if upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -212,7 +238,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// `X-Forwarded-Host` set, `Host` otherwise preserved. `tls` says whether the client spoke
 /// TLS to stickyd (`X-Forwarded-Proto: https`). An HTTP/2 request's `:authority` becomes
 /// `Host` the same way.
-pub fn prepare_request(head: &mut request::Parts, client: SocketAddr, upgrade: bool, tls: bool) {
+pub fn prepare_request(head: &mut request::Parts, client: &Peer, upgrade: bool, tls: bool) {
     if let Some(authority) = head.uri.authority() {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             head.headers.insert(header::HOST, host);
@@ -243,19 +269,22 @@ pub fn prepare_request(head: &mut request::Parts, client: SocketAddr, upgrade: b
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
+fn append_forwarded_for(headers: &mut HeaderMap, client: &Peer) {
     let previous: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .collect();
     let value = if previous.is_empty() {
-        ip
+        client.forwarded_for.clone()
     } else {
-        format!("{}, {ip}", previous.join(", "))
+        let ip = client
+            .forwarded_for
+            .to_str()
+            .expect("built from an IP address");
+        let joined = format!("{}, {ip}", previous.join(", "));
+        HeaderValue::from_str(&joined).expect("visible ASCII joined with an IP address")
     };
-    let value = HeaderValue::from_str(&value).expect("visible ASCII joined with an IP address");
     headers.insert(X_FORWARDED_FOR, value);
 }
 
@@ -465,7 +494,12 @@ mod tests {
         let mut parts = head(
             "/a?b=1\nHost: app\nConnection: keep-alive, X-Secret\nX-Secret: 1\nKeep-Alive: timeout=5\nTE: trailers\nProxy-Connection: keep-alive\nX-End: kept",
         );
-        prepare_request(&mut parts, "10.1.2.3:5555".parse().unwrap(), false, false);
+        prepare_request(
+            &mut parts,
+            &Peer::new("10.1.2.3:5555".parse().unwrap()),
+            false,
+            false,
+        );
         for gone in [
             "connection",
             "x-secret",
@@ -484,7 +518,12 @@ mod tests {
     fn forwarded_headers_append_the_client_and_name_host_and_proto() {
         let mut parts =
             head("/\nHost: shop.example\nX-Forwarded-For: 203.0.113.9\nX-Forwarded-Proto: https");
-        prepare_request(&mut parts, "10.1.2.3:5555".parse().unwrap(), false, false);
+        prepare_request(
+            &mut parts,
+            &Peer::new("10.1.2.3:5555".parse().unwrap()),
+            false,
+            false,
+        );
         assert_eq!(parts.headers["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(parts.headers["x-forwarded-proto"], "http");
         assert_eq!(parts.headers["x-forwarded-host"], "shop.example");
@@ -495,7 +534,12 @@ mod tests {
         let mut parts =
             head("/ws\nHost: a\nConnection: Upgrade, X-Other\nUpgrade: websocket\nX-Other: 1");
         assert!(is_upgrade(&parts.headers));
-        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), true, false);
+        prepare_request(
+            &mut parts,
+            &Peer::new("127.0.0.1:1".parse().unwrap()),
+            true,
+            false,
+        );
         assert_eq!(parts.headers["upgrade"], "websocket");
         assert_eq!(parts.headers["connection"], "upgrade");
         assert!(!parts.headers.contains_key("x-other"));
@@ -507,7 +551,12 @@ mod tests {
             "/\nHost: a\nConnection: Upgrade, HTTP2-Settings\nUpgrade: h2c\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
         );
         assert!(!is_upgrade(&parts.headers));
-        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), false, false);
+        prepare_request(
+            &mut parts,
+            &Peer::new("127.0.0.1:1".parse().unwrap()),
+            false,
+            false,
+        );
         for gone in ["upgrade", "http2-settings", "connection"] {
             assert!(!parts.headers.contains_key(gone), "{gone} was forwarded");
         }
@@ -516,7 +565,12 @@ mod tests {
     #[test]
     fn an_absolute_form_target_becomes_origin_form_with_its_host() {
         let mut parts = head("http://real.example:8080/p?q\nHost: other");
-        prepare_request(&mut parts, "127.0.0.1:1".parse().unwrap(), false, false);
+        prepare_request(
+            &mut parts,
+            &Peer::new("127.0.0.1:1".parse().unwrap()),
+            false,
+            false,
+        );
         assert_eq!(parts.uri, "/p?q");
         assert_eq!(parts.headers["host"], "real.example:8080");
     }
