@@ -8,6 +8,10 @@ use stickyd::cli::{Cli, Command};
 use stickyd::config::Config;
 use stickyd::{daemon, demo, server, telemetry};
 
+/// mimalloc: measured 8% less CPU per proxied request than glibc malloc (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run { config: cli.config }) {
