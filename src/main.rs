@@ -36,12 +36,12 @@ fn main() -> anyhow::Result<ExitCode> {
                 }
             };
             telemetry::init(&config.log_level);
-            runtime(config.workers)?.block_on(daemon::run(&path, config))?;
+            runtime(config.threads, config.pin_threads)?.block_on(daemon::run(&path, config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
             telemetry::init("info");
-            runtime(None)?
+            runtime(None, false)?
                 .block_on(demo::run(server::shutdown_signal()))
                 .context("demo failed")?;
             Ok(ExitCode::SUCCESS)
@@ -49,6 +49,6 @@ fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    daemon::tokio_runtime(workers).context("cannot start the tokio runtime")
+fn runtime(threads: Option<usize>, pin: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    daemon::tokio_runtime(threads, pin).context("cannot start the tokio runtime")
 }

@@ -115,6 +115,11 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
             "write a whole number and a unit",
         ),
         (
+            "threads = 0\npin_threads = true\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            "1:11",
+            "threads must be at least 1",
+        ),
+        (
             "[[service]]\nname = \"web\"\nlisten = [\"localhost\"]\n",
             "3:11",
             "invalid socket address",

@@ -34,7 +34,7 @@ async fn the_daemon_logs_one_access_line_per_request_and_exits_0_on_sigterm() {
     within_timeout(async {
         let backend = TestBackend::spawn("b1").await;
         let text = format!(
-            "log_level = \"info\"\nworkers = 1\n{}",
+            "log_level = \"info\"\nthreads = 1\n{}",
             config(&[&backend], "[service.affinity]\nstrategy = \"insert\"\n")
         );
         let path = common::temp_file("daemon.toml");
@@ -118,6 +118,73 @@ async fn systemd_hears_ready_reloading_and_stopping_even_around_a_refused_reload
         assert_eq!(next().await, "STOPPING=1");
         assert_eq!(stopped.await.unwrap(), Some(0));
         let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+/// The CPUs a thread of `pid` may run on, as `/proc` lists them (`0-1`, `1`).
+fn allowed_cpus(pid: u32, thread: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{thread}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_threads_pins_each_worker_thread_to_one_core() {
+    within_timeout(async {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        // Two threads at least, so the multi-thread runtime runs even on one core.
+        let threads = cores.max(2);
+        let backend = TestBackend::spawn("b1").await;
+        let text = format!(
+            "threads = {threads}\npin_threads = true\n{}",
+            config(&[&backend], "")
+        );
+        let path = common::temp_file("pinned.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut daemon = common::Daemon::start(&path);
+        let address = daemon.address().await;
+        assert_eq!(
+            Browser::new()
+                .get(&format!("http://{address}/"))
+                .await
+                .status,
+            200
+        );
+        let pid = daemon.child.id();
+        let workers: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|task| task.unwrap().file_name().into_string().unwrap())
+            .filter(|thread| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{thread}/comm"))
+                    .is_ok_and(|name| name.starts_with("tokio-rt-worker"))
+            })
+            .collect();
+        assert_eq!(
+            workers.len(),
+            threads,
+            "one worker thread per configured thread"
+        );
+        let mut pinned: Vec<String> = workers
+            .iter()
+            .map(|thread| allowed_cpus(pid, thread))
+            .collect();
+        pinned.sort();
+        pinned.dedup();
+        assert_eq!(
+            pinned.len(),
+            cores,
+            "the workers are spread over every core: {pinned:?}"
+        );
+        assert!(
+            pinned.iter().all(|cpus| cpus.parse::<usize>().is_ok()),
+            "a worker may run on more than one core: {pinned:?}"
+        );
+        assert_eq!(daemon.stop().await, Some(0));
     })
     .await;
 }

@@ -14,7 +14,7 @@ case $mode in
   *) echo "unknown STICKYD_MODE $mode" >&2; exit 2 ;;
 esac
 {
-  printf 'log_level = "warn"\nworkers = %s\n\n[[service]]\nname = "bench"\nlisten = ["127.0.0.1:%s"]\n' "$BENCH_THREADS" "$BENCH_PORT"
+  printf 'log_level = "warn"\nthreads = %s\n\n[[service]]\nname = "bench"\nlisten = ["127.0.0.1:%s"]\n' "$BENCH_THREADS" "$BENCH_PORT"
   printf '[service.affinity]\n%s\n' "$affinity"
   i=0
   for backend in ${BENCH_BACKENDS//,/ }; do

@@ -61,7 +61,8 @@ pub const MAX_WEIGHT: u32 = 1000;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub log_level: Option<Spanned<String>>,
-    pub workers: Option<Spanned<usize>>,
+    pub threads: Option<Spanned<usize>>,
+    pub pin_threads: Option<bool>,
     pub shutdown_grace: Option<Spanned<DurationValue>>,
     pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default, rename = "service")]

@@ -27,8 +27,12 @@ pub struct Config {
     pub log_level: String,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT. Default: 30 s.
     pub shutdown_grace: Duration,
-    /// Worker threads of the runtime; `None` means one per CPU core (tokio's default).
-    pub workers: Option<usize>,
+    /// Threads that serve connections; `None` means one per CPU core the process may use.
+    /// 1 runs a single-threaded event loop.
+    pub threads: Option<usize>,
+    /// Pin each thread to one core, round-robin over the CPUs the process may use.
+    /// Default: false.
+    pub pin_threads: bool,
     /// The services, in file order.
     pub services: Vec<ServiceConfig>,
     /// The admin listener; off when `[admin]` is absent.
@@ -485,15 +489,16 @@ impl Checker<'_> {
                 .shutdown_grace
                 .map_or(file::DEFAULT_SHUTDOWN_GRACE, |d| d.into_inner().0),
             admin: raw.admin.map(|admin| self.admin(admin.into_inner())),
-            workers: raw.workers.map(|workers| {
-                if *workers.get_ref() == 0 {
+            threads: raw.threads.map(|threads| {
+                if *threads.get_ref() == 0 {
                     self.report_at(
-                        &workers,
-                        "workers must be at least 1 (or leave it out: one per core)".into(),
+                        &threads,
+                        "threads must be at least 1 (or leave it out: one per core)".into(),
                     );
                 }
-                workers.into_inner().max(1)
+                threads.into_inner().max(1)
             }),
+            pin_threads: raw.pin_threads.unwrap_or(false),
             services,
         }
     }
