@@ -234,13 +234,30 @@ async fn serve_connection(
         (peer, Bytes::new())
     };
     let io = Prefixed::new(already_read, stream);
-    let Some(acceptor) = tls else {
-        return serve_http(io, false, slot, client, &limits, graceful).await;
-    };
+    match tls {
+        None => serve_http(io, false, slot, client, &limits, graceful).await,
+        // Boxed: the TLS states are twice the size of the rest, and every connection's task
+        // would otherwise reserve room for them.
+        Some(acceptor) => {
+            Box::pin(serve_tls(io, acceptor, slot, client, &limits, graceful)).await;
+        }
+    }
+}
+
+/// Completes the TLS handshake (within `head_timeout`), then serves HTTP/2 or HTTP/1.1 over it
+/// as ALPN chose.
+async fn serve_tls(
+    io: Prefixed<TcpStream>,
+    acceptor: Acceptor,
+    slot: Arc<ArcSwap<Router>>,
+    client: SocketAddr,
+    limits: &LimitsConfig,
+    graceful: Watcher,
+) {
     match tokio::time::timeout(limits.head_timeout, acceptor.accept(io)).await {
         Ok(Ok(stream)) => {
             let http2 = Acceptor::negotiated_h2(&stream);
-            serve_http(stream, http2, slot, client, &limits, graceful).await;
+            serve_http(stream, http2, slot, client, limits, graceful).await;
         }
         Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
@@ -263,7 +280,9 @@ async fn serve_http<I>(
     let service = service_fn(move |request| {
         let router = slot.load_full();
         let peer = Arc::clone(&peer);
-        async move { Ok::<_, Infallible>(router.handle(request, &peer).await) }
+        // Boxed: hyper keeps room for one request future per connection for the connection's
+        // whole life, so an idle connection would hold this (3 KiB) future's space unboxed.
+        Box::pin(async move { Ok::<_, Infallible>(router.handle(request, &peer).await) })
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if http2 {
