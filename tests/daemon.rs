@@ -37,9 +37,7 @@ async fn the_daemon_logs_one_access_line_per_request_and_exits_0_on_sigterm() {
             "log_level = \"info\"\nthreads = 1\n{}",
             config(&[&backend], "[service.affinity]\nstrategy = \"insert\"\n")
         );
-        let path = common::temp_file("daemon.toml");
-        std::fs::write(&path, text).unwrap();
-        let mut daemon = common::Daemon::start(&path);
+        let mut daemon = common::Daemon::start_on("daemon.toml", &text);
         let address = daemon.address().await;
         let mut browser = Browser::new();
         assert_eq!(
@@ -144,9 +142,7 @@ async fn pin_threads_pins_each_worker_thread_to_one_core() {
             "threads = {threads}\npin_threads = true\n{}",
             config(&[&backend], "")
         );
-        let path = common::temp_file("pinned.toml");
-        std::fs::write(&path, text).unwrap();
-        let mut daemon = common::Daemon::start(&path);
+        let mut daemon = common::Daemon::start_on("pinned.toml", &text);
         let address = daemon.address().await;
         assert_eq!(
             Browser::new()

@@ -551,6 +551,13 @@ impl Daemon {
         Daemon::start_with_env(path, &[])
     }
 
+    /// [`Daemon::start`] on `text` written to a temporary file called `name`.
+    pub fn start_on(name: &str, text: &str) -> Daemon {
+        let path = temp_file(name);
+        std::fs::write(&path, text).unwrap();
+        Daemon::start(&path)
+    }
+
     /// [`Daemon::start`] with extra environment variables (`NOTIFY_SOCKET`).
     pub fn start_with_env(path: &std::path::Path, env: &[(&str, &std::path::Path)]) -> Daemon {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stickyd"))
