@@ -19,12 +19,14 @@
 //! - [`admin`]: the admin listener: metrics, status, backend states, stick table, resolve.
 //! - [`demo`]: `stickyd demo`, demo backends behind a proxy.
 //! - [`telemetry`]: logging setup.
+//! - [`clock`]: the monotonic millisecond clock of ejection and TTL deadlines.
 //! - [`tls`]: TLS termination: certificates, SNI, ALPN.
 
 pub mod admin;
 pub mod affinity;
 pub mod balance;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;

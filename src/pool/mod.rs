@@ -15,12 +15,13 @@
 pub mod health;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::clock::now_ms;
 use crate::config::{AdminState, BackendConfig};
 
 /// A backend's stable id, as written in cookies and stick-table entries. Cheap to clone.
@@ -277,13 +278,6 @@ impl Pool {
     fn changed(&self) {
         self.changes.send_modify(|generation| *generation += 1);
     }
-}
-
-/// Milliseconds since the first call in this process: the clock of ejection deadlines, shared
-/// by every pool so that deadlines survive a reload.
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// One request in flight on a backend; dropping it ends the count (when the response body is

@@ -15,9 +15,10 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
+use crate::clock::now_ms;
 use crate::pool::BackendId;
 
 /// Most shards a table has (fewer for tables smaller than this).
@@ -240,12 +241,6 @@ impl MemoryStore<str> {
         }
         entries
     }
-}
-
-/// Milliseconds since the first use in this process: the clock of every deadline.
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 #[cfg(test)]
