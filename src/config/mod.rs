@@ -653,89 +653,29 @@ impl Checker<'_> {
             Strategy::None => "none",
         };
         let misplaced: [(Option<Range<usize>>, &str, &str); 23] = [
-            (raw.path.as_ref().map(Spanned::span), "path", "insert"),
-            (raw.domain.as_ref().map(Spanned::span), "domain", "insert"),
-            (raw.max_age.as_ref().map(Spanned::span), "max_age", "insert"),
-            (
-                raw.http_only.as_ref().map(Spanned::span),
-                "http_only",
-                "insert",
-            ),
-            (raw.secure.as_ref().map(Spanned::span), "secure", "insert"),
-            (
-                raw.same_site.as_ref().map(Spanned::span),
-                "same_site",
-                "insert",
-            ),
-            (
-                raw.indirect.as_ref().map(Spanned::span),
-                "indirect",
-                "insert",
-            ),
-            (raw.nocache.as_ref().map(Spanned::span), "nocache", "insert"),
-            (
-                raw.delimiter.as_ref().map(Spanned::span),
-                "delimiter",
-                "prefix",
-            ),
-            (raw.ttl.as_ref().map(Spanned::span), "ttl", "stick-table"),
-            (
-                raw.max_entries.as_ref().map(Spanned::span),
-                "max_entries",
-                "stick-table",
-            ),
-            (
-                raw.store.as_ref().map(Spanned::span),
-                "store",
-                "stick-table",
-            ),
-            (
-                raw.seal.as_ref().map(Spanned::span),
-                "seal",
-                "insert or prefix",
-            ),
-            (
-                raw.key_file.as_ref().map(Spanned::span),
-                "key_file",
-                "insert or prefix",
-            ),
-            (
-                raw.max_idle.as_ref().map(Spanned::span),
-                "max_idle",
-                "insert or prefix",
-            ),
-            (
-                raw.max_life.as_ref().map(Spanned::span),
-                "max_life",
-                "insert or prefix",
-            ),
-            (
-                raw.redis_url.as_ref().map(Spanned::span),
-                "redis_url",
-                "stick-table",
-            ),
-            (
-                raw.key_prefix.as_ref().map(Spanned::span),
-                "key_prefix",
-                "stick-table",
-            ),
-            (
-                raw.redis_timeout.as_ref().map(Spanned::span),
-                "redis_timeout",
-                "stick-table",
-            ),
-            (raw.key.as_ref().map(Spanned::span), "key", "hash"),
-            (
-                raw.trusted_proxies.as_ref().map(Spanned::span),
-                "trusted_proxies",
-                "hash",
-            ),
-            (raw.fallback.as_ref().map(Spanned::span), "fallback", "hash"),
-            (
-                raw.balance_factor.as_ref().map(Spanned::span),
-                "balance_factor",
-                "hash",
-            ),
+            (span_of(&raw.path), "path", "insert"),
+            (span_of(&raw.domain), "domain", "insert"),
+            (span_of(&raw.max_age), "max_age", "insert"),
+            (span_of(&raw.http_only), "http_only", "insert"),
+            (span_of(&raw.secure), "secure", "insert"),
+            (span_of(&raw.same_site), "same_site", "insert"),
+            (span_of(&raw.indirect), "indirect", "insert"),
+            (span_of(&raw.nocache), "nocache", "insert"),
+            (span_of(&raw.delimiter), "delimiter", "prefix"),
+            (span_of(&raw.ttl), "ttl", "stick-table"),
+            (span_of(&raw.max_entries), "max_entries", "stick-table"),
+            (span_of(&raw.store), "store", "stick-table"),
+            (span_of(&raw.seal), "seal", "insert or prefix"),
+            (span_of(&raw.key_file), "key_file", "insert or prefix"),
+            (span_of(&raw.max_idle), "max_idle", "insert or prefix"),
+            (span_of(&raw.max_life), "max_life", "insert or prefix"),
+            (span_of(&raw.redis_url), "redis_url", "stick-table"),
+            (span_of(&raw.key_prefix), "key_prefix", "stick-table"),
+            (span_of(&raw.redis_timeout), "redis_timeout", "stick-table"),
+            (span_of(&raw.key), "key", "hash"),
+            (span_of(&raw.trusted_proxies), "trusted_proxies", "hash"),
+            (span_of(&raw.fallback), "fallback", "hash"),
+            (span_of(&raw.balance_factor), "balance_factor", "hash"),
         ];
         for (span, key, owner) in misplaced {
             if span.is_some() && !owner.split(" or ").any(|one| one == strategy_name) {
@@ -814,12 +754,9 @@ impl Checker<'_> {
             .as_ref()
             .map_or(file::StoreKind::Memory, |kind| *kind.get_ref());
         let redis_keys = [
-            (raw.redis_url.as_ref().map(Spanned::span), "redis_url"),
-            (raw.key_prefix.as_ref().map(Spanned::span), "key_prefix"),
-            (
-                raw.redis_timeout.as_ref().map(Spanned::span),
-                "redis_timeout",
-            ),
+            (span_of(&raw.redis_url), "redis_url"),
+            (span_of(&raw.key_prefix), "key_prefix"),
+            (span_of(&raw.redis_timeout), "redis_timeout"),
         ];
         if kind == file::StoreKind::Memory {
             for (span, key) in redis_keys {
@@ -915,9 +852,9 @@ impl Checker<'_> {
         let (max_idle, max_life) = (duration(&raw.max_idle), duration(&raw.max_life));
         if mode == SealMode::Plain {
             for (span, key) in [
-                (raw.key_file.as_ref().map(Spanned::span), "key_file"),
-                (raw.max_idle.as_ref().map(Spanned::span), "max_idle"),
-                (raw.max_life.as_ref().map(Spanned::span), "max_life"),
+                (span_of(&raw.key_file), "key_file"),
+                (span_of(&raw.max_idle), "max_idle"),
+                (span_of(&raw.max_life), "max_life"),
             ] {
                 if span.is_some() {
                     self.report(
@@ -1207,4 +1144,9 @@ fn parse_network(text: &str) -> Option<ipnet::IpNet> {
 
 fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Where in the file `value` was written, if it was.
+fn span_of<T>(value: &Option<Spanned<T>>) -> Option<Range<usize>> {
+    value.as_ref().map(Spanned::span)
 }
