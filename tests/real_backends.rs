@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::{APP_STARTUP_TIMEOUT, AppProcess, log_file, read_log};
+
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
@@ -17,14 +19,12 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, Command};
 
 /// Whole-test bound: a hang anywhere fails the test instead of stalling the suite.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one backend instance may take to start listening.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests made with the first cookie jar.
 const STICKY_REQUESTS: u64 = 10;
 /// Fresh jars tried while looking for a session placed on another instance.
@@ -215,7 +215,7 @@ async fn sticky_session_scenario(kind: BackendKind, strategy: Strategy) {
 
     drop(proxy);
     // Kill and reap now; kill_on_drop alone would leave the reaping to chance at exit.
-    futures_util::future::join_all(instances.into_iter().map(Instance::stop)).await;
+    futures_util::future::join_all(instances.into_iter().map(AppProcess::stop)).await;
 }
 
 /// The cookies in the jar after the sticky session, per strategy: the app's session cookie,
@@ -329,22 +329,7 @@ fn prerequisites_present(kind: BackendKind) -> bool {
 // Backend instances
 // ---------------------------------------------------------------------------------------------
 
-/// One running backend instance; killed when dropped.
-struct Instance {
-    name: String,
-    addr: SocketAddr,
-    child: Child,
-    /// Kept open so the app never writes to a closed pipe.
-    _stdout: Option<ChildStdout>,
-}
-
-impl Instance {
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-async fn start_instances(kind: BackendKind, scratch: &ScratchDir) -> Vec<Instance> {
+async fn start_instances(kind: BackendKind, scratch: &ScratchDir) -> Vec<AppProcess> {
     let starts = (1..=INSTANCES).map(|n| {
         let name = format!("{}-{n}", kind.name());
         async move {
@@ -358,49 +343,15 @@ async fn start_instances(kind: BackendKind, scratch: &ScratchDir) -> Vec<Instanc
 }
 
 /// Starts `node app.js` on port 0 and reads the `listening <port>` line it prints.
-async fn start_express(name: String, scratch: &ScratchDir) -> Instance {
+async fn start_express(name: String, scratch: &ScratchDir) -> AppProcess {
     let log = scratch.path().join(format!("{name}.log"));
-    let mut child = Command::new("node")
-        .arg(BackendKind::Express.dir().join("app.js"))
-        .env("INSTANCE", &name)
-        .env("PORT", "0")
-        .env("NODE_ENV", "test")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log_file(&log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start node for {name}: {e}"));
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = match tokio::time::timeout(STARTUP_TIMEOUT, lines.next_line()).await {
-        Ok(Ok(Some(line))) => line,
-        Ok(Ok(None)) => panic!(
-            "{name} exited before listening ({:?}); its stderr:\n{}",
-            child.wait().await,
-            read_log(&log)
-        ),
-        Ok(Err(e)) => panic!("cannot read the stdout of {name}: {e}"),
-        Err(_) => panic!(
-            "{name} did not print `listening <port>` within {STARTUP_TIMEOUT:?}; its stderr:\n{}",
-            read_log(&log)
-        ),
-    };
-    let port: u16 = line
-        .strip_prefix("listening ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} printed {line:?}, expected `listening <port>`"));
-    Instance {
-        name,
-        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        child,
-        _stdout: Some(lines.into_inner().into_inner()),
-    }
+    let script = BackendKind::Express.dir().join("app.js");
+    AppProcess::start_node(name, &script, &[("NODE_ENV", "test")], &log).await
 }
 
 /// Starts `php -S` on a free port, with its own session directory, and waits until it accepts
 /// connections. A port taken between picking and binding makes php exit: then another is tried.
-async fn start_php(name: String, scratch: &ScratchDir) -> Instance {
+async fn start_php(name: String, scratch: &ScratchDir) -> AppProcess {
     let session_dir = scratch.path().join(format!("{name}-sessions"));
     std::fs::create_dir_all(&session_dir)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", session_dir.display()));
@@ -422,14 +373,9 @@ async fn start_php(name: String, scratch: &ScratchDir) -> Instance {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start php for {name}: {e}"));
-        match wait_until_accepting(&mut child, addr, STARTUP_TIMEOUT).await {
+        match wait_until_accepting(&mut child, addr, APP_STARTUP_TIMEOUT).await {
             Ok(()) => {
-                return Instance {
-                    name,
-                    addr,
-                    child,
-                    _stdout: None,
-                };
+                return AppProcess::new(name, addr, child);
             }
             Err(WaitError::Exited(status)) if attempt < ATTEMPTS => {
                 eprintln!(
@@ -442,7 +388,7 @@ async fn start_php(name: String, scratch: &ScratchDir) -> Instance {
                 read_log(&log)
             ),
             Err(WaitError::TimedOut) => panic!(
-                "{name}: php -S {addr} did not accept connections within {STARTUP_TIMEOUT:?}; \
+                "{name}: php -S {addr} did not accept connections within {APP_STARTUP_TIMEOUT:?}; \
                  its log:\n{}",
                 read_log(&log)
             ),
@@ -628,18 +574,4 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn log_file(path: &Path) -> Stdio {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map(Stdio::from)
-        .unwrap_or_else(|e| panic!("cannot open the log {}: {e}", path.display()))
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
 }

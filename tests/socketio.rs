@@ -15,20 +15,19 @@
 
 mod common;
 
+use common::AppProcess;
+
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::process::Command;
 
 /// Whole-test bound: a hang anywhere fails the test instead of stalling the suite.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one server instance may take to print `listening <port>`.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on one client run; the client gives up by itself after 15 s.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(25);
 const INSTANCES: usize = 3;
@@ -146,7 +145,7 @@ async fn scenario(affinity: Affinity) {
 
     drop(proxy);
     // Kill and reap now; kill_on_drop alone would leave the reaping to chance at exit.
-    futures_util::future::join_all(instances.into_iter().map(Instance::stop)).await;
+    futures_util::future::join_all(instances.into_iter().map(AppProcess::stop)).await;
 }
 
 /// Backends are `io1`, `io2`, `io3` in front of instances `io-1`, `io-2`, `io-3`.
@@ -199,99 +198,14 @@ fn prerequisites_present() -> bool {
 // Server instances
 // ---------------------------------------------------------------------------------------------
 
-/// One running `node server.js`; killed when dropped.
-struct Instance {
-    name: String,
-    addr: SocketAddr,
-    child: Child,
-    /// Kept open so the server never writes to a closed pipe.
-    _stdout: ChildStdout,
-}
-
-impl Instance {
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-async fn start_instances() -> Vec<Instance> {
+async fn start_instances() -> Vec<AppProcess> {
     futures_util::future::join_all((1..=INSTANCES).map(|n| start_server(format!("io-{n}")))).await
 }
 
 /// Starts `node server.js` on port 0 and reads the `listening <port>` line it prints.
-async fn start_server(name: String) -> Instance {
-    let mut child = Command::new("node")
-        .arg(socketio_dir().join("server.js"))
-        .env("INSTANCE", &name)
-        .env("PORT", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start node for {name}: {e}"));
-    let stderr = drain(child.stderr.take().expect("stderr is piped"));
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = match tokio::time::timeout(STARTUP_TIMEOUT, lines.next_line()).await {
-        Ok(Ok(Some(line))) => line,
-        Ok(Ok(None)) => {
-            let status = child.wait().await;
-            panic!(
-                "{name} exited before listening ({status:?}); its stderr:\n{}",
-                stderr.finish().await
-            )
-        }
-        Ok(Err(e)) => panic!("cannot read the stdout of {name}: {e}"),
-        Err(_) => panic!(
-            "{name} did not print `listening <port>` within {STARTUP_TIMEOUT:?}; its stderr:\n{}",
-            stderr.so_far()
-        ),
-    };
-    let port: u16 = line
-        .strip_prefix("listening ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} printed {line:?}, expected `listening <port>`"));
-    Instance {
-        name,
-        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        child,
-        _stdout: lines.into_inner().into_inner(),
-    }
-}
-
-/// A child's stderr, read to the end by a task so the child never blocks on a full pipe.
-struct Drained {
-    text: Arc<Mutex<String>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn drain(mut stderr: ChildStderr) -> Drained {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&text);
-    let task = tokio::spawn(async move {
-        let mut buffer = [0u8; 4096];
-        while let Ok(n @ 1..) = stderr.read(&mut buffer).await {
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buffer[..n]));
-        }
-    });
-    Drained { text, task }
-}
-
-impl Drained {
-    /// What has arrived so far.
-    fn so_far(&self) -> String {
-        self.text.lock().unwrap().clone()
-    }
-
-    /// Everything, once the child has closed its stderr.
-    async fn finish(self) -> String {
-        let Drained { text, task } = self;
-        let _ = task.await;
-        text.lock().unwrap().clone()
-    }
+async fn start_server(name: String) -> AppProcess {
+    let log = common::temp_file(&format!("{name}.log"));
+    AppProcess::start_node(name, &socketio_dir().join("server.js"), &[], &log).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,7 +236,7 @@ impl ClientRun {
 
     /// Asserts a successful run: upgraded to WebSocket, every ack and tick from one known
     /// instance. Returns that instance.
-    fn assert_ok(&self, instances: &[Instance]) -> String {
+    fn assert_ok(&self, instances: &[AppProcess]) -> String {
         assert!(
             self.ok() && self.status.success(),
             "socket.io failed behind stickyd: {self}"
@@ -365,7 +279,7 @@ impl ClientRun {
 
 /// Runs the socket.io client against `url`, bounded by [`CLIENT_TIMEOUT`] (the child is killed
 /// when the bound passes), and parses the one JSON line it prints.
-async fn run_client(url: &str, instances: &[Instance]) -> ClientRun {
+async fn run_client(url: &str, instances: &[AppProcess]) -> ClientRun {
     let client = Command::new("node")
         .arg(socketio_dir().join("client.js"))
         .arg(url)

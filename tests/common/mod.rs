@@ -644,3 +644,96 @@ impl Drop for Daemon {
 pub fn temp_file(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("stickyd-test-{}-{name}", std::process::id()))
 }
+
+/// A test app run as a child process (Express, socket.io, PHP), killed when dropped.
+pub struct AppProcess {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+    /// Kept open so the app never writes to a closed pipe.
+    _stdout: Option<tokio::process::ChildStdout>,
+}
+
+/// How long a test app gets to start listening.
+pub const APP_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AppProcess {
+    /// An app already started and listening on `addr`.
+    pub fn new(name: String, addr: SocketAddr, child: tokio::process::Child) -> AppProcess {
+        AppProcess {
+            name,
+            addr,
+            child,
+            _stdout: None,
+        }
+    }
+
+    /// Starts `node script` with `INSTANCE=name`, `PORT=0` and `env`, its stderr appended to
+    /// `log`, and reads the `listening <port>` line it prints. Panics with the log when it
+    /// exits or stays silent for [`APP_STARTUP_TIMEOUT`].
+    pub async fn start_node(
+        name: String,
+        script: &std::path::Path,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> AppProcess {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("node")
+            .arg(script)
+            .env("INSTANCE", &name)
+            .env("PORT", "0")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log_file(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start node for {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = match tokio::time::timeout(APP_STARTUP_TIMEOUT, lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => panic!(
+                "{name} exited before listening ({:?}); its stderr:\n{}",
+                child.wait().await,
+                read_log(log)
+            ),
+            Ok(Err(e)) => panic!("cannot read the stdout of {name}: {e}"),
+            Err(_) => panic!(
+                "{name} did not print `listening <port>` within {APP_STARTUP_TIMEOUT:?}; its stderr:\n{}",
+                read_log(log)
+            ),
+        };
+        let port: u16 = line
+            .strip_prefix("listening ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} printed {line:?}, expected `listening <port>`"));
+        AppProcess {
+            name,
+            addr: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+            child,
+            _stdout: Some(lines.into_inner().into_inner()),
+        }
+    }
+
+    /// Kills the app.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// `path` opened for appending, as a child's stdout or stderr.
+pub fn log_file(path: &std::path::Path) -> std::process::Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(std::process::Stdio::from)
+        .unwrap_or_else(|e| panic!("cannot open the log {}: {e}", path.display()))
+}
+
+/// What a child wrote to its log, for a failure message.
+pub fn read_log(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+}
