@@ -253,22 +253,13 @@ impl Client {
             Ok(Err(error)) => return Outcome::Error(error),
             Ok(Ok(head)) => head,
         };
-        let mut set_cookie = None;
-        for field in head.headers.get_all(header::SET_COOKIE) {
-            let parsed = cookie::Cookie::parse(field.to_str().unwrap().to_string()).unwrap();
-            let expired = parsed
-                .max_age()
-                .is_some_and(|age| age.is_zero() || age.is_negative());
-            if expired || parsed.value().is_empty() {
-                self.jar.remove(parsed.name());
-            } else {
-                if parsed.name() == COOKIE {
-                    set_cookie = Some(parsed.value().to_string());
-                }
-                self.jar
-                    .insert(parsed.name().to_string(), parsed.value().to_string());
-            }
-        }
+        common::store_cookies(&mut self.jar, &head.headers);
+        let sets_ours = head
+            .headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .any(|field| field.to_str().unwrap().starts_with(&format!("{COOKIE}=")));
+        let set_cookie = sets_ours.then(|| self.jar.get(COOKIE).cloned()).flatten();
         Outcome::Response {
             status: head.status.as_u16(),
             backend: head

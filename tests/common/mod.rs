@@ -466,6 +466,22 @@ pub struct Browser {
     pub jar: HashMap<String, String>,
 }
 
+/// Stores the cookies of a response's `Set-Cookie` fields in `jar`, as a browser does: a
+/// `Max-Age=0` (or negative) or empty value deletes the cookie.
+pub fn store_cookies(jar: &mut HashMap<String, String>, headers: &HeaderMap) {
+    for field in headers.get_all(header::SET_COOKIE) {
+        let parsed = cookie::Cookie::parse(field.to_str().unwrap().to_string()).unwrap();
+        let expired = parsed
+            .max_age()
+            .is_some_and(|age| age.is_zero() || age.is_negative());
+        if expired || parsed.value().is_empty() {
+            jar.remove(parsed.name());
+        } else {
+            jar.insert(parsed.name().to_string(), parsed.value().to_string());
+        }
+    }
+}
+
 /// A response as a test sees it.
 #[derive(Debug)]
 pub struct Page {
@@ -518,18 +534,7 @@ impl Browser {
             .expect("request through stickyd");
         let (head, body) = response.into_parts();
         let body = body.collect().await.expect("response body").to_bytes();
-        for field in head.headers.get_all(header::SET_COOKIE) {
-            let parsed = cookie::Cookie::parse(field.to_str().unwrap().to_string()).unwrap();
-            let expired = parsed
-                .max_age()
-                .is_some_and(|age| age.is_zero() || age.is_negative());
-            if expired || parsed.value().is_empty() {
-                self.jar.remove(parsed.name());
-            } else {
-                self.jar
-                    .insert(parsed.name().to_string(), parsed.value().to_string());
-            }
-        }
+        store_cookies(&mut self.jar, &head.headers);
         Page {
             status: head.status,
             headers: head.headers,
