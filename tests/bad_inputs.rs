@@ -285,6 +285,25 @@ impl Case {
         })
     }
 
+    /// A valid request then a bad one on the same connection: the first is answered 200 by a
+    /// backend, the second refused with 400, the connection closed, and only the first
+    /// reaches a backend.
+    fn served_then_refused(name: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Case {
+        Case::new(name, bytes, 2, "200, then 400 +close", |answer, seen| {
+            let mut problems = Vec::new();
+            if answer.statuses() != [200, 400] {
+                problems.push(format!("statuses {:?}", answer.statuses()));
+            }
+            if !answer.closed {
+                problems.push("connection left open".into());
+            }
+            if seen.len() != 1 {
+                problems.push(format!("{} requests reached backends", seen.len()));
+            }
+            verdict(problems)
+        })
+    }
+
     /// The proxy answers one of `statuses` itself (or, with 0 in `statuses`, closes without a
     /// response), closes the connection, and no request reaches any backend.
     fn rejected(
@@ -1446,43 +1465,13 @@ async fn pipelined_requests_are_routed_one_by_one_and_garbage_after_them_is_reje
                     verdict(problems)
                 },
             ),
-            Case::new(
+            Case::served_then_refused(
                 "#51 valid request, then GARBAGE",
                 get("").into_iter().chain(b"GARBAGE\r\n\r\n".iter().copied()).collect::<Vec<u8>>(),
-                2,
-                "200, then 400 +close",
-                |answer, seen| {
-                    let mut problems = Vec::new();
-                    if answer.statuses() != [200, 400] {
-                        problems.push(format!("statuses {:?}", answer.statuses()));
-                    }
-                    if !answer.closed {
-                        problems.push("connection left open".into());
-                    }
-                    if seen.len() != 1 {
-                        problems.push(format!("{} requests reached backends", seen.len()));
-                    }
-                    verdict(problems)
-                },
             ),
-            Case::new(
+            Case::served_then_refused(
                 "#51 valid request, then a request with CL+CL conflict",
                 [get(""), post("Content-Length: 0\r\nContent-Length: 5\r\n", "hello")].concat(),
-                2,
-                "200, then 400 +close",
-                |answer, seen| {
-                    let mut problems = Vec::new();
-                    if answer.statuses() != [200, 400] {
-                        problems.push(format!("statuses {:?}", answer.statuses()));
-                    }
-                    if !answer.closed {
-                        problems.push("connection left open".into());
-                    }
-                    if seen.len() != 1 {
-                        problems.push(format!("{} requests reached backends", seen.len()));
-                    }
-                    verdict(problems)
-                },
             ),
             Case::new(
                 "#48 Upgrade: h2c with HTTP2-Settings",
