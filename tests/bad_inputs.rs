@@ -469,6 +469,25 @@ fn refs(backends: &[TestBackend]) -> Vec<&TestBackend> {
 }
 
 /// The sticky cookie never reaches a backend (indirect mode).
+/// The `Cookie` field of the first request a backend saw, or "" without one.
+fn forwarded_cookie(seen: &[Seen]) -> &str {
+    seen.first()
+        .and_then(|s| s.headers.get(http::header::COOKIE))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A problem unless the first answer is a 200 from `backend`.
+fn not_served_by(answer: &Answer, backend: &str) -> Option<String> {
+    match answer.replies.first() {
+        Some(r) if r.status == 200 && r.backend() == backend => None,
+        other => Some(format!(
+            "answer {:?}",
+            other.map(|r| (r.status, r.backend().to_string()))
+        )),
+    }
+}
+
 fn no_sticky_cookie_forwarded(seen: &[Seen]) -> Vec<String> {
     seen.iter()
         .flat_map(|s| s.headers.get_all(http::header::COOKIE).iter())
@@ -580,11 +599,7 @@ async fn forged_garbled_or_stale_affinity_cookies_start_a_new_session_and_never_
             "200, fresh Set-Cookie, backend sees app=1; other=2 only",
             |answer, seen| {
                 let mut problems = new_session(answer, seen);
-                let cookie = seen
-                    .first()
-                    .and_then(|s| s.headers.get(http::header::COOKIE))
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
+                let cookie = forwarded_cookie(seen);
                 if cookie != "app=1; other=2" {
                     problems.push(format!("backend saw Cookie {cookie:?}"));
                 }
@@ -747,18 +762,8 @@ async fn many_cookies_and_big_cookies_are_routed_by_the_sticky_cookie_not_trunca
                 "200 from b2, all 1000 app cookies forwarded, SERVERID not",
                 move |answer, seen| {
                     let mut problems = no_sticky_cookie_forwarded(seen);
-                    match answer.replies.first() {
-                        Some(r) if r.status == 200 && r.backend() == "b2" => {}
-                        other => problems.push(format!(
-                            "answer {:?}",
-                            other.map(|r| (r.status, r.backend().to_string()))
-                        )),
-                    }
-                    let forwarded = seen
-                        .first()
-                        .and_then(|s| s.headers.get(http::header::COOKIE))
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
+                    problems.extend(not_served_by(answer, "b2"));
+                    let forwarded = forwarded_cookie(seen);
                     let pairs = forwarded.split("; ").count();
                     if pairs != 1000 || !forwarded.ends_with("k999=v999") {
                         problems.push(format!("backend got {pairs} cookie pairs"));
@@ -773,18 +778,8 @@ async fn many_cookies_and_big_cookies_are_routed_by_the_sticky_cookie_not_trunca
                 "200 from b3, the 8 KiB cookie forwarded whole",
                 move |answer, seen| {
                     let mut problems = no_sticky_cookie_forwarded(seen);
-                    match answer.replies.first() {
-                        Some(r) if r.status == 200 && r.backend() == "b3" => {}
-                        other => problems.push(format!(
-                            "answer {:?}",
-                            other.map(|r| (r.status, r.backend().to_string()))
-                        )),
-                    }
-                    let forwarded = seen
-                        .first()
-                        .and_then(|s| s.headers.get(http::header::COOKIE))
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
+                    problems.extend(not_served_by(answer, "b3"));
+                    let forwarded = forwarded_cookie(seen);
                     if forwarded != format!("big={}", "c".repeat(8 * 1024)) {
                         problems.push(format!("backend got a {}-byte Cookie", forwarded.len()));
                     }
