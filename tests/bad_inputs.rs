@@ -468,7 +468,6 @@ fn refs(backends: &[TestBackend]) -> Vec<&TestBackend> {
     backends.iter().collect()
 }
 
-/// The sticky cookie never reaches a backend (indirect mode).
 /// The `Cookie` field of the first request a backend saw, or "" without one.
 fn forwarded_cookie(seen: &[Seen]) -> &str {
     seen.first()
@@ -488,6 +487,7 @@ fn not_served_by(answer: &Answer, backend: &str) -> Option<String> {
     }
 }
 
+/// The sticky cookie never reaches a backend (indirect mode).
 fn no_sticky_cookie_forwarded(seen: &[Seen]) -> Vec<String> {
     seen.iter()
         .flat_map(|s| s.headers.get_all(http::header::COOKIE).iter())
