@@ -133,7 +133,7 @@ impl Router {
             ring,
             name: config.name.clone(),
             balancer: Balancer::new(config.balance, &pool),
-            affinity: Affinity::new(&config.affinity, &pool),
+            affinity: Affinity::new(config, &pool),
             upstream: Upstream::new(
                 config.backends.len(),
                 config.connect_timeout,

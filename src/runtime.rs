@@ -246,7 +246,7 @@ impl Runtime {
                 .iter()
                 .find(|(name, _)| *name == service.name)
                 .map(|(_, addresses)| addresses);
-            for &address in &service.listen {
+            for address in service.listeners.iter().map(|listener| listener.address) {
                 if !already.is_some_and(|addresses| addresses.contains(&address)) {
                     fresh.push((index, server::bind_one(service, address).await?));
                 }
@@ -264,7 +264,10 @@ impl Runtime {
                     handle.health.cancel();
                     handle.health = self.start_health(service, &handle.slot);
                     handle.listeners.retain(|listener| {
-                        let kept = service.listen.contains(&listener.configured);
+                        let kept = service
+                            .listeners
+                            .iter()
+                            .any(|configured| configured.address == listener.configured);
                         if !kept {
                             listener.stop.cancel();
                         }
@@ -348,7 +351,7 @@ impl Runtime {
         slot: &Arc<ArcSwap<Router>>,
     ) -> Option<ListenerHandle> {
         let local = listener.local_addr().ok()?;
-        let configured = service.listen.iter().copied().find(|address| {
+        let configured = service.listeners.iter().map(|listener| listener.address).find(|address| {
             address.ip() == local.ip() && (address.port() == local.port() || address.port() == 0)
         })?;
         tracing::info!(service = %service.name, address = %local, "listening");

@@ -69,7 +69,7 @@ pub enum ServerError {
 pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
     let mut listeners = Vec::new();
     for (service, service_config) in config.services.iter().enumerate() {
-        for &address in &service_config.listen {
+        for address in service_config.listeners.iter().map(|listener| listener.address) {
             let listener = bind_one(service_config, address).await?;
             listeners.push(BoundListener { service, listener });
         }

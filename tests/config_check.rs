@@ -122,7 +122,7 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
         (
             "[[service]]\nname = \"web\"\nlisten = [\"localhost\"]\n",
             "3:11",
-            "invalid socket address",
+            "invalid listen address \"localhost\"",
         ),
         (
             "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[service.affinity]\nstrategy = \"prefix\"\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
@@ -137,11 +137,11 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
         (
             &hash_service("key = \"header:X-User\"\ntrusted_proxies = [\"10.0.0.0/8\"]"),
             "7:19",
-            "trusted_proxies applies only to key = \"header:X-Forwarded-For\"",
+            "`trusted_proxies` is a [[service]] key",
         ),
         (
-            &hash_service("key = \"header:X-Forwarded-For\"\ntrusted_proxies = [\"10.0.0.0/33\"]"),
-            "7:20",
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"10.0.0.0/33\"]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            "4:20",
             "is not an address or CIDR network",
         ),
         (

@@ -209,9 +209,9 @@ async fn x_forwarded_for_picks_the_backend_only_through_trusted_proxies() {
         // Behind a trusted proxy (the test's own 127.0.0.1), the header's client decides.
         let trusted = proxy_over(
             &backends,
-            &hash(
-                "header:X-Forwarded-For",
-                "trusted_proxies = [\"127.0.0.0/8\"]\n",
+            &format!(
+                "trusted_proxies = [\"127.0.0.0/8\"]\n{}",
+                hash("header:X-Forwarded-For", "")
             ),
         )
         .await;
@@ -223,9 +223,9 @@ async fn x_forwarded_for_picks_the_backend_only_through_trusted_proxies() {
         // From an untrusted peer the header is ignored: every claimed client lands where 127.0.0.1 does.
         let untrusted = proxy_over(
             &backends,
-            &hash(
-                "header:X-Forwarded-For",
-                "trusted_proxies = [\"10.0.0.0/8\"]\n",
+            &format!(
+                "trusted_proxies = [\"10.0.0.0/8\"]\n{}",
+                hash("header:X-Forwarded-For", "")
             ),
         )
         .await;

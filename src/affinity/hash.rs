@@ -23,11 +23,12 @@ pub struct Hash {
 }
 
 impl Hash {
-    /// Builds the strategy from its config.
-    pub fn new(config: &HashConfig) -> Hash {
+    /// Builds the strategy from its config; forwarded keys are believed through
+    /// `trusted_proxies` (the service's).
+    pub fn new(config: &HashConfig, trusted_proxies: &[IpNet]) -> Hash {
         Hash {
             key: config.key.clone(),
-            trusted_proxies: config.trusted_proxies.clone(),
+            trusted_proxies: trusted_proxies.to_vec(),
             fallback: config.fallback,
         }
     }
@@ -174,12 +175,15 @@ mod tests {
     use super::*;
 
     fn hash(key: HashKey, trusted: &[&str], fallback: Fallback) -> Hash {
-        Hash::new(&HashConfig {
-            key,
-            trusted_proxies: trusted.iter().map(|net| net.parse().unwrap()).collect(),
-            fallback,
-            balance_factor: None,
-        })
+        let trusted: Vec<IpNet> = trusted.iter().map(|net| net.parse().unwrap()).collect();
+        Hash::new(
+            &HashConfig {
+                key,
+                fallback,
+                balance_factor: None,
+            },
+            &trusted,
+        )
     }
 
     fn head(target: &str, headers: &[(&str, &str)]) -> request::Parts {

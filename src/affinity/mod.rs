@@ -19,7 +19,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, request};
 
-use crate::config::AffinityConfig;
+use crate::config::{AffinityConfig, ServiceConfig};
 use crate::pool::Pool;
 use hash::Hash;
 use insert::Insert;
@@ -115,14 +115,16 @@ pub enum Affinity {
 }
 
 impl Affinity {
-    /// Builds the strategy for `pool`'s backends.
-    pub fn new(config: &AffinityConfig, pool: &Pool) -> Affinity {
-        match config {
+    /// Builds the strategy of `service` for `pool`'s backends.
+    pub fn new(service: &ServiceConfig, pool: &Pool) -> Affinity {
+        match &service.affinity {
             AffinityConfig::None => Affinity::None,
             AffinityConfig::Insert(config) => Affinity::Insert(Insert::new(config, pool)),
             AffinityConfig::Prefix(config) => Affinity::Prefix(Prefix::new(config)),
             AffinityConfig::StickTable(config) => Affinity::StickTable(StickTable::new(config)),
-            AffinityConfig::Hash(config) => Affinity::Hash(Hash::new(config)),
+            AffinityConfig::Hash(config) => {
+                Affinity::Hash(Hash::new(config, &service.trusted_proxies))
+            }
         }
     }
 

@@ -62,6 +62,7 @@ mod tests {
             cookie: "PHPSESSID".into(),
             ttl: Duration::from_secs(1800),
             max_entries: 10,
+            reservation_ttl: Duration::from_secs(10),
             store: crate::config::StoreConfig::Memory,
         })
     }

@@ -75,7 +75,12 @@ pub struct RawConfig {
 pub struct RawAdmin {
     pub bind: Option<Spanned<std::net::SocketAddr>>,
     pub token_file: Option<Spanned<String>>,
+    pub head_timeout: Option<Spanned<DurationValue>>,
+    pub max_connections: Option<Spanned<usize>>,
 }
+
+/// Most admin connections served at once; more wait in the accept queue. Default: 64.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Where the admin listener listens when `[admin]` names no `bind`: loopback only.
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
@@ -85,9 +90,12 @@ pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     pub name: Spanned<String>,
-    pub listen: Spanned<Vec<Spanned<std::net::SocketAddr>>>,
+    pub listen: Spanned<Vec<Spanned<RawListener>>>,
     #[serde(default)]
     pub balance: Balance,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub underscores_in_headers: bool,
     pub connect_timeout: Option<Spanned<DurationValue>>,
     pub response_timeout: Option<Spanned<DurationValue>>,
     pub ejection_time: Option<Spanned<DurationValue>>,
@@ -104,6 +112,57 @@ pub struct RawService {
     pub affinity: Option<Spanned<RawAffinity>>,
     #[serde(rename = "backend")]
     pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+}
+
+/// One entry of `listen`: an address (`"0.0.0.0:8080"`), or a table with the address and
+/// the listener's own settings (`{ address = "0.0.0.0:8080", h2c = true }`).
+#[derive(Debug)]
+pub struct RawListener {
+    pub address: std::net::SocketAddr,
+    pub h2c: bool,
+}
+
+/// The table form of a `listen` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenerTable {
+    address: std::net::SocketAddr,
+    #[serde(default)]
+    h2c: bool,
+}
+
+impl<'de> Deserialize<'de> for RawListener {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListenerVisitor;
+        impl<'de> Visitor<'de> for ListenerVisitor {
+            type Value = RawListener;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    r#"an address such as "0.0.0.0:8080", or a table such as { address = "0.0.0.0:8080", h2c = true }"#,
+                )
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RawListener, E> {
+                let address = text.parse().map_err(|_| {
+                    E::custom(format!(
+                        r#"invalid listen address {text:?}: write "IP:port", e.g. "0.0.0.0:8080" or "[::]:8080""#
+                    ))
+                })?;
+                Ok(RawListener {
+                    address,
+                    h2c: false,
+                })
+            }
+            fn visit_map<M: de::MapAccess<'de>>(self, map: M) -> Result<RawListener, M::Error> {
+                let table =
+                    RawListenerTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawListener {
+                    address: table.address,
+                    h2c: table.h2c,
+                })
+            }
+        }
+        deserializer.deserialize_any(ListenerVisitor)
+    }
 }
 
 /// How a new session picks its backend.
@@ -215,6 +274,7 @@ pub struct RawAffinity {
     // stick-table
     pub ttl: Option<Spanned<DurationValue>>,
     pub max_entries: Option<Spanned<u64>>,
+    pub reservation_ttl: Option<Spanned<DurationValue>>,
     pub store: Option<Spanned<StoreKind>>,
     pub redis_url: Option<Spanned<String>>,
     pub key_prefix: Option<Spanned<String>>,
@@ -292,15 +352,53 @@ pub struct RawTls {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub head_timeout: Option<Spanned<DurationValue>>,
+    pub keepalive_timeout: Option<Spanned<DurationValue>>,
+    pub handshake_timeout: Option<Spanned<DurationValue>>,
+    pub body_timeout: Option<Spanned<DurationValue>>,
+    pub tunnel_timeout: Option<Spanned<DurationValue>>,
     pub max_header_bytes: Option<Spanned<SizeValue>>,
     pub max_headers: Option<Spanned<usize>>,
     pub max_connections: Option<Spanned<usize>>,
     pub max_body: Option<Spanned<SizeValue>>,
+    pub max_key_bytes: Option<Spanned<usize>>,
+    pub http2_max_concurrent_streams: Option<Spanned<u32>>,
+    pub http2_max_pending_resets: Option<Spanned<usize>>,
+    pub http2_max_local_resets: Option<Spanned<usize>>,
 }
 
-/// Time a client has for a whole request head, and to start the next one on a kept-alive
-/// connection (slowloris guard; HAProxy `timeout http-request`). Default: 10 s.
+/// Time a client has, from the connection's start (after TLS) or from the first byte of a
+/// later request, for a whole request head (slowloris guard; HAProxy `timeout
+/// http-request`, nginx `client_header_timeout`). Default: 10 s.
 pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a kept-alive connection may sit idle between two requests (HTTP/1.1), or with no
+/// open stream (HTTP/2), before it is closed (HAProxy `timeout http-keep-alive`, nginx
+/// `keepalive_timeout`). Default: 60 s.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time for the PROXY protocol header and the TLS handshake (HAProxy `timeout client-hs`,
+/// nginx `ssl_handshake_timeout`). Default: 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between two reads of a request body; past it the client gets 408 (nginx
+/// `client_body_timeout`). Default: 60 s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time an upgraded tunnel (WebSocket) may carry no byte in either direction before it is
+/// closed (HAProxy `timeout tunnel`). Default: 1 h.
+pub const DEFAULT_TUNNEL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest session id (stick table) or hash key, in bytes; a longer one is treated as no
+/// session. Default: 256.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 256;
+/// Most concurrent streams on one HTTP/2 connection (HAProxy
+/// `tune.h2.max-concurrent-streams`, nginx `http2_max_concurrent_streams` 128). Default: 100.
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams an HTTP/2 client may reset before stickyd accepted them, at once; more ends the
+/// connection with GOAWAY (the Rapid Reset defence, CVE-2023-44487; the h2 crate's default).
+/// Default: 20.
+pub const DEFAULT_HTTP2_MAX_PENDING_RESETS: usize = 20;
+/// Streams stickyd may reset because the client broke the protocol on them, per connection;
+/// more ends the connection with GOAWAY (the h2 crate's default). Default: 1024.
+pub const DEFAULT_HTTP2_MAX_LOCAL_RESETS: usize = 1024;
+/// Lifetime of a stick-table entry reserved from a session id that only a request carried,
+/// until a backend's `Set-Cookie` confirms it. Default: 10 s.
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(10);
 /// Largest request head, bytes; larger gets 431. Default: 64 KiB (hyper's floor is 8 KiB).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Smallest `max_header_bytes` hyper accepts.

@@ -47,6 +47,21 @@ pub struct AdminConfig {
     /// Bearer token every request must carry (`Authorization: Bearer ...`), read from
     /// `token_file` at load, surrounding whitespace trimmed. Default: none (no token asked).
     pub token: Option<String>,
+    /// Time a connection has for a whole request head, and between two requests. Default: 10 s.
+    pub head_timeout: Duration,
+    /// Most admin connections served at once; more wait in the accept queue. Default: 64.
+    pub max_connections: usize,
+}
+
+/// One listening address of a service and what it speaks there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Where it listens (port 0 lets the OS choose, for tests).
+    pub address: SocketAddr,
+    /// Accept cleartext HTTP/2 with prior knowledge (RFC 9113 §3.3) beside HTTP/1.1, told
+    /// apart by the connection preface. Off by default, as in nginx: only ask for it behind a
+    /// balancer that speaks it. TLS listeners offer HTTP/2 by ALPN regardless. Default: false.
+    pub h2c: bool,
 }
 
 /// One service: listeners, backends, and how sessions stick to them.
@@ -54,8 +69,18 @@ pub struct AdminConfig {
 pub struct ServiceConfig {
     /// Unique name, used in logs.
     pub name: String,
-    /// Addresses the service listens on (port 0 lets the OS choose, for tests).
-    pub listen: Vec<SocketAddr>,
+    /// Where the service listens, and what each listener speaks (`listen`).
+    pub listeners: Vec<ListenerConfig>,
+    /// Peers (and forwarded hops) believed about the client: their `X-Forwarded-For` and
+    /// `Forwarded` (RFC 7239) are kept and appended to, and the hash strategy's forwarded keys
+    /// walk through them (nginx `set_real_ip_from` with `real_ip_recursive on`). From any
+    /// other peer those fields are replaced by stickyd's own. Default: none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Forward request fields whose names contain `_`. Off by default, as nginx's
+    /// `underscores_in_headers`: CGI, PHP and WSGI read `X_Forwarded_For` as `X-Forwarded-For`,
+    /// so such fields are dropped (and counted). A `_` spelling of a framing or forwarding
+    /// field is dropped (or refused) either way. Default: false.
+    pub underscores_in_headers: bool,
     /// How a new session picks its backend.
     pub balance: Balance,
     /// Time allowed to open a TCP connection to a backend. Default: 3 s.
@@ -92,7 +117,17 @@ pub struct ServiceConfig {
 impl ServiceConfig {
     /// One line for `stickyd check`: listeners, balance, affinity and backends.
     pub fn summary(&self) -> String {
-        let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+        let listen: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|listener| {
+                if listener.h2c {
+                    format!("{} (h2c)", listener.address)
+                } else {
+                    listener.address.to_string()
+                }
+            })
+            .collect();
         let affinity = match &self.affinity {
             AffinityConfig::None => "none".to_string(),
             AffinityConfig::Insert(insert) => format!("insert cookie {}", insert.cookie),
@@ -158,12 +193,35 @@ pub struct BackendConfig {
     pub backup: bool,
 }
 
-/// Limits on what a client may send and hold, per service (each of its listeners).
+/// Limits on what a client may send and hold, per service (each of its listeners). Every
+/// state a client connection can be in has a deadline here (see `docs/SECURITY.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsConfig {
-    /// Time for a whole request head, and to start the next request on a kept-alive
-    /// connection; past it the connection is closed. Default: 10 s.
+    /// Time for a whole request head: from the connection's start (after the handshake) for
+    /// the first, from its first byte for a later one; past it the connection is closed.
+    /// Default: 10 s.
     pub head_timeout: Duration,
+    /// Time a connection may sit idle between two requests (HTTP/1.1) or with no open stream
+    /// (HTTP/2) before it is closed. Default: 60 s.
+    pub keepalive_timeout: Duration,
+    /// Time for the PROXY protocol header and the TLS handshake. Default: 10 s.
+    pub handshake_timeout: Duration,
+    /// Longest wait between two reads of a request body; past it the client gets 408 and the
+    /// backend connection is closed, never counted against the backend. Default: 60 s.
+    pub body_timeout: Duration,
+    /// Time an upgraded tunnel (WebSocket) may carry no byte in either direction. Default: 1 h.
+    pub tunnel_timeout: Duration,
+    /// Longest session id (stick table) or hash key, in bytes; a longer one is treated as no
+    /// session and counted in `stickyd_oversized_keys_total`. Default: 256.
+    pub max_key_bytes: usize,
+    /// Most concurrent streams per HTTP/2 connection. Default: 100.
+    pub http2_max_concurrent_streams: u32,
+    /// Streams an HTTP/2 client may reset before they were accepted, at once, before the
+    /// connection is closed with GOAWAY (Rapid Reset, CVE-2023-44487). Default: 20.
+    pub http2_max_pending_resets: usize,
+    /// Streams stickyd may reset for protocol errors per HTTP/2 connection before it is closed
+    /// with GOAWAY. Default: 1024.
+    pub http2_max_local_resets: usize,
     /// Largest request head in bytes; larger gets 431. Default: 64 KiB; at least 8 KiB.
     pub max_header_bytes: usize,
     /// Most header fields; more gets 431. Default: 100.
@@ -216,11 +274,8 @@ pub enum AffinityConfig {
 /// Settings of the hash strategy.
 #[derive(Debug, Clone)]
 pub struct HashConfig {
-    /// What is hashed.
+    /// What is hashed. Forwarded keys are believed through the service's `trusted_proxies`.
     pub key: HashKey,
-    /// Peers (and hops) whose `X-Forwarded-For` / `Forwarded` entries are believed; the client
-    /// is the right-most address not in this list (nginx `real_ip_recursive on`). Default: none.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// What a request without the key does. Default: hash the source address.
     pub fallback: Fallback,
     /// Bounded load (HAProxy `hash-balance-factor`): no backend takes more than this factor times
@@ -318,6 +373,10 @@ pub struct StickTableConfig {
     pub ttl: Duration,
     /// Most entries kept; the least recently used is evicted past it. Default: 1 000 000.
     pub max_entries: u64,
+    /// Lifetime of an entry reserved from a session id that only a request has carried, until
+    /// a backend's `Set-Cookie` confirms the id and the entry gets its full lifetime.
+    /// Default: 10 s.
+    pub reservation_ttl: Duration,
     /// Where the table lives. Default: in memory.
     pub store: StoreConfig,
 }
@@ -465,8 +524,13 @@ impl Checker<'_> {
                     ),
                 );
             }
-            for address in &service.listen {
-                let taken = services.iter().any(|other| other.listen.contains(address));
+            for address in service.listeners.iter().map(|listener| &listener.address) {
+                let taken = services.iter().any(|other| {
+                    other
+                        .listeners
+                        .iter()
+                        .any(|listener| listener.address == *address)
+                });
                 if address.port() != 0 && taken {
                     self.report(
                         Some(span.clone()),
@@ -541,15 +605,27 @@ impl Checker<'_> {
             Some(affinity) => self.affinity(affinity.into_inner(), !raw.tls.is_empty()),
             None => AffinityConfig::None,
         };
+        let trusted_proxies = match &raw.trusted_proxies {
+            Some(list) => self.networks(list.get_ref()),
+            None => Vec::new(),
+        };
         ServiceConfig {
             name: raw.name.into_inner(),
-            listen: raw
+            listeners: raw
                 .listen
                 .into_inner()
                 .into_iter()
-                .map(Spanned::into_inner)
+                .map(|listener| {
+                    let listener = listener.into_inner();
+                    ListenerConfig {
+                        address: listener.address,
+                        h2c: listener.h2c,
+                    }
+                })
                 .collect(),
             balance: raw.balance,
+            trusted_proxies,
+            underscores_in_headers: raw.underscores_in_headers,
             connect_timeout: raw
                 .connect_timeout
                 .map_or(file::DEFAULT_CONNECT_TIMEOUT, |d| d.into_inner().0),
@@ -652,6 +728,12 @@ impl Checker<'_> {
             Strategy::Hash => "hash",
             Strategy::None => "none",
         };
+        if let Some(list) = &raw.trusted_proxies {
+            self.report_at(
+                list,
+                "`trusted_proxies` is a [[service]] key (it also governs X-Forwarded-For and Forwarded): move it above [service.affinity]".into(),
+            );
+        }
         let misplaced: [(Option<Range<usize>>, &str, &str); 23] = [
             (span_of(&raw.path), "path", "insert"),
             (span_of(&raw.domain), "domain", "insert"),
@@ -673,7 +755,7 @@ impl Checker<'_> {
             (span_of(&raw.key_prefix), "key_prefix", "stick-table"),
             (span_of(&raw.redis_timeout), "redis_timeout", "stick-table"),
             (span_of(&raw.key), "key", "hash"),
-            (span_of(&raw.trusted_proxies), "trusted_proxies", "hash"),
+            (span_of(&raw.reservation_ttl), "reservation_ttl", "stick-table"),
             (span_of(&raw.fallback), "fallback", "hash"),
             (span_of(&raw.balance_factor), "balance_factor", "hash"),
         ];
@@ -735,12 +817,18 @@ impl Checker<'_> {
                     self.report_at(at, "max_entries must be at least 1".into());
                 }
                 let store = self.store(&raw);
+                let reservation_ttl = self.positive(
+                    raw.reservation_ttl.as_ref(),
+                    file::DEFAULT_RESERVATION_TTL,
+                    "reservation_ttl",
+                );
                 AffinityConfig::StickTable(StickTableConfig {
                     cookie,
                     ttl: raw
                         .ttl
                         .map_or(file::DEFAULT_STICK_TTL, |d| d.into_inner().0),
                     max_entries,
+                    reservation_ttl,
                     store,
                 })
             }
@@ -896,15 +984,21 @@ impl Checker<'_> {
     }
 
     fn limits(&mut self, raw: Option<file::RawLimits>) -> LimitsConfig {
-        let Some(raw) = raw else {
-            return LimitsConfig {
-                head_timeout: file::DEFAULT_HEAD_TIMEOUT,
-                max_header_bytes: file::DEFAULT_MAX_HEADER_BYTES,
-                max_headers: file::DEFAULT_MAX_HEADERS,
-                max_connections: file::DEFAULT_MAX_CONNECTIONS,
-                max_body: None,
-            };
-        };
+        let raw = raw.unwrap_or(file::RawLimits {
+            head_timeout: None,
+            keepalive_timeout: None,
+            handshake_timeout: None,
+            body_timeout: None,
+            tunnel_timeout: None,
+            max_header_bytes: None,
+            max_headers: None,
+            max_connections: None,
+            max_body: None,
+            max_key_bytes: None,
+            http2_max_concurrent_streams: None,
+            http2_max_pending_resets: None,
+            http2_max_local_resets: None,
+        });
         if let Some(bytes) = raw
             .max_header_bytes
             .as_ref()
@@ -912,30 +1006,94 @@ impl Checker<'_> {
         {
             self.report_at(bytes, r#"max_header_bytes must be at least "8KiB""#.into());
         }
-        for count in [&raw.max_headers, &raw.max_connections]
-            .into_iter()
-            .flatten()
-        {
-            if *count.get_ref() == 0 {
-                self.report_at(count, "must be at least 1".into());
-            }
-        }
+        let count = |checker: &mut Self, value: &Option<Spanned<usize>>, default: usize| {
+            value.as_ref().map_or(default, |count| {
+                if *count.get_ref() == 0 {
+                    checker.report_at(count, "must be at least 1".into());
+                }
+                (*count.get_ref()).max(1)
+            })
+        };
+        let max_headers = count(self, &raw.max_headers, file::DEFAULT_MAX_HEADERS);
+        let max_connections = count(self, &raw.max_connections, file::DEFAULT_MAX_CONNECTIONS);
+        let max_key_bytes = count(self, &raw.max_key_bytes, file::DEFAULT_MAX_KEY_BYTES);
+        let http2_max_pending_resets = count(
+            self,
+            &raw.http2_max_pending_resets,
+            file::DEFAULT_HTTP2_MAX_PENDING_RESETS,
+        );
+        let http2_max_local_resets = count(
+            self,
+            &raw.http2_max_local_resets,
+            file::DEFAULT_HTTP2_MAX_LOCAL_RESETS,
+        );
+        let http2_max_concurrent_streams = raw.http2_max_concurrent_streams.as_ref().map_or(
+            file::DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+            |streams| {
+                if *streams.get_ref() == 0 {
+                    self.report_at(streams, "must be at least 1".into());
+                }
+                (*streams.get_ref()).max(1)
+            },
+        );
         LimitsConfig {
-            head_timeout: raw
-                .head_timeout
-                .map_or(file::DEFAULT_HEAD_TIMEOUT, |d| d.into_inner().0),
+            head_timeout: self.positive(
+                raw.head_timeout.as_ref(),
+                file::DEFAULT_HEAD_TIMEOUT,
+                "head_timeout",
+            ),
+            keepalive_timeout: self.positive(
+                raw.keepalive_timeout.as_ref(),
+                file::DEFAULT_KEEPALIVE_TIMEOUT,
+                "keepalive_timeout",
+            ),
+            handshake_timeout: self.positive(
+                raw.handshake_timeout.as_ref(),
+                file::DEFAULT_HANDSHAKE_TIMEOUT,
+                "handshake_timeout",
+            ),
+            body_timeout: self.positive(
+                raw.body_timeout.as_ref(),
+                file::DEFAULT_BODY_TIMEOUT,
+                "body_timeout",
+            ),
+            tunnel_timeout: self.positive(
+                raw.tunnel_timeout.as_ref(),
+                file::DEFAULT_TUNNEL_TIMEOUT,
+                "tunnel_timeout",
+            ),
             max_header_bytes: raw
                 .max_header_bytes
                 .map_or(file::DEFAULT_MAX_HEADER_BYTES, |s| {
                     s.into_inner().0.max(file::MIN_HEADER_BYTES)
                 }),
-            max_headers: raw
-                .max_headers
-                .map_or(file::DEFAULT_MAX_HEADERS, |n| n.into_inner().max(1)),
-            max_connections: raw
-                .max_connections
-                .map_or(file::DEFAULT_MAX_CONNECTIONS, |n| n.into_inner().max(1)),
+            max_headers,
+            max_connections,
             max_body: raw.max_body.map(|s| s.into_inner().0 as u64),
+            max_key_bytes,
+            http2_max_concurrent_streams,
+            http2_max_pending_resets,
+            http2_max_local_resets,
+        }
+    }
+
+    /// A duration that must be above zero (a zero deadline would close everything at once).
+    fn positive(
+        &mut self,
+        value: Option<&Spanned<file::DurationValue>>,
+        default: Duration,
+        key: &str,
+    ) -> Duration {
+        match value {
+            None => default,
+            Some(duration) if duration.get_ref().0.is_zero() => {
+                self.report_at(
+                    duration,
+                    format!(r#"{key} must be above zero, such as "{}s""#, default.as_secs().max(1)),
+                );
+                default
+            }
+            Some(duration) => duration.get_ref().0,
         }
     }
 
@@ -1022,9 +1180,24 @@ impl Checker<'_> {
         let default_bind = file::DEFAULT_ADMIN_BIND
             .parse()
             .expect("a valid default address");
+        let max_connections = raw.max_connections.as_ref().map_or(
+            file::DEFAULT_ADMIN_MAX_CONNECTIONS,
+            |count| {
+                if *count.get_ref() == 0 {
+                    self.report_at(count, "must be at least 1".into());
+                }
+                (*count.get_ref()).max(1)
+            },
+        );
         AdminConfig {
             bind: raw.bind.map_or(default_bind, Spanned::into_inner),
             token,
+            head_timeout: self.positive(
+                raw.head_timeout.as_ref(),
+                file::DEFAULT_HEAD_TIMEOUT,
+                "head_timeout",
+            ),
+            max_connections,
         }
     }
 
@@ -1033,24 +1206,6 @@ impl Checker<'_> {
             None => HashKey::SourceIp,
             Some(text) => self.hash_key(text),
         };
-        let mut trusted_proxies = Vec::new();
-        if let Some(list) = &raw.trusted_proxies {
-            if !matches!(key, HashKey::ForwardedFor | HashKey::Forwarded) {
-                self.report_at(
-                    list,
-                    r#"trusted_proxies applies only to key = "header:X-Forwarded-For" or "header:Forwarded": remove it"#.into(),
-                );
-            }
-            for entry in list.get_ref() {
-                match parse_network(entry.get_ref()) {
-                    Some(network) => trusted_proxies.push(network),
-                    None => self.report_at(
-                        entry,
-                        format!(r#"{:?} is not an address or CIDR network: write e.g. "10.0.0.0/8", "192.0.2.7" or "2001:db8::/32""#, entry.get_ref()),
-                    ),
-                }
-            }
-        }
         let balance_factor = raw.balance_factor.as_ref().map(|factor| {
             let value = *factor.get_ref();
             if !(value > 1.0 && value.is_finite()) {
@@ -1060,7 +1215,6 @@ impl Checker<'_> {
         });
         HashConfig {
             key,
-            trusted_proxies,
             fallback: raw
                 .fallback
                 .as_ref()
@@ -1092,6 +1246,21 @@ impl Checker<'_> {
             self.report_at(text, format!("invalid hash key {value:?}: {hint}"));
             HashKey::SourceIp
         })
+    }
+
+    /// A list of addresses and CIDR networks (`trusted_proxies`).
+    fn networks(&mut self, list: &[Spanned<String>]) -> Vec<ipnet::IpNet> {
+        let mut networks = Vec::with_capacity(list.len());
+        for entry in list {
+            match parse_network(entry.get_ref()) {
+                Some(network) => networks.push(network),
+                None => self.report_at(
+                    entry,
+                    format!(r#"{:?} is not an address or CIDR network: write e.g. "10.0.0.0/8", "192.0.2.7" or "2001:db8::/32""#, entry.get_ref()),
+                ),
+            }
+        }
+        networks
     }
 
     fn delimiter(&mut self, text: &Spanned<String>) -> char {
