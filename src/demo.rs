@@ -67,7 +67,7 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
          \n\
          Ctrl-C stops the demo."
     );
-    server::run(&config, listeners, shutdown).await;
+    crate::runtime::run(&config, listeners, shutdown).await;
     Ok(())
 }
 

@@ -30,6 +30,9 @@ pub enum ProxyError {
     /// The backend sent no response head within `response_timeout`: 504.
     #[error("backend {backend} sent no response within {after:?}")]
     ResponseTimeout { backend: String, after: Duration },
+    /// The request head is larger than the service's `max_header_bytes`: 431 (RFC 6585 §5).
+    #[error("request head over {limit} bytes")]
+    HeadTooLarge { limit: usize },
     /// The request declares a body larger than the service's `max_body`: 413.
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: u64 },
@@ -45,6 +48,10 @@ pub enum ProxyError {
     /// The request is malformed and never reaches a backend: 400.
     #[error("bad request: {reason}")]
     BadRequest { reason: &'static str },
+    /// The client stopped sending its request body for the body timeout: 408 (RFC 9110
+    /// §15.5.9). The client's doing: never a 504, never counted against the backend.
+    #[error("client sent no request body bytes for {after:?}")]
+    RequestTimeout { after: Duration },
 }
 
 impl ProxyError {
@@ -63,7 +70,9 @@ impl ProxyError {
             | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 

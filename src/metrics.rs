@@ -74,6 +74,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     redis_errors: Family<ServiceLabels, Counter>,
     connections_queued: Family<ServiceLabels, Counter>,
+    header_fields_dropped: Family<ServiceLabels, Counter>,
+    open_tunnels: Family<ServiceLabels, Gauge>,
     /// Set at scrape time from the runtime.
     pub backend_up: Family<BackendLabels, Gauge>,
     /// Set at scrape time from the runtime.
@@ -107,6 +109,8 @@ impl Metrics {
             reloads: Family::default(),
             redis_errors: Family::default(),
             connections_queued: Family::default(),
+            header_fields_dropped: Family::default(),
+            open_tunnels: Family::default(),
             backend_up: Family::default(),
             backend_admin_state: Family::default(),
             backend_in_flight: Family::default(),
@@ -154,6 +158,16 @@ impl Metrics {
                 "connections_queued",
                 "Connections that waited in the accept queue because the listener was at max_connections",
                 metrics.connections_queued.clone(),
+            );
+            registry.register(
+                "header_fields_dropped",
+                "Request header fields dropped for a '_' in their name (underscores_in_headers)",
+                metrics.header_fields_dropped.clone(),
+            );
+            registry.register(
+                "open_tunnels",
+                "Open upgraded connections (WebSocket tunnels); each also counts as a client connection",
+                metrics.open_tunnels.clone(),
             );
             registry.register(
                 "redis_errors",
@@ -227,6 +241,8 @@ impl Metrics {
             proxy_header_rejected: self.proxy_header_rejected.get_or_create_owned(&labels),
             redis_errors: self.redis_errors.get_or_create_owned(&labels),
             connections_queued: self.connections_queued.get_or_create_owned(&labels),
+            header_fields_dropped: self.header_fields_dropped.get_or_create_owned(&labels),
+            open_tunnels: self.open_tunnels.get_or_create_owned(&labels),
             health_transitions: backends
                 .iter()
                 .map(|backend| {
@@ -277,6 +293,10 @@ pub struct ServiceMetrics {
     pub redis_errors: Counter,
     /// Connections that waited because the listener was at `max_connections`.
     pub connections_queued: Counter,
+    /// Request header fields dropped for a `_` in their name.
+    pub header_fields_dropped: Counter,
+    /// Open upgraded tunnels of the service.
+    pub open_tunnels: Gauge,
     /// Per backend index: health flips.
     pub health_transitions: Vec<Counter>,
 }

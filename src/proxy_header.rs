@@ -14,8 +14,6 @@ use ppp::{HeaderResult, PartialResult, v1, v2};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Time the peer has to send the whole header. Default: 5 s.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest header accepted: a v2 header with 64 KiB of TLVs.
 pub const MAX_HEADER_BYTES: usize = 16 + 65_535;
 
@@ -25,24 +23,28 @@ pub enum ProxyHeaderError {
     /// The connection ended or failed before a complete header.
     #[error("connection ended before a complete PROXY header: {0}")]
     Io(#[from] io::Error),
-    /// No complete header within [`HEADER_TIMEOUT`].
-    #[error("no complete PROXY header within {HEADER_TIMEOUT:?}")]
-    Timeout,
+    /// No complete header within the listener's `handshake_timeout`.
+    #[error("no complete PROXY header within {0:?}")]
+    Timeout(Duration),
     /// The bytes are not a PROXY v1 or v2 header.
     #[error("malformed PROXY header: {0}")]
     Malformed(String),
 }
 
-/// Reads the PROXY header at the start of `stream`. Returns the client address it names (`None`
-/// for `UNKNOWN`, `LOCAL` health checks and non-IP families, where the peer address stands) and
-/// the bytes read past the header, which belong to the HTTP request.
+/// Reads the PROXY header at the start of `stream`, within `timeout` (the listener's
+/// `handshake_timeout`). Returns the client address it names (`None` for `UNKNOWN`, `LOCAL`
+/// health checks and non-IP families, where the peer address stands) and the bytes read past
+/// the header, which belong to the HTTP request (or the TLS handshake).
 ///
 /// # Errors
 /// [`ProxyHeaderError`] when the header is missing, malformed, incomplete or too slow.
-pub async fn read(stream: &mut TcpStream) -> Result<(Option<SocketAddr>, Bytes), ProxyHeaderError> {
-    tokio::time::timeout(HEADER_TIMEOUT, read_header(stream))
+pub async fn read(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<(Option<SocketAddr>, Bytes), ProxyHeaderError> {
+    tokio::time::timeout(timeout, read_header(stream))
         .await
-        .map_err(|_| ProxyHeaderError::Timeout)?
+        .map_err(|_| ProxyHeaderError::Timeout(timeout))?
 }
 
 async fn read_header(
@@ -102,6 +104,21 @@ impl<S> Prefixed<S> {
     /// `inner`, with `prefix` to be read first.
     pub fn new(prefix: Bytes, inner: S) -> Prefixed<S> {
         Prefixed { prefix, inner }
+    }
+
+    /// Whether bytes are waiting in the prefix (the stream is readable without the socket).
+    pub fn buffered(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    /// The stream underneath.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The unread prefix and the stream.
+    pub fn into_parts(self) -> (Bytes, S) {
+        (self.prefix, self.inner)
     }
 }
 
@@ -167,7 +184,7 @@ mod tests {
             client.shutdown().await.unwrap();
         });
         let (mut stream, _) = listener.accept().await.unwrap();
-        let result = read(&mut stream).await;
+        let result = read(&mut stream, Duration::from_secs(5)).await;
         sender.await.unwrap();
         result
     }

@@ -5,19 +5,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::affinity::{Affinity, Binding, Outcome, Seen, Stickiness, TableUpdate};
 use crate::balance::{Balancer, HashRing};
-use crate::config::{AffinityConfig, LimitsConfig, ServiceConfig, StoreConfig};
+use crate::config::{AffinityConfig, ServiceConfig, StoreConfig};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::pool::{Pool, PoolPolicy};
-use crate::proxy::body::ProxyBody;
-use crate::proxy::{self, Peer, Upstream};
+use crate::proxy::body::{ProxyBody, RequestBody};
+use crate::proxy::{self, HeadRules, Peer, Upstream, head};
 use crate::store::StickStore;
 use crate::store::sessions::BoundSessions;
-use crate::tls::Acceptor;
 
 /// The stick table of a service and the lifetime of a binding reserved before the app answers.
 #[derive(Debug)]
@@ -40,10 +38,10 @@ pub struct Router {
     upstream: Upstream,
     /// A 5xx counts as a failed request for passive ejection.
     passive_5xx: bool,
-    proxy_protocol: bool,
-    /// Terminates TLS on this service's listeners, when it has certificates.
-    tls: Option<Acceptor>,
-    limits: LimitsConfig,
+    /// How request heads are rewritten.
+    rules: HeadRules,
+    /// The request limits the head rules enforce.
+    limits: head::RequestLimits,
     /// Adds [`DEBUG_HEADER`] to every response.
     debug_header: bool,
     metrics: ServiceMetrics,
@@ -142,9 +140,13 @@ impl Router {
             table,
             pool,
             passive_5xx: config.health.passive_5xx,
-            proxy_protocol: config.proxy_protocol,
-            tls: (!config.tls.is_empty()).then(|| crate::tls::acceptor(&config.tls)),
-            limits: config.limits.clone(),
+            rules: HeadRules {
+                underscores_in_headers: config.underscores_in_headers,
+            },
+            limits: head::RequestLimits {
+                max_header_bytes: config.limits.max_header_bytes,
+                max_body: config.limits.max_body,
+            },
             debug_header: config.debug_header,
             metrics: service_metrics,
             sessions,
@@ -190,22 +192,6 @@ impl Router {
         &self.affinity
     }
 
-    /// Limits on client requests and connections.
-    pub fn limits(&self) -> &LimitsConfig {
-        &self.limits
-    }
-
-    /// The TLS acceptor of this service's listeners, if they speak TLS. A reload builds a new
-    /// one, so re-read certificates serve new connections.
-    pub fn tls(&self) -> Option<&Acceptor> {
-        self.tls.as_ref()
-    }
-
-    /// Whether connections to this service start with a PROXY protocol header.
-    pub fn proxy_protocol(&self) -> bool {
-        self.proxy_protocol
-    }
-
     /// The service's backends and their live state.
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
@@ -218,15 +204,19 @@ impl Router {
 
     /// Proxies one request from `client` and always answers: a backend's response, or stickyd's
     /// own 400 / 502 / 503 / 504.
-    pub async fn handle(&self, request: Request<Incoming>, client: &Peer) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        request: Request<RequestBody>,
+        client: &Peer,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let (mut head, body) = request.into_parts();
         // Kept for the access line only when it is logged.
         let request_line = tracing::enabled!(target: "stickyd::access", tracing::Level::INFO)
             .then(|| (head.method.clone(), head.uri.clone()));
-        let (response, backend, outcome) = match proxy::check_request(&head, self.limits.max_body) {
+        let (response, backend, outcome) = match head::check_request(&head, self.limits) {
             Err(error) => (error.to_response(), None, Outcome::New),
-            Ok(()) => {
+            Ok(checked) => {
                 let stickiness =
                     self.affinity
                         .on_request(&mut head, client.address.ip(), &self.pool);
@@ -244,13 +234,27 @@ impl Router {
                     reissue,
                     ..self.resolve(stickiness).await
                 };
-                let upgrade = proxy::is_upgrade(&head.headers);
-                proxy::prepare_request(&mut head, client, upgrade, self.tls.is_some());
-                let mut request = Request::from_parts(head, body);
-                let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-                let (result, outcome) = self.forward(request, choice).await;
+                let upgrade = head::is_upgrade(&head);
+                match head::prepare_request(&mut head, client, upgrade, checked, self.rules) {
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        self.metrics.header_fields_dropped.inc_by(dropped as u64);
+                    }
+                    Err(error) => {
+                        return self.answer(
+                            started,
+                            request_line,
+                            client,
+                            error.to_response(),
+                            None,
+                            Outcome::New,
+                        );
+                    }
+                }
+                let request = Request::from_parts(head, body);
+                let (result, outcome) = self.forward(request, choice, upgrade).await;
                 match result {
-                    Ok((mut response, backend)) => {
+                    Ok((response, backend)) => {
                         if let (
                             Some(sessions),
                             Some(identity),
@@ -258,11 +262,6 @@ impl Router {
                         ) = (&self.sessions, identity, outcome)
                         {
                             sessions.seen(identity, &self.pool.get(backend).id);
-                        }
-                        if let Some(client_upgrade) =
-                            client_upgrade.filter(|_| response.status() == 101)
-                        {
-                            proxy::tunnel(client_upgrade, &mut response);
                         }
                         (response, Some(backend), outcome)
                     }
@@ -273,8 +272,20 @@ impl Router {
                 }
             }
         };
+        self.answer(started, request_line, client, response, backend, outcome)
+    }
+
+    /// Records one answered request (metrics, debug header, access line) and returns it.
+    fn answer(
+        &self,
+        started: Instant,
+        request_line: Option<(http::Method, http::Uri)>,
+        client: &Peer,
+        mut response: Response<ProxyBody>,
+        backend: Option<usize>,
+        outcome: Outcome,
+    ) -> Response<ProxyBody> {
         let elapsed = started.elapsed();
-        let mut response = response;
         self.metrics
             .record(backend, response.status().as_u16(), outcome, elapsed);
         if self.debug_header {
@@ -373,8 +384,9 @@ impl Router {
     /// records the binding on the response. Returns the outcome as it finally stood.
     async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
         choice: Choice,
+        upgrade: bool,
     ) -> (Result<(Response<ProxyBody>, usize), ProxyError>, Outcome) {
         let Choice {
             backend: mut preferred,
@@ -418,6 +430,15 @@ impl Router {
             }
             match self.upstream.send(&self.pool, backend, request).await {
                 Ok(mut response) => {
+                    if let Err(reason) = head::check_switch(upgrade, &response) {
+                        // Dropping the response closes the backend connection: it switched.
+                        self.pool.record_failure(backend);
+                        let error = ProxyError::BadResponse {
+                            backend: self.pool.get(backend).name.clone(),
+                            reason,
+                        };
+                        return (Err(error), outcome);
+                    }
                     if self.passive_5xx && response.status().is_server_error() {
                         self.pool.record_failure(backend);
                     } else {
@@ -490,7 +511,7 @@ impl Router {
     /// Lets the strategy write the binding into the response head, applies any stick-table
     /// change it asks for, and makes the head fit for the client.
     async fn record(&self, binding: &Binding<'_>, response: &mut Response<ProxyBody>) {
-        proxy::prepare_response(response);
+        head::prepare_response(response);
         let backend = binding.backend;
         let update = self
             .affinity

@@ -6,6 +6,7 @@
 //! router, new ones use the new. Unchanged backends keep their health, counters and stick-table
 //! entries ([`Router::new`] adopts them); removed services and listen addresses stop.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,11 +15,23 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AdminState, Config, ServiceConfig};
+use crate::config::{AdminState, Config, ListenerConfig, ServiceConfig};
 use crate::metrics::{BackendLabels, Metrics, ServiceLabels, StateLabels};
 use crate::pool::health;
 use crate::router::Router;
-use crate::server::{self, BoundListener, Connections, ServerError};
+use crate::server::{self, BoundListener, ClientConnections, Listener, ServerError};
+
+/// Serves `listeners` (from [`server::bind`]) with `config` until `shutdown` completes, then
+/// stops accepting and gives open connections `config.shutdown_grace` to finish.
+pub async fn run(
+    config: &Config,
+    listeners: Vec<BoundListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let runtime = Runtime::start(config.clone(), listeners);
+    shutdown.await;
+    runtime.shutdown().await;
+}
 
 /// Everything running; shared by the signal handler, the admin listener and tests.
 #[derive(Debug)]
@@ -26,7 +39,7 @@ pub struct Runtime {
     state: Mutex<State>,
     /// Serialises reloads; the state lock is never held across an `.await`.
     reloading: tokio::sync::Mutex<()>,
-    connections: Arc<Connections>,
+    clients: Arc<ClientConnections>,
     stop: CancellationToken,
     reloads: AtomicU64,
     failed_reloads: AtomicU64,
@@ -52,6 +65,8 @@ struct ListenerHandle {
     /// The address as configured (port 0 stays 0), which identifies it across reloads.
     configured: SocketAddr,
     local: SocketAddr,
+    /// What its connections need; a reload stores the new settings.
+    settings: Arc<ArcSwap<Listener>>,
     stop: CancellationToken,
 }
 
@@ -64,7 +79,7 @@ impl Runtime {
                 services: Vec::new(),
             }),
             reloading: tokio::sync::Mutex::new(()),
-            connections: Arc::new(Connections::new()),
+            clients: Arc::new(ClientConnections::new()),
             stop: CancellationToken::new(),
             reloads: AtomicU64::new(0),
             failed_reloads: AtomicU64::new(0),
@@ -73,7 +88,8 @@ impl Runtime {
         let mut bound_by_service: Vec<Vec<BoundListener>> =
             config.services.iter().map(|_| Vec::new()).collect();
         for bound in listeners {
-            bound_by_service[bound.service].push(bound);
+            let service = bound.service;
+            bound_by_service[service].push(bound);
         }
         let services = config
             .services
@@ -88,7 +104,9 @@ impl Runtime {
                 let health = runtime.start_health(service, &slot);
                 let listeners = bound
                     .into_iter()
-                    .filter_map(|bound| runtime.start_listener(service, bound.listener, &slot))
+                    .filter_map(|bound| {
+                        runtime.start_listener(service, bound.config, bound.listener, &slot)
+                    })
                     .collect();
                 ServiceHandle {
                     name: service.name.clone(),
@@ -240,15 +258,16 @@ impl Runtime {
                 .map(|service| (service.name.clone(), listening(service)))
                 .collect()
         };
-        let mut fresh: Vec<(usize, TcpListener)> = Vec::new();
+        let mut fresh: Vec<(usize, ListenerConfig, TcpListener)> = Vec::new();
         for (index, service) in config.services.iter().enumerate() {
             let already = running
                 .iter()
                 .find(|(name, _)| *name == service.name)
                 .map(|(_, addresses)| addresses);
-            for address in service.listeners.iter().map(|listener| listener.address) {
-                if !already.is_some_and(|addresses| addresses.contains(&address)) {
-                    fresh.push((index, server::bind_one(service, address).await?));
+            for &listener in &service.listeners {
+                if !already.is_some_and(|addresses| addresses.contains(&listener.address)) {
+                    let socket = server::bind_one(service, listener.address).await?;
+                    fresh.push((index, listener, socket));
                 }
             }
         }
@@ -260,18 +279,26 @@ impl Runtime {
                 Some(position) => {
                     let mut handle = previous.swap_remove(position);
                     let router = Router::new(service, Some(&handle.slot.load()), &self.metrics);
+                    let metrics = router.metrics().clone();
                     handle.slot.store(Arc::new(router));
                     handle.health.cancel();
                     handle.health = self.start_health(service, &handle.slot);
                     handle.listeners.retain(|listener| {
-                        let kept = service
+                        let configured = service
                             .listeners
                             .iter()
-                            .any(|configured| configured.address == listener.configured);
-                        if !kept {
-                            listener.stop.cancel();
+                            .find(|configured| configured.address == listener.configured);
+                        match configured {
+                            Some(configured) => {
+                                let settings = Listener::new(service, configured, metrics.clone());
+                                listener.settings.store(Arc::new(settings));
+                                true
+                            }
+                            None => {
+                                listener.stop.cancel();
+                                false
+                            }
                         }
-                        kept
                     });
                     handle
                 }
@@ -291,15 +318,16 @@ impl Runtime {
                 }
             };
             services.push(handle);
-            let new_listeners = fresh.iter().filter(|(owner, _)| *owner == index).count();
+            let new_listeners = fresh.iter().filter(|(owner, ..)| *owner == index).count();
             for _ in 0..new_listeners {
                 let position = fresh
                     .iter()
-                    .position(|(owner, _)| *owner == index)
+                    .position(|(owner, ..)| *owner == index)
                     .expect("counted above");
-                let (_, listener) = fresh.swap_remove(position);
+                let (_, config, listener) = fresh.swap_remove(position);
                 let handle = services.last_mut().expect("pushed above");
-                if let Some(started) = self.start_listener(service, listener, &handle.slot) {
+                if let Some(started) = self.start_listener(service, config, listener, &handle.slot)
+                {
                     handle.listeners.push(started);
                 }
             }
@@ -327,7 +355,7 @@ impl Runtime {
             "shutting down: no new connections; waiting for in-flight requests"
         );
         self.stop.cancel();
-        self.connections.drain(grace).await;
+        self.clients.drain(grace).await;
     }
 
     fn start_health(&self, service: &ServiceConfig, slot: &ArcSwap<Router>) -> CancellationToken {
@@ -347,25 +375,28 @@ impl Runtime {
     fn start_listener(
         &self,
         service: &ServiceConfig,
+        config: ListenerConfig,
         listener: TcpListener,
         slot: &Arc<ArcSwap<Router>>,
     ) -> Option<ListenerHandle> {
         let local = listener.local_addr().ok()?;
-        let configured = service.listeners.iter().map(|listener| listener.address).find(|address| {
-            address.ip() == local.ip() && (address.port() == local.port() || address.port() == 0)
-        })?;
         tracing::info!(service = %service.name, address = %local, "listening");
         let stop = self.stop.child_token();
+        let metrics = slot.load().metrics().clone();
+        let settings = Arc::new(ArcSwap::from_pointee(Listener::new(
+            service, &config, metrics,
+        )));
         tokio::spawn(server::accept_loop(
             listener,
+            Arc::clone(&settings),
             Arc::clone(slot),
+            Arc::clone(&self.clients),
             stop.clone(),
-            Arc::clone(&self.connections),
-            service.limits.max_connections,
         ));
         Some(ListenerHandle {
-            configured,
+            configured: config.address,
             local,
+            settings,
             stop,
         })
     }

@@ -70,9 +70,37 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set_with_host_pre
         }
         assert_eq!(seen["host"], "shop.example");
         assert_eq!(seen["x-app"], "kept");
-        assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        // The client is no trusted proxy: what it wrote in the forwarding fields is replaced.
+        assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
         assert_eq!(seen["x-forwarded-proto"], "http");
         assert_eq!(seen["x-forwarded-host"], "shop.example");
+        assert_eq!(seen["forwarded"], "for=127.0.0.1;proto=http");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_gets_its_forwarding_fields_appended_to() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let proxy = start_proxy(&config(&[&backend], "trusted_proxies = [\"127.0.0.1\"]")).await;
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(
+                b"GET /page HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.9\r\n\
+                  X-Forwarded-Proto: https\r\nForwarded: for=203.0.113.9;proto=https\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let seen = &backend.seen()[0].headers;
+        assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(seen["x-forwarded-proto"], "https");
+        assert_eq!(
+            seen["forwarded"],
+            "for=203.0.113.9;proto=https, for=127.0.0.1;proto=http"
+        );
     })
     .await;
 }

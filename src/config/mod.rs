@@ -755,7 +755,11 @@ impl Checker<'_> {
             (span_of(&raw.key_prefix), "key_prefix", "stick-table"),
             (span_of(&raw.redis_timeout), "redis_timeout", "stick-table"),
             (span_of(&raw.key), "key", "hash"),
-            (span_of(&raw.reservation_ttl), "reservation_ttl", "stick-table"),
+            (
+                span_of(&raw.reservation_ttl),
+                "reservation_ttl",
+                "stick-table",
+            ),
             (span_of(&raw.fallback), "fallback", "hash"),
             (span_of(&raw.balance_factor), "balance_factor", "hash"),
         ];
@@ -1089,7 +1093,10 @@ impl Checker<'_> {
             Some(duration) if duration.get_ref().0.is_zero() => {
                 self.report_at(
                     duration,
-                    format!(r#"{key} must be above zero, such as "{}s""#, default.as_secs().max(1)),
+                    format!(
+                        r#"{key} must be above zero, such as "{}s""#,
+                        default.as_secs().max(1)
+                    ),
                 );
                 default
             }
@@ -1180,15 +1187,15 @@ impl Checker<'_> {
         let default_bind = file::DEFAULT_ADMIN_BIND
             .parse()
             .expect("a valid default address");
-        let max_connections = raw.max_connections.as_ref().map_or(
-            file::DEFAULT_ADMIN_MAX_CONNECTIONS,
-            |count| {
-                if *count.get_ref() == 0 {
-                    self.report_at(count, "must be at least 1".into());
-                }
-                (*count.get_ref()).max(1)
-            },
-        );
+        let max_connections =
+            raw.max_connections
+                .as_ref()
+                .map_or(file::DEFAULT_ADMIN_MAX_CONNECTIONS, |count| {
+                    if *count.get_ref() == 0 {
+                        self.report_at(count, "must be at least 1".into());
+                    }
+                    (*count.get_ref()).max(1)
+                });
         AdminConfig {
             bind: raw.bind.map_or(default_bind, Spanned::into_inner),
             token,

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use super::body::RequestBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -23,7 +23,7 @@ pub const POOLED_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const MAX_IDLE_PER_BACKEND: usize = 512;
 
 /// A connection ready to take one request.
-pub type Sender = SendRequest<Incoming>;
+pub type Sender = SendRequest<RequestBody>;
 
 struct Idle {
     sender: Sender,

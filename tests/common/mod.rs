@@ -70,7 +70,7 @@ pub async fn start_proxy(toml: &str) -> Proxy {
     let addr = listeners[0].local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        stickyd::server::run(&config, listeners, async {
+        stickyd::runtime::run(&config, listeners, async {
             let _ = stopped.await;
         })
         .await;
