@@ -1,15 +1,17 @@
 //! How a new session (or a redispatched one) picks its backend.
 //!
 //! Every algorithm honours weights and considers only the backends `accept` allows (those
-//! taking new sessions that have not already failed this request), like pingora's
-//! `select_with`. A backend `accept` refuses takes no part in the pick, so its share goes to
-//! the others by weight, never to one neighbour.
+//! taking new sessions that have not already failed this request), asking it once per backend
+//! per pick, like pingora's `select_with`. A backend `accept` refuses takes no part in the pick,
+//! so its share goes to the others by weight, never to one neighbour.
 //!
 //! [`HashRing`] places hashed keys (the hash strategy) on backends by weighted rendezvous
 //! hashing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
+
+use rand::RngExt as _;
 
 use crate::config::Balance;
 use crate::pool::Pool;
@@ -42,8 +44,8 @@ impl Balancer {
     }
 
     /// The backend a new session should go to, among those `accept` allows; `None` when it
-    /// allows none. Round-robin calls `accept` once per backend under its lock, so it must be
-    /// quick and must not call this balancer.
+    /// allows none. `accept` is called at most once per backend; round-robin calls it under its
+    /// lock, so it must be quick and must not call this balancer.
     pub fn pick(&self, pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<usize> {
         match self.algorithm {
             Balance::RoundRobin => self.round_robin(pool, accept),
@@ -193,39 +195,34 @@ fn less_loaded(pool: &Pool, a: usize, b: usize) -> bool {
 
 /// Two weighted random candidates; the less loaded one wins (Mitzenmacher's power of two
 /// choices: near least-connections spread without scanning under contention).
+///
+/// One pass, asking `accept` once per backend: each candidate is drawn by weighted reservoir
+/// sampling (Chao's method: keep the backend seen with probability weight / weight seen so far),
+/// so a candidate is always a backend accepted in this pass, drawn with probability
+/// weight / accepted weight, whatever `accept` said in earlier picks.
 fn power_of_two_choices(pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<usize> {
-    let total: u64 = accepted(pool, &accept)
-        .map(|index| u64::from(pool.get(index).weight))
-        .sum();
-    if total == 0 {
-        return None;
+    let mut rng = rand::rng();
+    let mut seen = 0u64;
+    let (mut first, mut second) = (None, None);
+    for (index, backend) in pool.backends().iter().enumerate() {
+        let weight = u64::from(backend.weight);
+        if weight == 0 || !accept(index) {
+            continue;
+        }
+        seen += weight;
+        if rng.random_range(0..seen) < weight {
+            first = Some(index);
+        }
+        if rng.random_range(0..seen) < weight {
+            second = Some(index);
+        }
     }
-    let weighted = |mut ticket: u64| {
-        accepted(pool, &accept)
-            .find(|&index| {
-                let weight = u64::from(pool.get(index).weight);
-                if ticket < weight {
-                    return true;
-                }
-                ticket -= weight;
-                false
-            })
-            .expect("a ticket below the total weight falls on an accepted backend")
-    };
-    let first = weighted(rand::random_range(0..total));
-    let second = weighted(rand::random_range(0..total));
+    let (first, second) = (first?, second?);
     Some(if less_loaded(pool, second, first) {
         second
     } else {
         first
     })
-}
-
-fn accepted<'a>(
-    pool: &'a Pool,
-    accept: &'a impl Fn(usize) -> bool,
-) -> impl Iterator<Item = usize> + 'a {
-    (0..pool.backends().len()).filter(move |&index| accept(index))
 }
 
 #[cfg(test)]
@@ -335,6 +332,54 @@ mod tests {
             after.iter().all(|&count| count.abs_diff(100) <= 1),
             "{after:?}"
         );
+    }
+
+    #[test]
+    fn every_algorithm_survives_accept_changing_its_answer_and_returns_only_accepted_ones() {
+        use std::cell::{Cell, RefCell};
+        let pool = pool(&[1, 3, 2, 5, 1]);
+        for algorithm in [
+            Balance::Random,
+            Balance::RoundRobin,
+            Balance::LeastConnections,
+        ] {
+            let balancer = Balancer::new(algorithm, &pool);
+            let calls = Cell::new(0u64);
+            let accepted = RefCell::new(Vec::new());
+            // Answers that change from call to call, as health checks and ejections may flip
+            // a backend between two looks.
+            let accept = |index: usize| {
+                let call = calls.get();
+                calls.set(call + 1);
+                let yes = crate::affinity::hash::hash_bytes(&call.to_le_bytes()) % 3 != 0;
+                if yes {
+                    accepted.borrow_mut().push(index);
+                }
+                yes
+            };
+            let mut chosen = 0;
+            for _ in 0..20_000 {
+                accepted.borrow_mut().clear();
+                let before = calls.get();
+                let pick = balancer.pick(&pool, accept);
+                assert!(
+                    calls.get() - before <= pool.backends().len() as u64,
+                    "{algorithm:?} asked more than once per backend"
+                );
+                match pick {
+                    Some(index) => {
+                        chosen += 1;
+                        assert!(
+                            accepted.borrow().contains(&index),
+                            "{algorithm:?} picked b{index}, not accepted in {:?}",
+                            accepted.borrow()
+                        );
+                    }
+                    None => assert!(accepted.borrow().is_empty(), "{algorithm:?}"),
+                }
+            }
+            assert!(chosen > 10_000, "{algorithm:?}: {chosen}");
+        }
     }
 
     #[test]
