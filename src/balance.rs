@@ -1,13 +1,17 @@
 //! How a new session (or a redispatched one) picks its backend.
 //!
-//! Every algorithm honours weights and walks on to the next candidate when `accept` says no
-//! (the backend is ejected, or already failed this request), like pingora's `select_with`.
-//! No lock: round-robin is an atomic cursor over a schedule built once.
+//! Every algorithm honours weights and considers only the backends `accept` allows (those
+//! taking new sessions that have not already failed this request), asking it once per backend
+//! per pick, like pingora's `select_with`. A backend `accept` refuses takes no part in the pick,
+//! so its share goes to the others by weight, never to one neighbour.
 //!
 //! [`HashRing`] places hashed keys (the hash strategy) on backends by weighted rendezvous
 //! hashing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use rand::RngExt as _;
 
 use crate::config::Balance;
 use crate::pool::Pool;
@@ -16,38 +20,65 @@ use crate::pool::Pool;
 #[derive(Debug)]
 pub struct Balancer {
     algorithm: Balance,
-    /// Backend indexes in smooth weighted round-robin order (nginx's algorithm): weights 5,1,1
-    /// give a,a,b,a,c,a,a rather than a,a,a,a,a,b,c.
-    schedule: Vec<usize>,
+    /// Round-robin: per backend index, nginx's `current_weight` of smooth weighted round-robin.
+    /// Locked for one pick (a scan of the backends, no await); HAProxy likewise takes the
+    /// backend's `lbprm` lock (`LBPRM_LOCK`) around each roundrobin pick
+    /// (`fwrr_get_next_server` in `src/lb_fwrr.c`). Empty for the other algorithms.
+    current: Mutex<Box<[i64]>>,
+    /// Least-connections: where the scan starts, so ties go round the backends in turn.
     cursor: AtomicUsize,
 }
 
 impl Balancer {
     /// Builds a balancer for `pool`'s backends and weights.
     pub fn new(algorithm: Balance, pool: &Pool) -> Balancer {
+        let backends = match algorithm {
+            Balance::RoundRobin => pool.backends().len(),
+            Balance::LeastConnections | Balance::Random => 0,
+        };
         Balancer {
             algorithm,
-            schedule: smooth_schedule(pool),
+            current: Mutex::new(vec![0; backends].into_boxed_slice()),
             cursor: AtomicUsize::new(0),
         }
     }
 
     /// The backend a new session should go to, among those `accept` allows; `None` when it
-    /// allows none.
+    /// allows none. `accept` is called at most once per backend; round-robin calls it under its
+    /// lock, so it must be quick and must not call this balancer.
     pub fn pick(&self, pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<usize> {
         match self.algorithm {
-            Balance::RoundRobin => self.round_robin(accept),
+            Balance::RoundRobin => self.round_robin(pool, accept),
             Balance::LeastConnections => self.least_connections(pool, accept),
             Balance::Random => power_of_two_choices(pool, accept),
         }
     }
 
-    fn round_robin(&self, accept: impl Fn(usize) -> bool) -> Option<usize> {
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let len = self.schedule.len();
-        (0..len)
-            .map(|step| self.schedule[(start + step) % len])
-            .find(|&index| accept(index))
+    /// Smooth weighted round-robin over the accepted backends, as nginx's
+    /// `ngx_http_upstream_get_peer` (ngx_http_upstream_round_robin.c): each accepted backend's
+    /// current weight grows by its weight, the highest (the first in config order on a tie)
+    /// is chosen and loses the accepted backends' total weight. Backends not accepted keep
+    /// their current weight and take no part. With every backend accepted, weights 5,1,1 give
+    /// a,a,b,a,c,a,a: each cycle of (sum of weights) picks follows the weights exactly.
+    fn round_robin(&self, pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        // A panic in `accept` under the lock leaves at worst one pick half counted.
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (index, backend) in pool.backends().iter().enumerate().take(current.len()) {
+            if !accept(index) {
+                continue;
+            }
+            let weight = i64::from(backend.weight);
+            current[index] += weight;
+            total += weight;
+            if best.is_none_or(|top| current[index] > current[top]) {
+                best = Some(index);
+            }
+        }
+        let chosen = best?;
+        current[chosen] -= total;
+        Some(chosen)
     }
 
     /// Fewest in-flight requests per unit of weight; ties go round the backends in turn.
@@ -164,64 +195,34 @@ fn less_loaded(pool: &Pool, a: usize, b: usize) -> bool {
 
 /// Two weighted random candidates; the less loaded one wins (Mitzenmacher's power of two
 /// choices: near least-connections spread without scanning under contention).
+///
+/// One pass, asking `accept` once per backend: each candidate is drawn by weighted reservoir
+/// sampling (Chao's method: keep the backend seen with probability weight / weight seen so far),
+/// so a candidate is always a backend accepted in this pass, drawn with probability
+/// weight / accepted weight, whatever `accept` said in earlier picks.
 fn power_of_two_choices(pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<usize> {
-    let total: u64 = accepted(pool, &accept)
-        .map(|index| u64::from(pool.get(index).weight))
-        .sum();
-    if total == 0 {
-        return None;
+    let mut rng = rand::rng();
+    let mut seen = 0u64;
+    let (mut first, mut second) = (None, None);
+    for (index, backend) in pool.backends().iter().enumerate() {
+        let weight = u64::from(backend.weight);
+        if weight == 0 || !accept(index) {
+            continue;
+        }
+        seen += weight;
+        if rng.random_range(0..seen) < weight {
+            first = Some(index);
+        }
+        if rng.random_range(0..seen) < weight {
+            second = Some(index);
+        }
     }
-    let weighted = |mut ticket: u64| {
-        accepted(pool, &accept)
-            .find(|&index| {
-                let weight = u64::from(pool.get(index).weight);
-                if ticket < weight {
-                    return true;
-                }
-                ticket -= weight;
-                false
-            })
-            .expect("a ticket below the total weight falls on an accepted backend")
-    };
-    let first = weighted(rand::random_range(0..total));
-    let second = weighted(rand::random_range(0..total));
+    let (first, second) = (first?, second?);
     Some(if less_loaded(pool, second, first) {
         second
     } else {
         first
     })
-}
-
-fn accepted<'a>(
-    pool: &'a Pool,
-    accept: &'a impl Fn(usize) -> bool,
-) -> impl Iterator<Item = usize> + 'a {
-    (0..pool.backends().len()).filter(move |&index| accept(index))
-}
-
-/// The smooth weighted round-robin order of one full cycle (length = sum of weights).
-fn smooth_schedule(pool: &Pool) -> Vec<usize> {
-    let weights: Vec<i64> = pool
-        .backends()
-        .iter()
-        .map(|backend| i64::from(backend.weight))
-        .collect();
-    let total: i64 = weights.iter().sum();
-    let mut current = vec![0i64; weights.len()];
-    (0..total)
-        .map(|_| {
-            for (value, weight) in current.iter_mut().zip(&weights) {
-                *value += weight;
-            }
-            let (chosen, _) = current
-                .iter()
-                .enumerate()
-                .max_by_key(|&(index, value)| (*value, std::cmp::Reverse(index)))
-                .expect("a pool has at least one backend");
-            current[chosen] -= total;
-            chosen
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -275,6 +276,110 @@ mod tests {
             assert_ne!(balancer.pick(&pool, |index| index != 1), Some(1));
         }
         assert_eq!(balancer.pick(&pool, |_| false), None);
+    }
+
+    /// Picks `picks` times with `accept` and counts where they went.
+    fn counts_accepting(
+        balancer: &Balancer,
+        pool: &Pool,
+        picks: usize,
+        accept: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        let mut counts = vec![0; pool.backends().len()];
+        for _ in 0..picks {
+            counts[balancer.pick(pool, &accept).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn round_robin_spreads_a_refused_backends_turns_over_the_others_by_weight() {
+        let cases: [(&[u32], usize, usize, &[usize]); 5] = [
+            (&[1, 1, 1], 1, 300, &[150, 0, 150]),
+            (&[1, 1, 1], 0, 300, &[0, 150, 150]),
+            (&[1, 1, 1, 1], 2, 300, &[100, 100, 0, 100]),
+            (&[2, 1, 1], 0, 300, &[0, 150, 150]),
+            (&[1, 2, 3], 1, 400, &[100, 0, 300]),
+        ];
+        for (weights, refused, picks, expected) in cases {
+            let pool = pool(weights);
+            let balancer = Balancer::new(Balance::RoundRobin, &pool);
+            let got = counts_accepting(&balancer, &pool, picks, |index| index != refused);
+            assert_eq!(got, expected, "weights {weights:?}, b{refused} refused");
+        }
+    }
+
+    #[test]
+    fn round_robin_alternates_deterministically_while_a_backend_is_refused() {
+        let pool = pool(&[1, 1, 1]);
+        let picks = |balancer: &Balancer| -> Vec<usize> {
+            (0..6)
+                .map(|_| balancer.pick(&pool, |index| index != 0).unwrap())
+                .collect()
+        };
+        let balancer = Balancer::new(Balance::RoundRobin, &pool);
+        // The remaining two alternate; a tie goes to the first in config order.
+        assert_eq!(picks(&balancer), [1, 2, 1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn round_robin_takes_a_returning_backend_back_at_its_weight() {
+        let pool = pool(&[1, 1, 1]);
+        let balancer = Balancer::new(Balance::RoundRobin, &pool);
+        counts_accepting(&balancer, &pool, 31, |index| index != 1);
+        let after = counts_accepting(&balancer, &pool, 300, |_| true);
+        assert!(
+            after.iter().all(|&count| count.abs_diff(100) <= 1),
+            "{after:?}"
+        );
+    }
+
+    #[test]
+    fn every_algorithm_survives_accept_changing_its_answer_and_returns_only_accepted_ones() {
+        use std::cell::{Cell, RefCell};
+        let pool = pool(&[1, 3, 2, 5, 1]);
+        for algorithm in [
+            Balance::Random,
+            Balance::RoundRobin,
+            Balance::LeastConnections,
+        ] {
+            let balancer = Balancer::new(algorithm, &pool);
+            let calls = Cell::new(0u64);
+            let accepted = RefCell::new(Vec::new());
+            // Answers that change from call to call, as health checks and ejections may flip
+            // a backend between two looks.
+            let accept = |index: usize| {
+                let call = calls.get();
+                calls.set(call + 1);
+                let yes = crate::affinity::hash::hash_bytes(&call.to_le_bytes()) % 3 != 0;
+                if yes {
+                    accepted.borrow_mut().push(index);
+                }
+                yes
+            };
+            let mut chosen = 0;
+            for _ in 0..20_000 {
+                accepted.borrow_mut().clear();
+                let before = calls.get();
+                let pick = balancer.pick(&pool, accept);
+                assert!(
+                    calls.get() - before <= pool.backends().len() as u64,
+                    "{algorithm:?} asked more than once per backend"
+                );
+                match pick {
+                    Some(index) => {
+                        chosen += 1;
+                        assert!(
+                            accepted.borrow().contains(&index),
+                            "{algorithm:?} picked b{index}, not accepted in {:?}",
+                            accepted.borrow()
+                        );
+                    }
+                    None => assert!(accepted.borrow().is_empty(), "{algorithm:?}"),
+                }
+            }
+            assert!(chosen > 10_000, "{algorithm:?}: {chosen}");
+        }
     }
 
     #[test]
