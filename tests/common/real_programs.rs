@@ -144,9 +144,10 @@ fn ensure_npm_packages_once(app: &Path) -> NpmInstall {
 }
 
 /// Makes `app/node_modules` match `app/package-lock.json`, running `npm ci` with the program
-/// `npm` (`"npm"` from PATH; the harness's own tests pass a stand-in) when packages are missing. Holds an exclusive lock on `app/.npm-ci.lock` while it checks and
-/// installs, so separate test processes never run `npm ci` on one app at once, and a process that
-/// waited sees the packages another installed instead of installing them again.
+/// `npm` (`"npm"` from PATH; the harness's own tests pass a stand-in) when packages are missing.
+/// Holds an exclusive lock on `app/.npm-ci.lock` while it checks and installs, so separate test
+/// processes never run `npm ci` on one app at once, and a process that waited sees the packages
+/// another installed instead of installing them again.
 pub fn ensure_npm_packages(app: &Path, npm: &OsStr) -> NpmInstall {
     let install = npm_ci_line(app);
     let lock_path = app.join(".npm-ci.lock");
