@@ -78,6 +78,9 @@ impl Redis {
     }
 }
 
+/// True when `redis-server` is on PATH. Missing, it fails the test with
+/// `apt-get install redis-server`; only under `STICKYD_TEST_ALLOW_MISSING=1` is the answer false
+/// instead, and the test returns early.
 fn redis_present() -> bool {
     common::require_program("redis-server")
 }

@@ -21,6 +21,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
+mod real_programs;
+#[allow(unused_imports)] // each test file uses its own part of the harness
+pub use real_programs::*;
+
 /// Every test body runs under this bound, so a hang fails instead of stalling CI.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -152,38 +156,6 @@ pub async fn open_stream(proxy: &Proxy) -> Incoming {
         "the first chunk waited for the whole body"
     );
     body
-}
-
-/// true when `program` is on PATH. When it is not: panics under `CI=true`, else prints
-/// "skipped: <program> not installed" and returns false.
-pub fn require_program(program: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
-    found || missing(&format!("{program} not installed"))
-}
-
-/// true when every npm package in `packages` is installed under `app/node_modules`; when one
-/// is not, the same rule as [`require_program`], with the `npm ci` command to run.
-pub fn require_npm_packages(app: &std::path::Path, packages: &[&str]) -> bool {
-    let modules = app.join("node_modules");
-    let installed = packages
-        .iter()
-        .all(|package| modules.join(package).join("package.json").is_file());
-    installed
-        || missing(&format!(
-            "{} not installed: run `npm ci --prefix {}`",
-            modules.display(),
-            app.display()
-        ))
-}
-
-/// A prerequisite is missing: a failure under `CI=true`, elsewhere a printed skip (false).
-fn missing(what: &str) -> bool {
-    if std::env::var("CI").is_ok_and(|value| value == "true") {
-        panic!("{what} (required under CI=true)");
-    }
-    println!("skipped: {what}");
-    false
 }
 
 /// The `Cookie` header value of `jar`, or `None` when it is empty.
