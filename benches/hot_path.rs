@@ -29,7 +29,7 @@ fn service(affinity: &str, balance: &str) -> (Affinity, Pool, Balancer) {
         stickyd::pool::PoolPolicy::default(),
         None,
     );
-    let affinity = Affinity::new(&service.affinity, &pool);
+    let affinity = Affinity::new(service, &pool);
     let balancer = Balancer::new(service.balance, &pool);
     (affinity, pool, balancer)
 }

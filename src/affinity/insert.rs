@@ -343,4 +343,57 @@ mod tests {
         );
         assert!(renewed.last >= now, "a refresh moves the last-use time");
     }
+
+    fn raw_request(fields: &[&[u8]]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for field in fields {
+            headers.append(COOKIE, HeaderValue::from_bytes(field).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_cookie_beside_non_ascii_or_valueless_pairs_pins_and_only_ours_is_stripped() {
+        let pool = pool();
+        let insert = Insert::new(&config(), &pool);
+        let cases: [(&[&[u8]], &[u8]); 4] = [
+            (&[b"a=\xe9t\xe9; SERVERID=s2"], b"a=\xe9t\xe9"),
+            (&[b"\xff=1", b"SERVERID=s2; flag"], b"\xff=1; flag"),
+            (
+                &[b"SERVERID=s2", b"lang=fran\xc3\xa7ais"],
+                b"lang=fran\xc3\xa7ais",
+            ),
+            (&[b"flag; x=\x80; SERVERID=s2"], b"flag; x=\x80"),
+        ];
+        for (fields, left) in cases {
+            let mut headers = raw_request(fields);
+            assert_eq!(
+                insert.on_request(&mut headers, &pool),
+                Stickiness::Pinned(1, None),
+                "{fields:?}"
+            );
+            assert_eq!(headers.get(COOKIE).unwrap().as_bytes(), left, "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn an_id_holding_non_ascii_bytes_is_invalid_in_every_mode_and_still_stripped() {
+        let pool = pool();
+        for config in [
+            config(),
+            sealed(SealMode::Signed, None),
+            sealed(SealMode::Encrypted, None),
+        ] {
+            let insert = Insert::new(&config, &pool);
+            for value in [&b"s\xe92"[..], b"s2\xff", b"\xc3\xa9"] {
+                let mut headers = raw_request(&[&[b"a=1; SERVERID=", value].concat()]);
+                assert_eq!(
+                    insert.on_request(&mut headers, &pool),
+                    Stickiness::Invalid,
+                    "{value:?}"
+                );
+                assert_eq!(headers.get(COOKIE).unwrap(), "a=1");
+            }
+        }
+    }
 }

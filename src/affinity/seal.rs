@@ -467,14 +467,16 @@ impl IdCodec {
         self.sealer.mode() == SealMode::Plain
     }
 
-    /// The id a cookie value names and, for sealed values, its times; `None` when the value
-    /// is forged, garbled, or its binding outlived `max_idle` / `max_life` at `now` (unix
-    /// seconds).
+    /// The id a cookie value (bytes, as the client sent them) names and, for sealed values,
+    /// its times; `None` when the value is not UTF-8, forged, garbled, or its binding outlived
+    /// `max_idle` / `max_life` at `now` (unix seconds). Whether a plain id names a backend is
+    /// the caller's check.
     pub fn open<'a>(
         &self,
-        value: &'a str,
+        value: &'a [u8],
         now: u64,
     ) -> Option<(std::borrow::Cow<'a, str>, Option<super::Seen>)> {
+        let value = std::str::from_utf8(value).ok()?;
         if self.is_plain() {
             return Some((std::borrow::Cow::Borrowed(value), None));
         }
