@@ -6,7 +6,7 @@ use http::header::{COOKIE, HeaderValue, SET_COOKIE};
 use proptest::prelude::*;
 use stickyd::affinity::cookies;
 use stickyd::affinity::prefix::Prefix;
-use stickyd::affinity::seal::{SealMode, Sealer};
+use stickyd::affinity::seal::{SealContext, SealMode, Sealer};
 use stickyd::config::{BackendConfig, PrefixConfig, SealConfig};
 use stickyd::pool::{Pool, PoolPolicy};
 
@@ -88,11 +88,14 @@ fn pool() -> Pool {
 }
 
 fn prefix(seal: SealConfig) -> Prefix {
-    Prefix::new(&PrefixConfig {
-        cookie: "JSESSIONID".into(),
-        delimiter: '~',
-        seal,
-    })
+    Prefix::new(
+        &PrefixConfig {
+            cookie: "JSESSIONID".into(),
+            delimiter: '~',
+            seal,
+        },
+        "web",
+    )
 }
 
 fn plain() -> SealConfig {
@@ -222,9 +225,10 @@ proptest! {
     ) {
         for mode in [SealMode::Signed, SealMode::Encrypted] {
             let sealer = Sealer::new(mode, vec![vec![42u8; 32]]).unwrap();
-            let opened = sealer.open(&sealer.seal(&id, first, last)).unwrap();
+            let context = SealContext::new("web", "SERVERID");
+            let opened = sealer.open(&context, &sealer.seal(&context, &id, first, last)).unwrap();
             prop_assert_eq!((opened.id.as_str(), opened.first_seen, opened.last_seen), (id.as_str(), first, last));
-            prop_assert!(sealer.open(&garbage).is_none(), "{garbage:?} opened");
+            prop_assert!(sealer.open(&context, &garbage).is_none(), "{garbage:?} opened");
         }
     }
 }

@@ -115,12 +115,15 @@ pub enum Affinity {
 }
 
 impl Affinity {
-    /// Builds the strategy of `service` for `pool`'s backends.
+    /// Builds the strategy of `service` for `pool`'s backends; sealed cookie values are bound
+    /// to the service's name and the strategy's cookie name.
     pub fn new(service: &ServiceConfig, pool: &Pool) -> Affinity {
         match &service.affinity {
             AffinityConfig::None => Affinity::None,
-            AffinityConfig::Insert(config) => Affinity::Insert(Insert::new(config, pool)),
-            AffinityConfig::Prefix(config) => Affinity::Prefix(Prefix::new(config)),
+            AffinityConfig::Insert(config) => {
+                Affinity::Insert(Insert::new(config, &service.name, pool))
+            }
+            AffinityConfig::Prefix(config) => Affinity::Prefix(Prefix::new(config, &service.name)),
             AffinityConfig::StickTable(config) => Affinity::StickTable(StickTable::new(config)),
             AffinityConfig::Hash(config) => {
                 Affinity::Hash(Hash::new(config, &service.trusted_proxies))

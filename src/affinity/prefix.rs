@@ -4,7 +4,7 @@
 
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
-use super::seal::IdCodec;
+use super::seal::{IdCodec, SealContext};
 use super::{Binding, Outcome, Seen, Stickiness, cookies};
 use crate::config::PrefixConfig;
 use crate::pool::Pool;
@@ -18,12 +18,13 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    /// Builds the strategy from its config.
-    pub fn new(config: &PrefixConfig) -> Prefix {
+    /// Builds the strategy of the service called `service` from its config. Sealed prefixes
+    /// are bound to `service` and the app's cookie name.
+    pub fn new(config: &PrefixConfig, service: &str) -> Prefix {
         Prefix {
             cookie: config.cookie.clone(),
             delimiter: config.delimiter,
-            codec: IdCodec::new(&config.seal),
+            codec: IdCodec::new(&config.seal, SealContext::new(service, &config.cookie)),
         }
     }
 
@@ -139,11 +140,14 @@ mod tests {
     use crate::affinity::tests::pool;
 
     fn prefix() -> Prefix {
-        Prefix::new(&PrefixConfig {
-            seal: crate::affinity::tests::plain_ids(),
-            cookie: "JSESSIONID".into(),
-            delimiter: '~',
-        })
+        Prefix::new(
+            &PrefixConfig {
+                seal: crate::affinity::tests::plain_ids(),
+                cookie: "JSESSIONID".into(),
+                delimiter: '~',
+            },
+            "web",
+        )
     }
 
     fn request(cookie: &str) -> HeaderMap {
