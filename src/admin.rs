@@ -303,8 +303,8 @@ async fn resolve(router: &Router, query: &str) -> AdminResponse {
     let affinity = router.affinity();
     let stickiness = match (query_param(query, "cookie"), query_param(query, "key")) {
         (Some(cookie), None) => {
-            let cookie = percent_decode(cookie);
-            let Ok(value) = header::HeaderValue::from_str(&cookie) else {
+            // Bytes, not text: a browser's cookies may hold bytes >= 0x80 (RFC 6265 §5.4).
+            let Ok(value) = header::HeaderValue::from_bytes(&percent_decode_bytes(cookie)) else {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "the cookie is not a valid header value",
@@ -446,6 +446,11 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 }
 
 fn percent_decode(text: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(text)).into_owned()
+}
+
+/// `text` with `%XX` escapes and `+` decoded, as bytes.
+fn percent_decode_bytes(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut index = 0;
@@ -469,7 +474,7 @@ fn percent_decode(text: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&decoded).into_owned()
+    decoded
 }
 
 fn constant_time_eq(given: &str, expected: &str) -> bool {

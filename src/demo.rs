@@ -100,7 +100,9 @@ struct DemoApp {
 
 impl DemoApp {
     fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let known = cookies::find(request.headers(), DEMO_SESSION_COOKIE).map(str::to_string);
+        let known = cookies::find(request.headers(), DEMO_SESSION_COOKIE)
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .map(str::to_string);
         let is_new = known.is_none();
         let session = known.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
         let views = {

@@ -63,8 +63,9 @@ struct Choice {
     hash: Option<u64>,
     /// The sealed times the request's cookie carried.
     seen: Option<Seen>,
-    /// The prefix app value, kept when the cookie must be re-issued (a due refresh).
-    reissue: Option<String>,
+    /// The prefix app value (bytes as the client sent them), kept when the cookie must be
+    /// re-issued (a due refresh).
+    reissue: Option<Vec<u8>>,
 }
 
 impl Router {
@@ -444,7 +445,7 @@ impl Router {
                     } else {
                         self.pool.record_success(backend);
                     }
-                    let session = session.as_deref().or(reissue.as_deref());
+                    let session = session.as_deref().map(str::as_bytes).or(reissue.as_deref());
                     let binding = Binding {
                         backend,
                         outcome,

@@ -16,7 +16,9 @@ use stickyd::runtime::Runtime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use common::{Browser, TestBackend, config, spawn_backends, within_timeout};
+use common::{
+    Browser, TestBackend, config, get_with_cookie_fields, spawn_backends, within_timeout,
+};
 
 const TOKEN: &str = "s3cret-token";
 
@@ -451,6 +453,58 @@ async fn a_bad_proxy_protocol_header_is_counted() {
             "{text}"
         );
         admin.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn resolve_reads_cookie_bytes_as_the_proxy_does() {
+    within_timeout(async {
+        let backends = spawn_backends(3).await;
+        let insert = Admin::start(&backends, INSERT).await;
+        // RFC 6265 §5.4: a browser may send bytes >= 0x80; here Latin-1 "été".
+        let (_, hit) = insert
+            .json(
+                Method::GET,
+                "/services/web/resolve?cookie=a%3D%E9t%E9%3B%20SERVERID%3Db2",
+                "",
+            )
+            .await;
+        assert_eq!(
+            (hit["backend"].as_str(), hit["outcome"].as_str()),
+            (Some("b2"), Some("hit")),
+            "{hit}"
+        );
+        insert.stop().await;
+
+        // A hash key read from a cookie is hashed as the bytes the browser sent.
+        let hashed = Admin::start(
+            &backends,
+            "[service.affinity]\nstrategy = \"hash\"\nkey = \"cookie:sid\"\nfallback = \"balance\"\n",
+        )
+        .await;
+        for n in 0..6u8 {
+            let value = [b'\xe9', b'0' + n, b'\xff'];
+            let escaped: String = value.iter().map(|b| format!("%{b:02X}")).collect();
+            let (_, answer) = hashed
+                .json(
+                    Method::GET,
+                    &format!("/services/web/resolve?cookie=sid%3D{escaped}"),
+                    "",
+                )
+                .await;
+            let served = get_with_cookie_fields(
+                &format!("{}/", hashed.proxy),
+                &[&[b"sid=", &value[..]].concat()],
+            )
+            .await;
+            assert_eq!(
+                (answer["backend"].as_str(), answer["outcome"].as_str()),
+                (Some(served.backend()), Some("hit")),
+                "the resolver agrees with the proxy on sid={escaped}: {answer}"
+            );
+        }
+        hashed.stop().await;
     })
     .await;
 }

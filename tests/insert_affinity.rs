@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    Browser, TestBackend, assert_sticks_and_spreads, config, proxy_over, spawn_backends,
-    start_proxy, within_timeout,
+    Browser, TestBackend, assert_sticks_and_spreads, config, cookie_fields, get_with_cookie_fields,
+    proxy_over, show, spawn_backends, start_proxy, within_timeout,
 };
 
 const INSERT: &str = "[service.affinity]\nstrategy = \"insert\"\ncookie = \"SERVERID\"\n";
@@ -89,6 +89,101 @@ async fn a_forged_cookie_is_a_new_session_and_gets_a_real_one() {
             cookie.is_none(),
             "the forged cookie reached a backend: {cookie:?}"
         );
+    })
+    .await;
+}
+
+/// Pairs holding bytes >= 0x80, in the value, the name, quoted, as UTF-8 and as Latin-1: user
+/// agents send them (RFC 6265 §5.4), so stickyd must read its own cookie beside them.
+const NON_ASCII_PAIRS: &[&[u8]] = &[
+    b"a=\xe9t\xe9",
+    b"lang=fran\xc3\xa7ais",
+    b"\xe9t\xe9=1",
+    b"x=\x80=\xff",
+    b"q=\"\xe9 \xa0\"",
+];
+
+/// Sends `fields` to `proxy` and asserts that backend `b2` of `backends` answered and
+/// received exactly `expected` as its `Cookie` fields.
+async fn assert_pinned_to_b2_with(
+    proxy: &common::Proxy,
+    backends: &[TestBackend],
+    fields: &[&[u8]],
+    expected: &[&[u8]],
+) {
+    let page = get_with_cookie_fields(&proxy.url("/"), fields).await;
+    let sent: Vec<String> = fields.iter().map(|field| show(field)).collect();
+    assert_eq!(page.backend(), "b2", "{sent:?} was not pinned");
+    assert!(
+        page.headers.get("set-cookie").is_none(),
+        "{sent:?}: a hit re-issued the cookie"
+    );
+    let seen = backends[1].seen();
+    let got: Vec<String> = cookie_fields(seen.last().unwrap())
+        .iter()
+        .map(|field| show(field))
+        .collect();
+    let expected: Vec<String> = expected.iter().map(|field| show(field)).collect();
+    assert_eq!(got, expected, "for {sent:?}");
+}
+
+#[tokio::test]
+async fn a_cookie_field_with_non_ascii_bytes_still_pins_and_the_rest_reaches_the_backend_byte_for_byte()
+ {
+    within_timeout(async {
+        let backends = spawn_backends(3).await;
+        let proxy = proxy_over(&backends, INSERT).await;
+        for pair in NON_ASCII_PAIRS {
+            let before = [*pair, b"; SERVERID=b2"].concat();
+            let after = [b"SERVERID=b2; ", *pair].concat();
+            for field in [&before, &after] {
+                assert_pinned_to_b2_with(&proxy, &backends, &[field], &[pair]).await;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_app_pair_of_several_cookie_fields_reaches_the_backend_when_one_holds_non_ascii() {
+    within_timeout(async {
+        let backends = spawn_backends(3).await;
+        let proxy = proxy_over(&backends, INSERT).await;
+        // The rewrite joins the fields with "; " (RFC 9113 §8.2.3), pairs in order.
+        let cases: [(&[&[u8]], &[u8]); 3] = [
+            (
+                &[b"a=\xe9t\xe9; SERVERID=b2", b"sid=xyz"],
+                b"a=\xe9t\xe9; sid=xyz",
+            ),
+            (
+                &[b"sid=xyz; SERVERID=b2", b"a=\xe9t\xe9"],
+                b"sid=xyz; a=\xe9t\xe9",
+            ),
+            (
+                &[b"sid=xyz", b"\xff=\xfe; b=\x80", b"SERVERID=b2"],
+                b"sid=xyz; \xff=\xfe; b=\x80",
+            ),
+        ];
+        for (fields, expected) in cases {
+            assert_pinned_to_b2_with(&proxy, &backends, fields, &[expected]).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn valueless_pairs_survive_the_removal_of_the_insert_cookie() {
+    within_timeout(async {
+        let backends = spawn_backends(3).await;
+        let proxy = proxy_over(&backends, INSERT).await;
+        let cases: [(&[&[u8]], &[u8]); 3] = [
+            (&[b"flag; SERVERID=b2; x=1"], b"flag; x=1"),
+            (&[b"SERVERID=b2; \xe9flag"], b"\xe9flag"),
+            (&[b"flag", b"SERVERID=b2"], b"flag"),
+        ];
+        for (fields, expected) in cases {
+            assert_pinned_to_b2_with(&proxy, &backends, fields, &[expected]).await;
+        }
     })
     .await;
 }

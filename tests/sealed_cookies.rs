@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Browser, config, proxy_over, spawn_backends, temp_file, within_timeout};
+use tokio::sync::oneshot;
 
 const KEY_A: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 const KEY_B: &str = "f9e8d7c6b5a4938271605f4e3d2c1b0af9e8d7c6b5a4938271605f4e3d2c1b0a";
@@ -99,7 +100,7 @@ async fn a_signed_prefix_sticks_and_the_backend_sees_its_own_value() {
         let value = &browser.jar["JSESSIONID"];
         let (prefix, app) = value.split_once('~').unwrap();
         assert!(
-            prefix.starts_with(&format!("{bound}.")) && prefix.len() > bound.len() + 10,
+            prefix.starts_with(&format!("v2.{bound}.")) && prefix.len() > bound.len() + 10,
             "{value}"
         );
         assert_eq!(app, format!("{bound}-1"));
@@ -128,4 +129,90 @@ async fn max_idle_and_max_life_need_sealed_ids() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("`max_idle` needs sealed ids"), "{error}");
+}
+
+/// stickyd running two services, both with insert affinity on the same cookie name, the same
+/// key file and the same backend names (and addresses). Returns each service's address and a
+/// sender that stops stickyd.
+async fn two_services(
+    backends: &[common::TestBackend],
+    mode: &str,
+) -> (Vec<std::net::SocketAddr>, oneshot::Sender<()>) {
+    let key_file = temp_file(&format!("shared-{mode}.keys"));
+    std::fs::write(&key_file, format!("{KEY_A}\n")).unwrap();
+    let mut text = String::new();
+    for service in ["shop", "blog"] {
+        text.push_str(&format!(
+            "[[service]]\nname = \"{service}\"\nlisten = [\"127.0.0.1:0\"]\ndebug_header = true\n\
+             [service.affinity]\nstrategy = \"insert\"\ncookie = \"SERVERID\"\n\
+             seal = \"{mode}\"\nkey_file = \"{}\"\n",
+            key_file.display()
+        ));
+        for backend in backends {
+            text.push_str(&format!(
+                "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\n",
+                backend.name, backend.addr
+            ));
+        }
+    }
+    let config = stickyd::config::Config::parse(&text, "<test>").unwrap_or_else(|e| panic!("{e}"));
+    // One listener per service, in the order of the config.
+    let listeners = stickyd::server::bind(&config)
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addresses = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        stickyd::server::run(&config, listeners, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    (addresses, stop)
+}
+
+#[tokio::test]
+async fn a_cookie_sealed_for_one_service_is_invalid_at_another_sharing_keys_and_backend_names() {
+    within_timeout(async {
+        let backends = spawn_backends(3).await;
+        for mode in ["signed", "encrypted"] {
+            let (addresses, stop) = two_services(&backends, mode).await;
+            let (shop, blog) = (addresses[0], addresses[1]);
+            let mut browser = Browser::new();
+            let first = browser.get(&format!("http://{shop}/")).await;
+            let bound = first.backend().to_string();
+            let shop_cookie = browser.jar["SERVERID"].clone();
+            let again = browser.get(&format!("http://{shop}/")).await;
+            assert_eq!(
+                again.headers["x-stickyd"],
+                format!("backend={bound}; affinity=hit"),
+                "{mode}: the cookie holds at its own service"
+            );
+            // The same cookie, sent to the other service: a new session, counted invalid.
+            let mut visitor = Browser::new();
+            visitor.jar.insert("SERVERID".into(), shop_cookie.clone());
+            let page = visitor.get(&format!("http://{blog}/")).await;
+            assert_eq!(page.status, 200);
+            let debug = page.headers["x-stickyd"].to_str().unwrap();
+            assert!(
+                debug.ends_with("; affinity=invalid"),
+                "{mode}: the shop's cookie was honoured by the blog: {debug}"
+            );
+            let reissued = &visitor.jar["SERVERID"];
+            assert_ne!(
+                reissued, &shop_cookie,
+                "{mode}: the blog did not re-issue its own cookie"
+            );
+            let back = visitor.get(&format!("http://{blog}/")).await;
+            assert!(
+                back.headers["x-stickyd"]
+                    .to_str()
+                    .unwrap()
+                    .ends_with("; affinity=hit"),
+                "{mode}: the re-issued cookie holds at the blog"
+            );
+            let _ = stop.send(());
+        }
+    })
+    .await;
 }

@@ -5,7 +5,8 @@ mod common;
 use std::collections::HashSet;
 
 use common::{
-    Browser, assert_sticks_and_spreads, encode, proxy_over, spawn_backends, within_timeout,
+    Browser, assert_sticks_and_spreads, cookie_fields, encode, get_with_cookie_fields, proxy_over,
+    show, spawn_backends, within_timeout,
 };
 
 const STICK: &str = "[service.affinity]\nstrategy = \"stick-table\"\ncookie = \"sid\"\n";
@@ -102,6 +103,58 @@ async fn concurrent_first_requests_of_one_session_land_on_one_backend() {
                 1,
                 "session burst-{session} was split over {landed:?}"
             );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_session_id_is_found_beside_non_ascii_and_valueless_pairs() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let proxy = proxy_over(&backends, STICK).await;
+        let first = get_with_cookie_fields(&proxy.url("/session/sid"), &[]).await;
+        let bound = first.backend().to_string();
+        let sid = format!("sid={bound}-1");
+        let sid = sid.as_bytes();
+        // Round-robin over two: a request whose session id was missed goes to the other one.
+        let cases: [Vec<Vec<u8>>; 4] = [
+            vec![[b"a=\xe9t\xe9; ", sid].concat()],
+            vec![[b"flag; ", sid, b"; \xff=\xfe"].concat()],
+            vec![b"a=\xe9t\xe9".to_vec(), sid.to_vec()],
+            vec![[sid, b"; lang=fran\xc3\xa7ais"].concat()],
+        ];
+        for fields in &cases {
+            let fields: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+            let sent: Vec<String> = fields.iter().map(|field| show(field)).collect();
+            let page = get_with_cookie_fields(&proxy.url("/"), &fields).await;
+            assert_eq!(page.backend(), bound, "{sent:?} lost its session");
+            let served = backends.iter().find(|b| b.name == bound).unwrap().seen();
+            let got: Vec<String> = cookie_fields(served.last().unwrap())
+                .iter()
+                .map(|field| show(field))
+                .collect();
+            assert_eq!(got, sent, "the stick table changed the cookies");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_set_cookie_holding_obs_text_still_teaches_the_table() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let proxy = proxy_over(&backends, STICK).await;
+        // UTF-8 "é" is two bytes >= 0x80: obs-text in an attribute of the app's cookie.
+        let set = encode("sid=learned; Path=/; Comment=\u{e9}t\u{e9}");
+        let bound = get_with_cookie_fields(&proxy.url(&format!("/?set-cookie={set}")), &[])
+            .await
+            .backend()
+            .to_string();
+        // Round-robin over two: an unlearned session would go to the other backend.
+        for _ in 0..3 {
+            let page = get_with_cookie_fields(&proxy.url("/"), &[b"sid=learned"]).await;
+            assert_eq!(page.backend(), bound, "the binding was not learned");
         }
     })
     .await;

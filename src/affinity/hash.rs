@@ -70,7 +70,7 @@ impl Hash {
                 .query()
                 .and_then(|query| query_value(query, name))
                 .map(str::as_bytes),
-            HashKey::Cookie(name) => cookies::find(headers, name).map(str::as_bytes),
+            HashKey::Cookie(name) => cookies::find(headers, name),
         };
         match key {
             Some(bytes) if !bytes.is_empty() => Stickiness::Hash(hash_bytes(bytes)),
@@ -320,5 +320,23 @@ mod tests {
             cookie.on_request(&head("/", &[("cookie", "a=1; sid=xyz")]), ip("192.0.2.1")),
             Stickiness::Hash(hash_bytes(b"xyz"))
         );
+    }
+
+    #[test]
+    fn a_cookie_key_is_found_beside_non_ascii_pairs_and_hashed_as_its_bytes() {
+        let cookie = hash(HashKey::Cookie("sid".into()), &[], Fallback::Balance);
+        for (field, key) in [
+            (&b"a=\xe9t\xe9; sid=xyz"[..], &b"xyz"[..]),
+            (b"flag; sid=\xe9\xff; \x80", b"\xe9\xff"),
+        ] {
+            let mut head = head("/", &[]);
+            head.headers
+                .insert("cookie", http::HeaderValue::from_bytes(field).unwrap());
+            assert_eq!(
+                cookie.on_request(&head, ip("192.0.2.1")),
+                Stickiness::Hash(hash_bytes(key)),
+                "{field:?}"
+            );
+        }
     }
 }

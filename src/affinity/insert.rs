@@ -3,7 +3,7 @@
 
 use http::header::{CACHE_CONTROL, HeaderMap, HeaderValue, SET_COOKIE};
 
-use super::seal::IdCodec;
+use super::seal::{IdCodec, SealContext};
 use super::{Binding, Outcome, Stickiness, cookies};
 use crate::config::{InsertConfig, SameSite};
 use crate::pool::Pool;
@@ -23,8 +23,9 @@ pub struct Insert {
 }
 
 impl Insert {
-    /// Builds the strategy and the `Set-Cookie` value of each backend in `pool`.
-    pub fn new(config: &InsertConfig, pool: &Pool) -> Insert {
+    /// Builds the strategy of the service called `service` and the `Set-Cookie` value of each
+    /// backend in `pool`. Sealed values are bound to `service` and the cookie name.
+    pub fn new(config: &InsertConfig, service: &str, pool: &Pool) -> Insert {
         let mut attributes = format!("; Path={}", config.path);
         if let Some(domain) = &config.domain {
             attributes.push_str("; Domain=");
@@ -56,7 +57,7 @@ impl Insert {
             cookie: config.cookie.clone(),
             indirect: config.indirect,
             nocache: config.nocache,
-            codec: IdCodec::new(&config.seal),
+            codec: IdCodec::new(&config.seal, SealContext::new(service, &config.cookie)),
             attributes,
             set_cookie,
         }
@@ -189,7 +190,7 @@ mod tests {
     #[test]
     fn a_cookie_naming_a_backend_pins_and_is_stripped_when_indirect() {
         let pool = pool();
-        let insert = Insert::new(&config(), &pool);
+        let insert = Insert::new(&config(), "web", &pool);
         let mut headers = request("lang=en; SERVERID=s2");
         assert_eq!(
             insert.on_request(&mut headers, &pool),
@@ -201,7 +202,7 @@ mod tests {
     #[test]
     fn a_forged_cookie_is_invalid_and_a_missing_one_is_new() {
         let pool = pool();
-        let insert = Insert::new(&config(), &pool);
+        let insert = Insert::new(&config(), "web", &pool);
         assert_eq!(
             insert.on_request(&mut request("SERVERID=127.0.0.1:3001"), &pool),
             Stickiness::Invalid
@@ -220,6 +221,7 @@ mod tests {
                 indirect: false,
                 ..config()
             },
+            "web",
             &pool,
         );
         let mut headers = request("SERVERID=s1");
@@ -240,7 +242,7 @@ mod tests {
             same_site: SameSite::Strict,
             ..config()
         };
-        let insert = Insert::new(&config, &pool);
+        let insert = Insert::new(&config, "web", &pool);
         let mut hit = HeaderMap::new();
         insert.on_response(&pool, &binding(0, Outcome::Hit, None), &mut hit);
         assert!(hit.is_empty());
@@ -270,7 +272,7 @@ mod tests {
     fn a_sealed_cookie_round_trips_and_a_forged_or_plain_one_is_invalid() {
         let pool = pool();
         for mode in [SealMode::Signed, SealMode::Encrypted] {
-            let insert = Insert::new(&sealed(mode, None), &pool);
+            let insert = Insert::new(&sealed(mode, None), "web", &pool);
             let mut response = HeaderMap::new();
             insert.on_response(&pool, &binding(2, Outcome::New, None), &mut response);
             let value = issued(&response);
@@ -299,9 +301,13 @@ mod tests {
         let pool = pool();
         let insert = Insert::new(
             &sealed(SealMode::Signed, Some(Duration::from_secs(600))),
+            "web",
             &pool,
         );
-        let codec = IdCodec::new(&sealed(SealMode::Signed, Some(Duration::from_secs(600))).seal);
+        let codec = IdCodec::new(
+            &sealed(SealMode::Signed, Some(Duration::from_secs(600))).seal,
+            SealContext::new("web", "SERVERID"),
+        );
         let now = unix_now();
         let stale = codec.seal(
             "s1",
@@ -342,5 +348,58 @@ mod tests {
             "a refresh keeps the binding's first-seen time"
         );
         assert!(renewed.last >= now, "a refresh moves the last-use time");
+    }
+
+    fn raw_request(fields: &[&[u8]]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for field in fields {
+            headers.append(COOKIE, HeaderValue::from_bytes(field).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_cookie_beside_non_ascii_or_valueless_pairs_pins_and_only_ours_is_stripped() {
+        let pool = pool();
+        let insert = Insert::new(&config(), "web", &pool);
+        let cases: [(&[&[u8]], &[u8]); 4] = [
+            (&[b"a=\xe9t\xe9; SERVERID=s2"], b"a=\xe9t\xe9"),
+            (&[b"\xff=1", b"SERVERID=s2; flag"], b"\xff=1; flag"),
+            (
+                &[b"SERVERID=s2", b"lang=fran\xc3\xa7ais"],
+                b"lang=fran\xc3\xa7ais",
+            ),
+            (&[b"flag; x=\x80; SERVERID=s2"], b"flag; x=\x80"),
+        ];
+        for (fields, left) in cases {
+            let mut headers = raw_request(fields);
+            assert_eq!(
+                insert.on_request(&mut headers, &pool),
+                Stickiness::Pinned(1, None),
+                "{fields:?}"
+            );
+            assert_eq!(headers.get(COOKIE).unwrap().as_bytes(), left, "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn an_id_holding_non_ascii_bytes_is_invalid_in_every_mode_and_still_stripped() {
+        let pool = pool();
+        for config in [
+            config(),
+            sealed(SealMode::Signed, None),
+            sealed(SealMode::Encrypted, None),
+        ] {
+            let insert = Insert::new(&config, "web", &pool);
+            for value in [&b"s\xe92"[..], b"s2\xff", b"\xc3\xa9"] {
+                let mut headers = raw_request(&[&[b"a=1; SERVERID=", value].concat()]);
+                assert_eq!(
+                    insert.on_request(&mut headers, &pool),
+                    Stickiness::Invalid,
+                    "{value:?}"
+                );
+                assert_eq!(headers.get(COOKIE).unwrap(), "a=1");
+            }
+        }
     }
 }

@@ -50,9 +50,9 @@ pub struct Binding<'a> {
     pub backend: usize,
     /// How it was chosen.
     pub outcome: Outcome,
-    /// The request's session value: the stick-table key, or the prefix app value kept by
-    /// [`Affinity::session_to_reissue`] for a re-issue.
-    pub session: Option<&'a str>,
+    /// The request's session value, bytes as the backend saw them: the stick-table key, or
+    /// the prefix app value kept by [`Affinity::session_to_reissue`] for a re-issue.
+    pub session: Option<&'a [u8]>,
     /// The sealed times the request's cookie carried, for a binding that held.
     pub seen: Option<Seen>,
 }
@@ -115,12 +115,15 @@ pub enum Affinity {
 }
 
 impl Affinity {
-    /// Builds the strategy of `service` for `pool`'s backends.
+    /// Builds the strategy of `service` for `pool`'s backends; sealed cookie values are bound
+    /// to the service's name and the strategy's cookie name.
     pub fn new(service: &ServiceConfig, pool: &Pool) -> Affinity {
         match &service.affinity {
             AffinityConfig::None => Affinity::None,
-            AffinityConfig::Insert(config) => Affinity::Insert(Insert::new(config, pool)),
-            AffinityConfig::Prefix(config) => Affinity::Prefix(Prefix::new(config)),
+            AffinityConfig::Insert(config) => {
+                Affinity::Insert(Insert::new(config, &service.name, pool))
+            }
+            AffinityConfig::Prefix(config) => Affinity::Prefix(Prefix::new(config, &service.name)),
             AffinityConfig::StickTable(config) => Affinity::StickTable(StickTable::new(config)),
             AffinityConfig::Hash(config) => {
                 Affinity::Hash(Hash::new(config, &service.trusted_proxies))
@@ -152,8 +155,9 @@ impl Affinity {
     ) -> Option<u64> {
         match (self, stickiness) {
             (Affinity::Hash(_), Stickiness::Hash(key)) => Some(*key),
-            (Affinity::Prefix(prefix), _) => cookies::find(headers, prefix.cookie())
-                .map(|value| hash::hash_bytes(value.as_bytes())),
+            (Affinity::Prefix(prefix), _) => {
+                cookies::find(headers, prefix.cookie()).map(hash::hash_bytes)
+            }
             (Affinity::Insert(_), _) => {
                 let cookie = headers
                     .get(http::header::COOKIE)
@@ -164,11 +168,12 @@ impl Affinity {
         }
     }
 
-    /// The app's session value as the backend will see it, needed after the request is gone
-    /// to re-issue a prefix cookie on redispatch. Only the prefix strategy has one to keep.
-    pub fn session_to_reissue(&self, headers: &HeaderMap) -> Option<String> {
+    /// The app's session value as the backend will see it (bytes, whatever they hold), needed
+    /// after the request is gone to re-issue a prefix cookie on redispatch. Only the prefix
+    /// strategy has one to keep.
+    pub fn session_to_reissue(&self, headers: &HeaderMap) -> Option<Vec<u8>> {
         match self {
-            Affinity::Prefix(prefix) => cookies::find(headers, prefix.cookie()).map(str::to_string),
+            Affinity::Prefix(prefix) => cookies::find(headers, prefix.cookie()).map(<[u8]>::to_vec),
             _ => None,
         }
     }

@@ -4,7 +4,7 @@
 
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
-use super::seal::IdCodec;
+use super::seal::{IdCodec, SealContext};
 use super::{Binding, Outcome, Seen, Stickiness, cookies};
 use crate::config::PrefixConfig;
 use crate::pool::Pool;
@@ -18,12 +18,13 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    /// Builds the strategy from its config.
-    pub fn new(config: &PrefixConfig) -> Prefix {
+    /// Builds the strategy of the service called `service` from its config. Sealed prefixes
+    /// are bound to `service` and the app's cookie name.
+    pub fn new(config: &PrefixConfig, service: &str) -> Prefix {
         Prefix {
             cookie: config.cookie.clone(),
             delimiter: config.delimiter,
-            codec: IdCodec::new(&config.seal),
+            codec: IdCodec::new(&config.seal, SealContext::new(service, &config.cookie)),
         }
     }
 
@@ -44,9 +45,15 @@ impl Prefix {
         let Some(value) = cookies::find(headers, &self.cookie) else {
             return Stickiness::New;
         };
-        let Some((prefix, app_value)) = value.split_once(self.delimiter) else {
+        let mut delimiter = [0; 4];
+        let delimiter = self.delimiter.encode_utf8(&mut delimiter).as_bytes();
+        let Some(at) = value
+            .windows(delimiter.len())
+            .position(|window| window == delimiter)
+        else {
             return Stickiness::New;
         };
+        let (prefix, app_value) = (&value[..at], &value[at + delimiter.len()..]);
         let Some((id, seen)) = self.codec.open(prefix, self.codec.now()) else {
             return Stickiness::Invalid;
         };
@@ -58,21 +65,20 @@ impl Prefix {
     }
 
     /// Prefixes every `Set-Cookie` of the app's cookie with the (sealed) `backend_id`,
-    /// attributes untouched. After a redispatch, or when a sealed prefix is due for a refresh,
-    /// and the app set no new cookie, re-issues the client's session value (`session`, as the
-    /// backend saw it) under the new prefix, so the client stops asking for the old backend.
+    /// attributes untouched, whatever bytes the field holds. After a redispatch, or when a
+    /// sealed prefix is due for a refresh, and the app set no new cookie, re-issues the
+    /// client's session value (`session`, as the backend saw it) under the new prefix, so the
+    /// client stops asking for the old backend.
     pub fn on_response(&self, backend_id: &str, binding: &Binding<'_>, headers: &mut HeaderMap) {
         let now = self.codec.now();
         let kept = binding.outcome == Outcome::Hit;
         let reissue = binding.outcome == Outcome::Redispatch
             || (kept && self.codec.refresh_due(binding.seen, now));
-        let sets_cookie = headers
-            .get_all(SET_COOKIE)
-            .iter()
-            .filter_map(|field| field.to_str().ok())
-            .any(|field| {
-                cookies::set_cookie_name(field).is_some_and(|(name, _)| name == self.cookie)
-            });
+        let is_ours = |field: &HeaderValue| {
+            cookies::set_cookie_name(field.as_bytes())
+                .is_some_and(|(name, _)| name == self.cookie.as_bytes())
+        };
+        let sets_cookie = headers.get_all(SET_COOKIE).iter().any(is_ours);
         let reissues = reissue && binding.session.is_some();
         if !sets_cookie && !reissues {
             // The common case of a request in a session: nothing to write, nothing to seal.
@@ -81,31 +87,47 @@ impl Prefix {
         let prefix = self
             .codec
             .seal(backend_id, if kept { binding.seen } else { None }, now);
+        let mut delimiter = [0; 4];
+        let delimiter = self.delimiter.encode_utf8(&mut delimiter).as_bytes();
         let mut prefixed_any = false;
         if let http::header::Entry::Occupied(mut set_cookies) = headers.entry(SET_COOKIE) {
             for field in set_cookies.iter_mut() {
-                let Ok(text) = field.to_str() else { continue };
-                let Some((name, rest)) = cookies::set_cookie_name(text) else {
+                let Some((name, rest)) = cookies::set_cookie_name(field.as_bytes()) else {
                     continue;
                 };
-                if name != self.cookie {
+                if name != self.cookie.as_bytes() {
                     continue;
                 }
-                let rewritten = format!("{name}={prefix}{}{}", self.delimiter, rest.trim_start());
-                *field = HeaderValue::from_str(&rewritten)
-                    .expect("valid header text with cookie-octets inserted");
+                let rest = rest.trim_ascii_start();
+                let mut rewritten = Vec::with_capacity(
+                    name.len() + 1 + prefix.len() + delimiter.len() + rest.len(),
+                );
+                for part in [name, b"=", prefix.as_bytes(), delimiter, rest] {
+                    rewritten.extend_from_slice(part);
+                }
+                *field = HeaderValue::from_maybe_shared(bytes::Bytes::from(rewritten))
+                    .expect("a valid header value with cookie-octets inserted");
                 prefixed_any = true;
             }
         }
         if let (false, true, Some(session)) = (prefixed_any, reissue, binding.session) {
-            let reissued = format!(
-                "{}={prefix}{}{session}; Path=/",
-                self.cookie, self.delimiter
+            let mut reissued = Vec::with_capacity(
+                self.cookie.len() + prefix.len() + delimiter.len() + session.len() + 9,
             );
-            headers.append(
-                SET_COOKIE,
-                HeaderValue::from_str(&reissued).expect("value came from a valid header"),
-            );
+            for part in [
+                self.cookie.as_bytes(),
+                b"=",
+                prefix.as_bytes(),
+                delimiter,
+                session,
+                b"; Path=/",
+            ] {
+                reissued.extend_from_slice(part);
+            }
+            // The session value came from a valid header value, so this always holds.
+            if let Ok(reissued) = HeaderValue::from_maybe_shared(bytes::Bytes::from(reissued)) {
+                headers.append(SET_COOKIE, reissued);
+            }
         }
     }
 }
@@ -118,11 +140,14 @@ mod tests {
     use crate::affinity::tests::pool;
 
     fn prefix() -> Prefix {
-        Prefix::new(&PrefixConfig {
-            seal: crate::affinity::tests::plain_ids(),
-            cookie: "JSESSIONID".into(),
-            delimiter: '~',
-        })
+        Prefix::new(
+            &PrefixConfig {
+                seal: crate::affinity::tests::plain_ids(),
+                cookie: "JSESSIONID".into(),
+                delimiter: '~',
+            },
+            "web",
+        )
     }
 
     fn request(cookie: &str) -> HeaderMap {
@@ -192,7 +217,7 @@ mod tests {
             &Binding {
                 backend: 0,
                 outcome: Outcome::Redispatch,
-                session: Some("abc"),
+                session: Some(b"abc"),
                 seen: None,
             },
             &mut headers,
@@ -207,11 +232,84 @@ mod tests {
             &Binding {
                 backend: 0,
                 outcome: Outcome::Hit,
-                session: Some("abc"),
+                session: Some(b"abc"),
                 seen: None,
             },
             &mut hit,
         );
         assert!(hit.is_empty());
+    }
+
+    fn raw_request(fields: &[&[u8]]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for field in fields {
+            headers.append(COOKIE, HeaderValue::from_bytes(field).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_prefix_beside_non_ascii_pairs_pins_and_the_app_value_keeps_its_bytes() {
+        let pool = pool();
+        let cases: [(&[&[u8]], &[u8]); 3] = [
+            (
+                &[b"a=\xe9t\xe9; JSESSIONID=s2~\xe9abc; flag"],
+                b"a=\xe9t\xe9; JSESSIONID=\xe9abc; flag",
+            ),
+            (
+                &[b"\xff=1", b"JSESSIONID=s2~x~\x80"],
+                b"\xff=1; JSESSIONID=x~\x80",
+            ),
+            (&[b"JSESSIONID=s2~", b"flag"], b"JSESSIONID=; flag"),
+        ];
+        for (fields, left) in cases {
+            let mut headers = raw_request(fields);
+            assert_eq!(
+                prefix().on_request(&mut headers, &pool),
+                Stickiness::Pinned(1, None),
+                "{fields:?}"
+            );
+            assert_eq!(headers.get(COOKIE).unwrap().as_bytes(), left, "{fields:?}");
+        }
+        // A prefix with such bytes names no backend: unbound, passed on untouched.
+        let mut headers = raw_request(&[b"JSESSIONID=s\xe92~abc"]);
+        assert_eq!(
+            prefix().on_request(&mut headers, &pool),
+            Stickiness::Invalid
+        );
+        assert_eq!(
+            headers.get(COOKIE).unwrap().as_bytes(),
+            b"JSESSIONID=s\xe92~abc"
+        );
+    }
+
+    #[test]
+    fn an_app_set_cookie_holding_obs_text_is_prefixed_byte_for_byte() {
+        let mut headers = HeaderMap::new();
+        for field in [
+            &b"JSESSIONID=\xe9abc; Path=/; Comment=\xff"[..],
+            b"other=\xe9; Path=/",
+        ] {
+            headers.append(SET_COOKIE, HeaderValue::from_bytes(field).unwrap());
+        }
+        let binding = Binding {
+            backend: 0,
+            outcome: Outcome::New,
+            session: None,
+            seen: None,
+        };
+        prefix().on_response("s1", &binding, &mut headers);
+        let fields: Vec<&[u8]> = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                &b"JSESSIONID=s1~\xe9abc; Path=/; Comment=\xff"[..],
+                b"other=\xe9; Path=/"
+            ]
+        );
     }
 }

@@ -4,38 +4,58 @@
 //! times (unix seconds), so stickyd can enforce `max_idle` / `max_life` itself (HAProxy
 //! `cookie ... maxidle / maxlife`) without trusting the client's cookie expiry.
 //!
-//! # Modes and formats
+//! # Binding to a context
+//! A sealed value is bound to the service and the cookie name it was issued for (the insert
+//! cookie, or the app's cookie that carries the prefix): it opens only for the same
+//! [`SealContext`], so services that share a key file and backend ids cannot take each other's
+//! cookies, nor can one cookie's value be replayed in another. Both enter the seal as
+//! `ctx = u32be(len(service)) || service || u32be(len(cookie)) || cookie`, where `u32be(n)` is
+//! `n` as 4 big-endian bytes and names are their UTF-8 bytes.
+//!
+//! # Modes and formats (version 2)
 //! - **plain**: the id as is (`s1`). No times: [`Sealer::open`] reports them as 0, so idle and
-//!   life limits cannot be enforced in this mode.
-//! - **signed**: `<id>.<first>.<last>.<tag>`, e.g. `s1.1700000000.1700000420.q1v2…` where
-//!   `first` and `last` are decimal unix seconds and `tag` is the base64url (no padding, 22
-//!   characters) of the first 16 bytes of
-//!   `HMAC-SHA256(k_sign, "stickyd-seal-v1|" + id + "|" + first + "|" + last)`, computed over
-//!   the text exactly as it appears in the value. Ids (`[A-Za-z0-9._-]+`) may contain `.`, so the
-//!   value is parsed from the right: the last three dot-separated fields are first, last and
-//!   tag. The id and the times stay readable: signed, not hidden.
-//! - **encrypted**: base64url (no padding) of
+//!   life limits cannot be enforced in this mode. Not bound to anything: plain ids are
+//!   forgeable by design.
+//! - **signed**: `v2.<id>.<first>.<last>.<tag>`, e.g. `v2.s1.1700000000.1700000420.q1v2…`
+//!   where `first` and `last` are decimal unix seconds and `tag` is the base64url (no padding,
+//!   22 characters) of the first 16 bytes of
+//!   `HMAC-SHA256(k_sign, "stickyd-seal-v2" || ctx || lp(id) || lp(first) || lp(last))`, with
+//!   `lp(x) = u32be(len(x)) || x` over the fields' text exactly as it appears in the value. Ids
+//!   (`[A-Za-z0-9._-]+`) may contain `.`, so after the `v2.` the value is parsed from the
+//!   right: the last three dot-separated fields are first, last and tag. The id and the times
+//!   stay readable: signed, not hidden.
+//! - **encrypted**: `v2.` followed by the base64url (no padding) of
 //!   `nonce (24 random bytes) || XChaCha20-Poly1305(k_enc, nonce, payload, aad)` with
 //!   `payload = first (8 bytes, big-endian) || last (8 bytes, big-endian) || id bytes` and
-//!   `aad = "stickyd-seal-v1"`. A fresh nonce per seal: the same binding seals to a different
-//!   value each time, and the value reveals nothing but the id's length.
+//!   `aad = "stickyd-seal-v2" || ctx`. A fresh nonce per seal: the same binding seals to a
+//!   different value each time, and the value reveals nothing but the id's length.
 //!
-//! Signed and encrypted values use only `[A-Za-z0-9._-]`: cookie-octets (RFC 6265 §4.1.1) that
-//! are never the prefix delimiter, `~`, `;`, `,`, space, `"` or `\`.
+//! The leading `v2.` names the format, so a later one can be told apart. Signed and encrypted
+//! values use only `[A-Za-z0-9._-]`: cookie-octets (RFC 6265 §4.1.1) that are never the prefix
+//! delimiter, `~`, `;`, `,`, space, `"` or `\`.
+//!
+//! # Upgrading from version 1
+//! Version 1 values (no `v2.` in front; `HMAC-SHA256(key, label)` derived keys; no service or
+//! cookie name in the seal) no longer open: they lack the binding. After an upgrade each v1
+//! cookie is treated as invalid once, like any value that does not open: its request is
+//! balanced as a new session (counted `invalid`) and answered with a fresh v2 cookie. The
+//! session's backend may change at that one request.
 //!
 //! # Keys
 //! A key ring, read from a key file ([`Sealer::read_key_file`]): one key per line, base64
 //! (standard or URL-safe, padded or not) or hex, at least 32 bytes decoded. The first key seals,
 //! every key opens: to rotate, add the new key as the first line, keep the old one below it
 //! while cookies sealed with it may still come back, then remove it. Each configured key is
-//! never used directly: `k_sign = HMAC-SHA256(key, "stickyd signing key")` and
-//! `k_enc = HMAC-SHA256(key, "stickyd encryption key")`, so one key file serves both modes
-//! safely. Tags are compared in constant time.
+//! never used directly: HKDF-SHA256 (RFC 5869) with the key as input keying material, no salt
+//! (so 32 zero bytes, §2.2) and 32 bytes of output derives
+//! `k_sign` with info `"stickyd seal v2 signing key"` and `k_enc` with info
+//! `"stickyd seal v2 encryption key"`, so one key file serves both modes safely. Tags are
+//! compared in constant time.
 //!
 //! # Limits
 //! [`Sealer::open`] rejects values longer than 512 bytes before any work, so ids longer than
-//! 328 bytes (encrypted) or 447 bytes (signed) seal to values that never open. Backend ids are
-//! short in practice.
+//! 325 bytes (encrypted) or 444 bytes (signed) seal to values that never open. Backend ids are
+//! at most 64 bytes (config).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -47,6 +67,7 @@ use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -56,10 +77,13 @@ type HmacSha256 = Hmac<Sha256>;
 const MIN_KEY_LEN: usize = 32;
 /// Longest value [`Sealer::open`] looks at, in bytes.
 const MAX_VALUE_LEN: usize = 512;
-/// Format version and domain: the HMAC prefix (with `|`) and the AEAD associated data.
-const CONTEXT: &[u8] = b"stickyd-seal-v1";
-const SIGNING_LABEL: &[u8] = b"stickyd signing key";
-const ENCRYPTION_LABEL: &[u8] = b"stickyd encryption key";
+/// The format version in front of every signed and encrypted value.
+const VERSION_PREFIX: &str = "v2.";
+/// Format version and domain: the start of the signed text and of the AEAD associated data.
+const DOMAIN: &[u8] = b"stickyd-seal-v2";
+/// HKDF info strings: purpose and format version of each derived key.
+const SIGNING_INFO: &[u8] = b"stickyd seal v2 signing key";
+const ENCRYPTION_INFO: &[u8] = b"stickyd seal v2 encryption key";
 /// Signed mode: bytes of the HMAC kept, and their length in base64url without padding.
 const TAG_LEN: usize = 16;
 const TAG_CHARS: usize = 22;
@@ -139,6 +163,43 @@ pub enum KeyError {
     },
 }
 
+/// What a sealed value is bound to: the service and the cookie name it was issued for. A
+/// value sealed with one context opens with no other (see the module doc for the encoding).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealContext {
+    /// `"stickyd-seal-v2" || ctx`, built once: the AEAD associated data, and the start of the
+    /// signed text.
+    bound: Arc<[u8]>,
+}
+
+impl SealContext {
+    /// The context of the values a service (`service`, its name) writes into the cookie called
+    /// `cookie` (the insert cookie, or the app's cookie for prefix).
+    pub fn new(service: &str, cookie: &str) -> SealContext {
+        let mut bound = Vec::with_capacity(DOMAIN.len() + 8 + service.len() + cookie.len());
+        bound.extend_from_slice(DOMAIN);
+        for name in [service, cookie] {
+            push_length_prefixed(&mut bound, name.as_bytes());
+        }
+        SealContext {
+            bound: Arc::from(bound),
+        }
+    }
+}
+
+impl fmt::Debug for SealContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealContext({})", self.bound.escape_ascii())
+    }
+}
+
+/// `u32be(len(bytes)) || bytes` (lengths past 4 GiB cannot occur here).
+fn push_length_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    let length = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
 /// The keys derived from one configured key.
 #[derive(Clone)]
 struct RingKey {
@@ -149,32 +210,33 @@ struct RingKey {
 }
 
 impl RingKey {
+    /// `k_sign` and `k_enc` by HKDF-SHA256 (RFC 5869) of `key`, no salt.
     fn derive(key: &[u8]) -> RingKey {
-        let sign = <HmacSha256 as Mac>::new_from_slice(&hmac_sha256(key, SIGNING_LABEL))
-            .expect("HMAC takes keys of any length");
-        let encrypt = XChaCha20Poly1305::new_from_slice(&hmac_sha256(key, ENCRYPTION_LABEL))
-            .expect("an HMAC-SHA256 output is a 32-byte XChaCha20-Poly1305 key");
+        let hkdf = Hkdf::<Sha256>::new(None, key);
+        let mut k_sign = [0u8; 32];
+        let mut k_enc = [0u8; 32];
+        hkdf.expand(SIGNING_INFO, &mut k_sign)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        hkdf.expand(ENCRYPTION_INFO, &mut k_enc)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let sign =
+            <HmacSha256 as Mac>::new_from_slice(&k_sign).expect("HMAC takes keys of any length");
+        let encrypt = XChaCha20Poly1305::new_from_slice(&k_enc)
+            .expect("32 bytes is an XChaCha20-Poly1305 key");
         RingKey { sign, encrypt }
     }
 
-    /// The signed-mode tag over the fields as text.
-    fn mac(&self, id: &str, first: &str, last: &str) -> HmacSha256 {
+    /// The signed-mode tag over the context and the fields as text.
+    fn mac(&self, context: &SealContext, id: &str, first: &str, last: &str) -> HmacSha256 {
         let mut mac = self.sign.clone();
-        mac.update(CONTEXT);
-        mac.update(b"|");
-        mac.update(id.as_bytes());
-        mac.update(b"|");
-        mac.update(first.as_bytes());
-        mac.update(b"|");
-        mac.update(last.as_bytes());
+        mac.update(&context.bound);
+        for field in [id, first, last] {
+            let length = u32::try_from(field.len()).unwrap_or(u32::MAX);
+            mac.update(&length.to_be_bytes());
+            mac.update(field.as_bytes());
+        }
         mac
     }
-}
-
-fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(message);
-    mac.finalize().into_bytes().to_vec()
 }
 
 /// Seals and opens backend ids with a key ring: the first key seals, every key opens (rotation).
@@ -272,21 +334,24 @@ impl Sealer {
     }
 
     /// The cookie value for `id` with the given times (unix seconds), sealed with the first
-    /// key. Only cookie-octet characters (RFC 6265 §4.1.1) and never '~', ';', ',', space, '"'
-    /// or '\\'.
+    /// key and bound to `context`. Only cookie-octet characters (RFC 6265 §4.1.1) and never
+    /// '~', ';', ',', space, '"' or '\\'.
     ///
     /// `id` must be a backend id (non-empty, `[A-Za-z0-9._-]`), as the config enforces; that is
-    /// checked in debug builds. Plain mode returns `id` as is and drops the times; encrypted
-    /// mode returns a different value on each call (random nonce).
-    pub fn seal(&self, id: &str, first_seen: u64, last_seen: u64) -> String {
+    /// checked in debug builds. Plain mode returns `id` as is and drops the times and the
+    /// context; encrypted mode returns a different value on each call (random nonce).
+    pub fn seal(&self, context: &SealContext, id: &str, first_seen: u64, last_seen: u64) -> String {
         debug_assert!(is_id(id), "backend id {id:?} outside [A-Za-z0-9._-]+");
         match self.mode {
             SealMode::Plain => id.to_string(),
             SealMode::Signed => {
                 let (first, last) = (first_seen.to_string(), last_seen.to_string());
-                let tag = self.ring[0].mac(id, &first, &last).finalize().into_bytes();
+                let tag = self.ring[0]
+                    .mac(context, id, &first, &last)
+                    .finalize()
+                    .into_bytes();
                 let tag = URL_SAFE_NO_PAD.encode(&tag[..TAG_LEN]);
-                format!("{id}.{first}.{last}.{tag}")
+                format!("{VERSION_PREFIX}{id}.{first}.{last}.{tag}")
             }
             SealMode::Encrypted => {
                 let nonce: [u8; NONCE_LEN] = rand::random();
@@ -300,25 +365,28 @@ impl Sealer {
                         XNonce::from_slice(&nonce),
                         Payload {
                             msg: &payload,
-                            aad: CONTEXT,
+                            aad: &context.bound,
                         },
                     )
                     .expect("XChaCha20-Poly1305 seals any message shorter than 256 GiB");
                 let mut raw = Vec::with_capacity(NONCE_LEN + ciphertext.len());
                 raw.extend_from_slice(&nonce);
                 raw.extend_from_slice(&ciphertext);
-                URL_SAFE_NO_PAD.encode(raw)
+                let mut value = String::from(VERSION_PREFIX);
+                URL_SAFE_NO_PAD.encode_string(raw, &mut value);
+                value
             }
         }
     }
 
-    /// Opens a value made by any key of the ring; None for anything forged, tampered,
-    /// truncated, made with an unknown key, or garbage. Never panics on any input.
+    /// Opens a value made by any key of the ring for `context`; None for anything forged,
+    /// tampered, truncated, made with an unknown key or for another context (service or
+    /// cookie name), in an older format (v1), or garbage. Never panics on any input.
     ///
     /// Values empty or longer than 512 bytes are None before any work. Plain mode checks only
     /// that the value is an id (`[A-Za-z0-9._-]+`) and returns times 0: whether the id names a
     /// backend is the caller's check in every mode.
-    pub fn open(&self, value: &str) -> Option<Sealed> {
+    pub fn open(&self, context: &SealContext, value: &str) -> Option<Sealed> {
         if value.is_empty() || value.len() > MAX_VALUE_LEN {
             return None;
         }
@@ -328,12 +396,14 @@ impl Sealer {
                 first_seen: 0,
                 last_seen: 0,
             }),
-            SealMode::Signed => self.open_signed(value),
-            SealMode::Encrypted => self.open_encrypted(value),
+            SealMode::Signed => self.open_signed(context, value.strip_prefix(VERSION_PREFIX)?),
+            SealMode::Encrypted => {
+                self.open_encrypted(context, value.strip_prefix(VERSION_PREFIX)?)
+            }
         }
     }
 
-    fn open_signed(&self, value: &str) -> Option<Sealed> {
+    fn open_signed(&self, context: &SealContext, value: &str) -> Option<Sealed> {
         let mut fields = value.rsplitn(4, '.');
         let (tag, last, first, id) = (
             fields.next()?,
@@ -352,7 +422,11 @@ impl Sealer {
         }
         self.ring
             .iter()
-            .any(|key| key.mac(id, first, last).verify_truncated_left(&tag).is_ok())
+            .any(|key| {
+                key.mac(context, id, first, last)
+                    .verify_truncated_left(&tag)
+                    .is_ok()
+            })
             .then(|| Sealed {
                 id: id.to_string(),
                 first_seen,
@@ -360,7 +434,7 @@ impl Sealer {
             })
     }
 
-    fn open_encrypted(&self, value: &str) -> Option<Sealed> {
+    fn open_encrypted(&self, context: &SealContext, value: &str) -> Option<Sealed> {
         let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
         if raw.len() <= NONCE_LEN + AEAD_TAG_LEN + TIMES_LEN {
             return None;
@@ -373,7 +447,7 @@ impl Sealer {
                     nonce,
                     Payload {
                         msg: ciphertext,
-                        aad: CONTEXT,
+                        aad: &context.bound,
                     },
                 )
                 .ok()
@@ -435,11 +509,13 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// A service's backend-id codec: its [`Sealer`] and the binding lifetimes it enforces
-/// (HAProxy `cookie ... maxidle maxlife`), checked against the times the sealed value carries.
+/// A service's backend-id codec: its [`Sealer`], the [`SealContext`] its values are bound to,
+/// and the binding lifetimes it enforces (HAProxy `cookie ... maxidle maxlife`), checked
+/// against the times the sealed value carries.
 #[derive(Debug, Clone)]
 pub struct IdCodec {
     sealer: Sealer,
+    context: SealContext,
     /// Seconds.
     max_idle: Option<u64>,
     /// Seconds.
@@ -447,10 +523,12 @@ pub struct IdCodec {
 }
 
 impl IdCodec {
-    /// The codec of an insert or prefix config.
-    pub fn new(config: &crate::config::SealConfig) -> IdCodec {
+    /// The codec of an insert or prefix config, its values bound to `context` (the service's
+    /// name and the strategy's cookie name).
+    pub fn new(config: &crate::config::SealConfig, context: SealContext) -> IdCodec {
         IdCodec {
             sealer: config.sealer.clone(),
+            context,
             max_idle: config.max_idle.map(|idle| idle.as_secs().max(1)),
             max_life: config.max_life.map(|life| life.as_secs().max(1)),
         }
@@ -467,18 +545,20 @@ impl IdCodec {
         self.sealer.mode() == SealMode::Plain
     }
 
-    /// The id a cookie value names and, for sealed values, its times; `None` when the value
-    /// is forged, garbled, or its binding outlived `max_idle` / `max_life` at `now` (unix
-    /// seconds).
+    /// The id a cookie value (bytes, as the client sent them) names and, for sealed values,
+    /// its times; `None` when the value is not UTF-8, forged, garbled, or its binding outlived
+    /// `max_idle` / `max_life` at `now` (unix seconds). Whether a plain id names a backend is
+    /// the caller's check.
     pub fn open<'a>(
         &self,
-        value: &'a str,
+        value: &'a [u8],
         now: u64,
     ) -> Option<(std::borrow::Cow<'a, str>, Option<super::Seen>)> {
+        let value = std::str::from_utf8(value).ok()?;
         if self.is_plain() {
             return Some((std::borrow::Cow::Borrowed(value), None));
         }
-        let sealed = self.sealer.open(value)?;
+        let sealed = self.sealer.open(&self.context, value)?;
         let idle_for = now.saturating_sub(sealed.last_seen);
         let lived = now.saturating_sub(sealed.first_seen);
         if self.max_idle.is_some_and(|limit| idle_for > limit)
@@ -493,11 +573,11 @@ impl IdCodec {
         Some((std::borrow::Cow::Owned(sealed.id), Some(seen)))
     }
 
-    /// The cookie value for `id`: the id itself when plain, else sealed with the binding's
-    /// first-seen time (`seen`, or `now` for a new binding) and `now` as last use.
+    /// The cookie value for `id`: the id itself when plain, else sealed for the codec's context
+    /// with the binding's first-seen time (`seen`, or `now` for a new binding) and `now` as last use.
     pub fn seal(&self, id: &str, seen: Option<super::Seen>, now: u64) -> String {
         let first = seen.map_or(now, |seen| seen.first);
-        self.sealer.seal(id, first, now)
+        self.sealer.seal(&self.context, id, first, now)
     }
 
     /// Whether a binding in use should be re-sealed so its last-use time moves: with
@@ -539,6 +619,29 @@ mod tests {
         vec![byte; 32]
     }
 
+    /// The context of most tests: service `web`, cookie `SERVERID`.
+    fn ctx() -> SealContext {
+        SealContext::new("web", "SERVERID")
+    }
+
+    fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap();
+        mac.update(message);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// A value as it is sent: `v2.` and the base64url of `raw`.
+    fn encrypted_value(raw: &[u8]) -> String {
+        format!("v2.{}", URL_SAFE_NO_PAD.encode(raw))
+    }
+
+    /// The nonce and ciphertext of an encrypted value.
+    fn encrypted_raw(value: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD
+            .decode(value.strip_prefix("v2.").expect("a v2 value"))
+            .unwrap()
+    }
+
     fn sealer(mode: SealMode, keys: &[u8]) -> Sealer {
         Sealer::new(mode, keys.iter().map(|&byte| key(byte)).collect()).unwrap()
     }
@@ -562,14 +665,14 @@ mod tests {
     fn signed_values_round_trip_ids_with_dots_dashes_underscores() {
         let sealer = sealer(SealMode::Signed, &[1]);
         for id in IDS {
-            let value = sealer.seal(id, 1_700_000_000, 1_700_000_420);
+            let value = sealer.seal(&ctx(), id, 1_700_000_000, 1_700_000_420);
             assert_eq!(
-                sealer.open(&value),
+                sealer.open(&ctx(), &value),
                 Some(sealed(id, 1_700_000_000, 1_700_000_420)),
                 "{value}"
             );
             assert!(
-                value.starts_with(&format!("{id}.1700000000.1700000420.")),
+                value.starts_with(&format!("v2.{id}.1700000000.1700000420.")),
                 "{value}"
             );
         }
@@ -579,9 +682,9 @@ mod tests {
     fn encrypted_values_round_trip_ids_with_dots_dashes_underscores() {
         let sealer = sealer(SealMode::Encrypted, &[1]);
         for id in IDS {
-            let value = sealer.seal(id, 1_700_000_000, 1_700_000_420);
+            let value = sealer.seal(&ctx(), id, 1_700_000_000, 1_700_000_420);
             assert_eq!(
-                sealer.open(&value),
+                sealer.open(&ctx(), &value),
                 Some(sealed(id, 1_700_000_000, 1_700_000_420)),
                 "{value}"
             );
@@ -599,9 +702,9 @@ mod tests {
                 (1, 2),
                 (1_700_000_000, 1_699_999_999),
             ] {
-                let value = sealer.seal("s1", first, last);
+                let value = sealer.seal(&ctx(), "s1", first, last);
                 assert_eq!(
-                    sealer.open(&value),
+                    sealer.open(&ctx(), &value),
                     Some(sealed("s1", first, last)),
                     "{mode:?} {value}"
                 );
@@ -613,13 +716,13 @@ mod tests {
     fn plain_seals_the_id_as_is_and_opens_it_with_zero_times() {
         let sealer = Sealer::plain();
         assert_eq!(sealer.mode(), SealMode::Plain);
-        assert_eq!(sealer.seal("app.1", 10, 20), "app.1");
-        assert_eq!(sealer.open("app.1"), Some(sealed("app.1", 0, 0)));
+        assert_eq!(sealer.seal(&ctx(), "app.1", 10, 20), "app.1");
+        assert_eq!(sealer.open(&ctx(), "app.1"), Some(sealed("app.1", 0, 0)));
         for value in ["", "a b", "s1;x", "é", &"a".repeat(MAX_VALUE_LEN + 1)] {
-            assert_eq!(sealer.open(value), None, "{value:?}");
+            assert_eq!(sealer.open(&ctx(), value), None, "{value:?}");
         }
         let with_keys = Sealer::new(SealMode::Plain, vec![key(1)]).unwrap();
-        assert_eq!(with_keys.seal("s1", 1, 2), "s1");
+        assert_eq!(with_keys.seal(&ctx(), "s1", 1, 2), "s1");
     }
 
     #[test]
@@ -627,38 +730,46 @@ mod tests {
         for mode in [SealMode::Signed, SealMode::Encrypted] {
             let before = sealer(mode, &[2]);
             let after = sealer(mode, &[3, 2]);
-            let old_value = before.seal("s1", 5, 6);
-            assert_eq!(after.open(&old_value), Some(sealed("s1", 5, 6)), "{mode:?}");
-            // The ring seals with its first key only.
-            let new_value = after.seal("s1", 5, 6);
+            let old_value = before.seal(&ctx(), "s1", 5, 6);
             assert_eq!(
-                sealer(mode, &[3]).open(&new_value),
+                after.open(&ctx(), &old_value),
                 Some(sealed("s1", 5, 6)),
                 "{mode:?}"
             );
-            assert_eq!(before.open(&new_value), None, "{mode:?}");
+            // The ring seals with its first key only.
+            let new_value = after.seal(&ctx(), "s1", 5, 6);
+            assert_eq!(
+                sealer(mode, &[3]).open(&ctx(), &new_value),
+                Some(sealed("s1", 5, 6)),
+                "{mode:?}"
+            );
+            assert_eq!(before.open(&ctx(), &new_value), None, "{mode:?}");
         }
     }
 
     #[test]
     fn value_sealed_by_a_key_no_longer_in_the_ring_does_not_open() {
         for mode in [SealMode::Signed, SealMode::Encrypted] {
-            let retired = sealer(mode, &[9]).seal("s1", 5, 6);
-            assert_eq!(sealer(mode, &[3, 2]).open(&retired), None, "{mode:?}");
+            let retired = sealer(mode, &[9]).seal(&ctx(), "s1", 5, 6);
+            assert_eq!(
+                sealer(mode, &[3, 2]).open(&ctx(), &retired),
+                None,
+                "{mode:?}"
+            );
         }
     }
 
     #[test]
     fn signed_value_with_any_single_byte_flipped_does_not_open() {
         let sealer = sealer(SealMode::Signed, &[1]);
-        let value = sealer.seal("app.eu-1", 1_700_000_000, 1_700_000_420);
+        let value = sealer.seal(&ctx(), "app.eu-1", 1_700_000_000, 1_700_000_420);
         let mut tried = 0;
         for position in 0..value.len() {
             for flip in 1..=255u8 {
                 let mut bytes = value.clone().into_bytes();
                 bytes[position] ^= flip;
                 if let Ok(forged) = String::from_utf8(bytes) {
-                    assert_eq!(sealer.open(&forged), None, "{forged:?}");
+                    assert_eq!(sealer.open(&ctx(), &forged), None, "{forged:?}");
                     tried += 1;
                 }
             }
@@ -669,47 +780,61 @@ mod tests {
     #[test]
     fn signed_value_truncated_anywhere_does_not_open() {
         let sealer = sealer(SealMode::Signed, &[1]);
-        let value = sealer.seal("app.eu-1", 1_700_000_000, 1_700_000_420);
+        let value = sealer.seal(&ctx(), "app.eu-1", 1_700_000_000, 1_700_000_420);
         for end in 0..value.len() {
-            assert_eq!(sealer.open(&value[..end]), None, "{:?}", &value[..end]);
+            assert_eq!(
+                sealer.open(&ctx(), &value[..end]),
+                None,
+                "{:?}",
+                &value[..end]
+            );
         }
         for start in 1..value.len() {
-            assert_eq!(sealer.open(&value[start..]), None, "{:?}", &value[start..]);
+            assert_eq!(
+                sealer.open(&ctx(), &value[start..]),
+                None,
+                "{:?}",
+                &value[start..]
+            );
         }
     }
 
     #[test]
     fn signed_value_extended_does_not_open() {
         let sealer = sealer(SealMode::Signed, &[1]);
-        let value = sealer.seal("s1", 100, 200);
+        let value = sealer.seal(&ctx(), "s1", 100, 200);
         for extra in ["A", "a", "0", "-", "_", ".", "=", "==", ".0", "AA"] {
             for forged in [format!("{value}{extra}"), format!("{extra}{value}")] {
-                assert_eq!(sealer.open(&forged), None, "{forged:?}");
+                assert_eq!(sealer.open(&ctx(), &forged), None, "{forged:?}");
             }
         }
         // A leading zero keeps the number but not the signed text.
         let (id_times, tag) = value.rsplit_once('.').unwrap();
         let padded = id_times.replace(".100.", ".0100.");
-        assert_eq!(sealer.open(&format!("{padded}.{tag}")), None);
+        assert_eq!(sealer.open(&ctx(), &format!("{padded}.{tag}")), None);
     }
 
     #[test]
     fn signed_value_with_swapped_id_or_times_does_not_open() {
         let sealer = sealer(SealMode::Signed, &[1]);
-        let s1 = sealer.seal("s1", 100, 200);
-        let s2 = sealer.seal("s2", 100, 200);
+        let s1 = sealer.seal(&ctx(), "s1", 100, 200);
+        let s2 = sealer.seal(&ctx(), "s2", 100, 200);
         let tag1 = s1.rsplit('.').next().unwrap();
         let tag2 = s2.rsplit('.').next().unwrap();
-        assert_eq!(sealer.open(&format!("s2.100.200.{tag1}")), None);
-        assert_eq!(sealer.open(&format!("s1.100.200.{tag2}")), None);
-        assert_eq!(sealer.open(&format!("s1.200.100.{tag1}")), None);
-        assert_eq!(sealer.open(&format!("s1.100.201.{tag1}")), None);
-        // Moving a dot between the id and the times changes the signed text.
-        let dotted = sealer.seal("a.5", 1, 2);
-        let tag = dotted.rsplit('.').next().unwrap();
-        assert_eq!(sealer.open(&format!("a.51.2.{tag}")), None);
         assert_eq!(
-            sealer.open(&format!("a.5.1.2.{tag}")),
+            sealer.open(&ctx(), &format!("v2.s1.100.200.{tag1}")),
+            Some(sealed("s1", 100, 200))
+        );
+        assert_eq!(sealer.open(&ctx(), &format!("v2.s2.100.200.{tag1}")), None);
+        assert_eq!(sealer.open(&ctx(), &format!("v2.s1.100.200.{tag2}")), None);
+        assert_eq!(sealer.open(&ctx(), &format!("v2.s1.200.100.{tag1}")), None);
+        assert_eq!(sealer.open(&ctx(), &format!("v2.s1.100.201.{tag1}")), None);
+        // Moving a dot between the id and the times changes the signed text.
+        let dotted = sealer.seal(&ctx(), "a.5", 1, 2);
+        let tag = dotted.rsplit('.').next().unwrap();
+        assert_eq!(sealer.open(&ctx(), &format!("v2.a.51.2.{tag}")), None);
+        assert_eq!(
+            sealer.open(&ctx(), &format!("v2.a.5.1.2.{tag}")),
             Some(sealed("a.5", 1, 2))
         );
     }
@@ -717,37 +842,45 @@ mod tests {
     #[test]
     fn encrypted_value_with_tampered_ciphertext_does_not_open() {
         let sealer = sealer(SealMode::Encrypted, &[1]);
-        let value = sealer.seal("app.eu-1", 1_700_000_000, 1_700_000_420);
-        let raw = URL_SAFE_NO_PAD.decode(&value).unwrap();
+        let value = sealer.seal(&ctx(), "app.eu-1", 1_700_000_000, 1_700_000_420);
+        let raw = encrypted_raw(&value);
         for position in 0..raw.len() {
             for bit in 0..8 {
                 let mut forged = raw.clone();
                 forged[position] ^= 1 << bit;
-                let forged = URL_SAFE_NO_PAD.encode(forged);
-                assert_eq!(sealer.open(&forged), None, "byte {position} bit {bit}");
+                let forged = encrypted_value(&forged);
+                assert_eq!(
+                    sealer.open(&ctx(), &forged),
+                    None,
+                    "byte {position} bit {bit}"
+                );
             }
         }
         for end in 0..value.len() {
-            assert_eq!(sealer.open(&value[..end]), None);
+            assert_eq!(sealer.open(&ctx(), &value[..end]), None);
         }
         for extra in ["A", "AA", "AAA", "AAAA", "="] {
-            assert_eq!(sealer.open(&format!("{value}{extra}")), None, "{extra}");
+            assert_eq!(
+                sealer.open(&ctx(), &format!("{value}{extra}")),
+                None,
+                "{extra}"
+            );
         }
     }
 
     #[test]
     fn encrypted_value_hides_the_id_and_changes_on_each_seal() {
         let sealer = sealer(SealMode::Encrypted, &[1]);
-        let first = sealer.seal("backend-alpha", 1, 2);
-        let second = sealer.seal("backend-alpha", 1, 2);
+        let first = sealer.seal(&ctx(), "backend-alpha", 1, 2);
+        let second = sealer.seal(&ctx(), "backend-alpha", 1, 2);
         assert_ne!(first, second);
         for value in [&first, &second] {
             assert!(!value.contains("backend"), "{value}");
             assert!(!value.contains("alpha"), "{value}");
-            // Nonce, times, id and tag: only the length shows.
+            // Version, nonce, times, id and tag: only the length shows.
             assert_eq!(
                 value.len(),
-                ((NONCE_LEN + TIMES_LEN + 13 + AEAD_TAG_LEN) * 4).div_ceil(3)
+                3 + ((NONCE_LEN + TIMES_LEN + 13 + AEAD_TAG_LEN) * 4).div_ceil(3)
             );
         }
     }
@@ -756,68 +889,174 @@ mod tests {
     fn signed_and_encrypted_values_do_not_open_in_the_other_mode() {
         let signed = sealer(SealMode::Signed, &[1]);
         let encrypted = sealer(SealMode::Encrypted, &[1]);
-        assert_eq!(encrypted.open(&signed.seal("s1", 1, 2)), None);
-        assert_eq!(signed.open(&encrypted.seal("s1", 1, 2)), None);
-        assert_eq!(signed.open("s1"), None);
-        assert_eq!(encrypted.open("s1"), None);
+        assert_eq!(
+            encrypted.open(&ctx(), &signed.seal(&ctx(), "s1", 1, 2)),
+            None
+        );
+        assert_eq!(
+            signed.open(&ctx(), &encrypted.seal(&ctx(), "s1", 1, 2)),
+            None
+        );
+        assert_eq!(signed.open(&ctx(), "s1"), None);
+        assert_eq!(encrypted.open(&ctx(), "s1"), None);
+    }
+
+    // The vectors below were computed by an independent implementation of the documented
+    // format, tests/seal_v2_vectors.py: python3's hmac/hashlib (HKDF per RFC 5869) and its
+    // `cryptography` package (ChaCha20-Poly1305, with HChaCha20 written out and checked against
+    // the test vectors of draft-irtf-cfrg-xchacha-03). Run it to check them again.
+
+    /// `"stickyd-seal-v2" || ctx` for service `web` and cookie `SERVERID`.
+    const WEB_SERVERID: &[u8] = b"stickyd-seal-v2\0\0\0\x03web\0\0\0\x08SERVERID";
+
+    #[test]
+    fn the_context_is_encoded_as_documented() {
+        assert_eq!(&*ctx().bound, WEB_SERVERID);
+        // Length prefixes keep the names apart: ("ab", "c") is not ("a", "bc").
+        assert_ne!(SealContext::new("ab", "c"), SealContext::new("a", "bc"));
     }
 
     #[test]
-    fn signed_format_is_as_documented_with_a_derived_key() {
-        let raw_key = key(4);
-        let sealer = Sealer::new(SealMode::Signed, vec![raw_key.clone()]).unwrap();
-        let k_sign = hmac_sha256(&raw_key, b"stickyd signing key");
-        let full = hmac_sha256(&k_sign, b"stickyd-seal-v1|app.1|10|20");
-        let expected = format!("app.1.10.20.{}", URL_SAFE_NO_PAD.encode(&full[..16]));
-        assert_eq!(sealer.seal("app.1", 10, 20), expected);
+    fn signed_format_is_as_documented_with_hkdf_keys() {
+        let sealer = Sealer::new(SealMode::Signed, vec![key(4)]).unwrap();
+        let expected = "v2.app.1.10.20.k-rYr6eqFmtULc9BLwtGXg";
+        assert_eq!(sealer.seal(&ctx(), "app.1", 10, 20), expected);
+        assert_eq!(sealer.open(&ctx(), expected), Some(sealed("app.1", 10, 20)));
+        // k_sign = HKDF-SHA256(key, no salt, "stickyd seal v2 signing key"), from the script.
+        let k_sign = hex_bytes("41175a1acc5f503b98bfe5fe6177b9ce17f76ffa0939a9a2c68ad4761455131d");
+        let mut message = WEB_SERVERID.to_vec();
+        for field in [&b"app.1"[..], b"10", b"20"] {
+            message.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            message.extend_from_slice(field);
+        }
+        let tag = URL_SAFE_NO_PAD.encode(&hmac_sha256(&k_sign, &message)[..16]);
+        assert_eq!(format!("v2.app.1.10.20.{tag}"), expected);
         // The configured key itself never signs.
-        let direct = hmac_sha256(&raw_key, b"stickyd-seal-v1|app.1|10|20");
+        let direct = URL_SAFE_NO_PAD.encode(&hmac_sha256(&key(4), &message)[..16]);
         assert_eq!(
-            sealer.open(&format!(
-                "app.1.10.20.{}",
-                URL_SAFE_NO_PAD.encode(&direct[..16])
-            )),
+            sealer.open(&ctx(), &format!("v2.app.1.10.20.{direct}")),
             None
         );
     }
 
     #[test]
-    fn encrypted_format_is_as_documented_with_a_derived_key() {
-        let raw_key = key(5);
-        let sealer = Sealer::new(SealMode::Encrypted, vec![raw_key.clone()]).unwrap();
-        let cipher =
-            XChaCha20Poly1305::new_from_slice(&hmac_sha256(&raw_key, b"stickyd encryption key"))
-                .unwrap();
-        let raw = URL_SAFE_NO_PAD
-            .decode(sealer.seal("app.1", 10, 20))
-            .unwrap();
+    fn encrypted_format_is_as_documented_with_hkdf_keys() {
+        let sealer = Sealer::new(SealMode::Encrypted, vec![key(5)]).unwrap();
+        // Nonce 24 x 0x2a, payload 10 and 20 as u64 big-endian and the id, from the script.
+        let expected =
+            "v2.KioqKioqKioqKioqKioqKioqKioqKioq0zeMVBlOVx6noa526dUz7V5q7jdnLa8OFAdSjnlO_OsCvvO6lw";
+        assert_eq!(sealer.open(&ctx(), expected), Some(sealed("app.1", 10, 20)));
+        // k_enc = HKDF-SHA256(key, no salt, "stickyd seal v2 encryption key"), from the script:
+        // what stickyd seals now opens with it and the documented associated data.
+        let k_enc = hex_bytes("2bb8d65bb11562519f6cb9f535f18c545f20f7d026ee02cff4ca24b697647646");
+        let cipher = XChaCha20Poly1305::new_from_slice(&k_enc).unwrap();
+        let raw = encrypted_raw(&sealer.seal(&ctx(), "app.1", 10, 20));
         let payload = cipher
             .decrypt(
                 XNonce::from_slice(&raw[..24]),
                 Payload {
                     msg: &raw[24..],
-                    aad: b"stickyd-seal-v1",
+                    aad: WEB_SERVERID,
                 },
             )
             .unwrap();
-        let mut expected = Vec::new();
-        expected.extend_from_slice(&10u64.to_be_bytes());
-        expected.extend_from_slice(&20u64.to_be_bytes());
-        expected.extend_from_slice(b"app.1");
-        assert_eq!(payload, expected);
-        // A value built the same way opens.
+        let mut expected_payload = Vec::new();
+        expected_payload.extend_from_slice(&10u64.to_be_bytes());
+        expected_payload.extend_from_slice(&20u64.to_be_bytes());
+        expected_payload.extend_from_slice(b"app.1");
+        assert_eq!(payload, expected_payload);
+        // The configured key itself never encrypts.
+        let direct = XChaCha20Poly1305::new_from_slice(&key(5)).unwrap();
         let nonce = [42u8; 24];
-        let ciphertext = cipher
+        let ciphertext = direct
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
-                    msg: &expected,
+                    msg: &expected_payload,
+                    aad: WEB_SERVERID,
+                },
+            )
+            .unwrap();
+        let value = encrypted_value(&[&nonce[..], &ciphertext].concat());
+        assert_eq!(sealer.open(&ctx(), &value), None);
+    }
+
+    fn hex_bytes(text: &str) -> Vec<u8> {
+        decode_hex(text).unwrap()
+    }
+
+    #[test]
+    fn a_value_sealed_for_one_service_or_cookie_does_not_open_for_another() {
+        let shop = SealContext::new("shop", "SERVERID");
+        let others = [
+            SealContext::new("blog", "SERVERID"),
+            SealContext::new("shop", "JSESSIONID"),
+            SealContext::new("blog", "JSESSIONID"),
+            SealContext::new("shopS", "ERVERID"),
+        ];
+        for mode in [SealMode::Signed, SealMode::Encrypted] {
+            // One key file, one backend id: only the context differs.
+            let sealer = sealer(mode, &[1, 2]);
+            let value = sealer.seal(&shop, "s1", 5, 6);
+            assert_eq!(
+                sealer.open(&shop, &value),
+                Some(sealed("s1", 5, 6)),
+                "{mode:?}"
+            );
+            for other in &others {
+                assert_eq!(sealer.open(other, &value), None, "{mode:?} {other:?}");
+                let theirs = sealer.seal(other, "s1", 5, 6);
+                assert_eq!(sealer.open(&shop, &theirs), None, "{mode:?} {other:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_the_binding_to_the_context() {
+        let blog = SealContext::new("blog", "SERVERID");
+        for mode in [SealMode::Signed, SealMode::Encrypted] {
+            let old_value = sealer(mode, &[2]).seal(&ctx(), "s1", 5, 6);
+            let rotated = sealer(mode, &[3, 2]);
+            assert_eq!(
+                rotated.open(&ctx(), &old_value),
+                Some(sealed("s1", 5, 6)),
+                "{mode:?}"
+            );
+            assert_eq!(rotated.open(&blog, &old_value), None, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_version_1_value_does_not_open() {
+        // Version 1 as documented before: keys HMAC-SHA256(key, label), no context, no prefix.
+        let raw_key = key(4);
+        let k_sign = hmac_sha256(&raw_key, b"stickyd signing key");
+        let tag = URL_SAFE_NO_PAD.encode(&hmac_sha256(&k_sign, b"stickyd-seal-v1|s1|10|20")[..16]);
+        let signed = sealer(SealMode::Signed, &[4]);
+        for value in [format!("s1.10.20.{tag}"), format!("v2.s1.10.20.{tag}")] {
+            assert_eq!(signed.open(&ctx(), &value), None, "{value}");
+        }
+        let k_enc = hmac_sha256(&raw_key, b"stickyd encryption key");
+        let nonce = [42u8; 24];
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&10u64.to_be_bytes());
+        payload.extend_from_slice(&20u64.to_be_bytes());
+        payload.extend_from_slice(b"s1");
+        let ciphertext = XChaCha20Poly1305::new_from_slice(&k_enc)
+            .unwrap()
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &payload,
                     aad: b"stickyd-seal-v1",
                 },
             )
             .unwrap();
-        let value = URL_SAFE_NO_PAD.encode([&nonce[..], &ciphertext].concat());
-        assert_eq!(sealer.open(&value), Some(sealed("app.1", 10, 20)));
+        let raw = [&nonce[..], &ciphertext].concat();
+        let encrypted = sealer(SealMode::Encrypted, &[4]);
+        for value in [URL_SAFE_NO_PAD.encode(&raw), encrypted_value(&raw)] {
+            assert_eq!(encrypted.open(&ctx(), &value), None, "{value}");
+        }
     }
 
     #[test]
@@ -827,7 +1066,7 @@ mod tests {
             let sealer = sealer(mode, &[1]);
             for id in IDS {
                 for _ in 0..50 {
-                    let value = sealer.seal(id, rng.random(), rng.random());
+                    let value = sealer.seal(&ctx(), id, rng.random(), rng.random());
                     assert!(value.bytes().all(allowed), "{mode:?} {value:?}");
                 }
             }
@@ -835,22 +1074,22 @@ mod tests {
     }
 
     #[test]
-    fn ids_up_to_328_bytes_round_trip_and_longer_values_are_refused() {
+    fn ids_up_to_325_bytes_round_trip_and_longer_values_are_refused() {
         for mode in [SealMode::Signed, SealMode::Encrypted] {
             let sealer = sealer(mode, &[1]);
-            let id = "a".repeat(328);
-            let value = sealer.seal(&id, u64::MAX, u64::MAX);
+            let id = "a".repeat(325);
+            let value = sealer.seal(&ctx(), &id, u64::MAX, u64::MAX);
             assert!(value.len() <= MAX_VALUE_LEN, "{mode:?} {}", value.len());
             assert_eq!(
-                sealer.open(&value),
+                sealer.open(&ctx(), &value),
                 Some(sealed(&id, u64::MAX, u64::MAX)),
                 "{mode:?}"
             );
         }
         let encrypted = sealer(SealMode::Encrypted, &[1]);
-        let too_long = encrypted.seal(&"a".repeat(329), 0, 0);
+        let too_long = encrypted.seal(&ctx(), &"a".repeat(326), 0, 0);
         assert!(too_long.len() > MAX_VALUE_LEN);
-        assert_eq!(encrypted.open(&too_long), None);
+        assert_eq!(encrypted.open(&ctx(), &too_long), None);
     }
 
     #[test]
@@ -861,6 +1100,13 @@ mod tests {
             "....".into(),
             "a.b.c.d".into(),
             "s1.1.2.".into(),
+            "v2.".into(),
+            "v2..".into(),
+            "v2.....".into(),
+            "v2.s1.1.2.".into(),
+            "v2.s1.1.2.AAAAAAAAAAAAAAAAAAAAAA".into(),
+            "v2.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            "V2.s1.1.2.AAAAAAAAAAAAAAAAAAAAAA".into(),
             "s1..2.AAAAAAAAAAAAAAAAAAAAAA".into(),
             ".1.2.AAAAAAAAAAAAAAAAAAAAAA".into(),
             "s1.1.2.AAAAAAAAAAAAAAAAAAAAAA".into(),
@@ -879,7 +1125,7 @@ mod tests {
         for mode in [SealMode::Signed, SealMode::Encrypted] {
             let sealer = sealer(mode, &[1, 2]);
             for value in &fixed {
-                assert_eq!(sealer.open(value), None, "{mode:?} {value:?}");
+                assert_eq!(sealer.open(&ctx(), value), None, "{mode:?} {value:?}");
             }
         }
         let sealers = [
@@ -895,13 +1141,19 @@ mod tests {
                 rng.fill_bytes(&mut bytes);
                 String::from_utf8_lossy(&bytes).into_owned()
             } else {
-                // Plausible characters get past the first checks.
-                (0..len)
+                // Plausible characters behind the version get past the first checks.
+                let text: String = (0..len)
                     .map(|_| base64url[rng.random_range(0..base64url.len())] as char)
-                    .collect()
+                    .collect();
+                format!("v2.{text}")
             };
             for sealer in &sealers {
-                assert_eq!(sealer.open(&value), None, "{:?} {value:?}", sealer.mode());
+                assert_eq!(
+                    sealer.open(&ctx(), &value),
+                    None,
+                    "{:?} {value:?}",
+                    sealer.mode()
+                );
             }
         }
     }
@@ -1110,7 +1362,7 @@ mod tests {
         );
         let keys = read("sealer", &contents).unwrap();
         let ring = Sealer::new(SealMode::Encrypted, keys).unwrap();
-        let value = sealer(SealMode::Encrypted, &[2]).seal("s1", 3, 4);
-        assert_eq!(ring.open(&value), Some(sealed("s1", 3, 4)));
+        let value = sealer(SealMode::Encrypted, &[2]).seal(&ctx(), "s1", 3, 4);
+        assert_eq!(ring.open(&ctx(), &value), Some(sealed("s1", 3, 4)));
     }
 }

@@ -27,26 +27,34 @@ impl StickTable {
         }
     }
 
-    /// A request with the app's cookie asks the table; one without is `New`.
+    /// A request with the app's cookie asks the table; one without, or whose session id is
+    /// empty or not UTF-8 (no app stickyd serves issues such ids), is `New`. The cookie is
+    /// found whatever bytes the other pairs hold.
     pub fn on_request(&self, headers: &HeaderMap) -> Stickiness {
-        match cookies::find(headers, &self.cookie) {
-            Some(value) if !value.is_empty() => Stickiness::Lookup(value.to_string()),
+        match cookies::find(headers, &self.cookie).map(std::str::from_utf8) {
+            Some(Ok(value)) if !value.is_empty() => Stickiness::Lookup(value.to_string()),
             _ => Stickiness::New,
         }
     }
 
     /// What the response's `Set-Cookie` teaches: bind its value for the cookie's own lifetime
     /// (the configured `ttl` for a session cookie), or forget the request's session (`session`)
-    /// when the app expires its cookie.
-    pub fn on_response(&self, session: Option<&str>, headers: &HeaderMap) -> Option<TableUpdate> {
+    /// when the app expires its cookie. Bytes >= 0x80 in the field's attributes do not hide it;
+    /// a value that is not UTF-8 is no session and binds nothing.
+    pub fn on_response(&self, session: Option<&[u8]>, headers: &HeaderMap) -> Option<TableUpdate> {
         let (value, lifetime) = cookies::find_set_cookie(headers, &self.cookie)?;
+        let value = std::str::from_utf8(value).ok();
+        let session = session.and_then(|session| std::str::from_utf8(session).ok());
         Some(match lifetime {
-            Lifetime::Expired => TableUpdate::Forget(session.map_or(value, str::to_string)),
+            Lifetime::Expired => TableUpdate::Forget(session.or(value)?.to_string()),
             Lifetime::Session => TableUpdate::Bind {
-                key: value,
+                key: value?.to_string(),
                 ttl: self.ttl,
             },
-            Lifetime::For(ttl) => TableUpdate::Bind { key: value, ttl },
+            Lifetime::For(ttl) => TableUpdate::Bind {
+                key: value?.to_string(),
+                ttl,
+            },
         })
     }
 }
@@ -111,7 +119,58 @@ mod tests {
             "PHPSESSID=deleted; expires=Thu, 01-Jan-1970 00:00:01 GMT; Max-Age=0",
         );
         assert_eq!(
-            table().on_response(Some("abc"), &deleted),
+            table().on_response(Some(b"abc"), &deleted),
+            Some(TableUpdate::Forget("abc".into()))
+        );
+    }
+
+    #[test]
+    fn the_session_id_is_found_beside_non_ascii_pairs_and_one_not_utf8_is_no_session() {
+        let raw = |field: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(COOKIE, HeaderValue::from_bytes(field).unwrap());
+            headers
+        };
+        for field in [
+            &b"a=\xe9t\xe9; PHPSESSID=abc123"[..],
+            b"flag; PHPSESSID=abc123; \xff=\xfe",
+        ] {
+            assert_eq!(
+                table().on_request(&raw(field)),
+                Stickiness::Lookup("abc123".into()),
+                "{field:?}"
+            );
+        }
+        assert_eq!(
+            table().on_request(&raw(b"PHPSESSID=caf\xc3\xa9")),
+            Stickiness::Lookup("caf\u{e9}".into())
+        );
+        assert_eq!(
+            table().on_request(&raw(b"PHPSESSID=abc\xe9")),
+            Stickiness::New
+        );
+    }
+
+    #[test]
+    fn a_set_cookie_holding_obs_text_still_binds_and_a_value_not_utf8_binds_nothing() {
+        let raw = |field: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(SET_COOKIE, HeaderValue::from_bytes(field).unwrap());
+            headers
+        };
+        assert_eq!(
+            table().on_response(None, &raw(b"PHPSESSID=new; Comment=\xe9t\xe9; Max-Age=90")),
+            Some(TableUpdate::Bind {
+                key: "new".into(),
+                ttl: Duration::from_secs(90)
+            })
+        );
+        assert_eq!(
+            table().on_response(None, &raw(b"PHPSESSID=n\xe9w; path=/")),
+            None
+        );
+        assert_eq!(
+            table().on_response(Some(b"abc"), &raw(b"PHPSESSID=\xe9; Max-Age=0")),
             Some(TableUpdate::Forget("abc".into()))
         );
     }

@@ -515,6 +515,45 @@ impl Browser {
     }
 }
 
+/// GETs `url` once without a jar, with one `Cookie` field per entry of `fields`, each sent
+/// byte for byte (obs-text included: RFC 6265 §5.4 lets user agents send it).
+pub async fn get_with_cookie_fields(url: &str, fields: &[&[u8]]) -> Page {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let mut request = Request::get(url).body(Empty::new()).unwrap();
+    for field in fields {
+        request.headers_mut().append(
+            header::COOKIE,
+            header::HeaderValue::from_bytes(field).expect("a valid header value"),
+        );
+    }
+    let response = client
+        .request(request)
+        .await
+        .expect("request through stickyd");
+    let (head, body) = response.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Page {
+        status: head.status,
+        headers: head.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// The `Cookie` fields a backend received with one request, as bytes, in order.
+pub fn cookie_fields(seen: &Seen) -> Vec<Vec<u8>> {
+    seen.headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|value| value.as_bytes().to_vec())
+        .collect()
+}
+
+/// `bytes` with non-ASCII and control bytes escaped (`\xe9`), for assertion messages.
+pub fn show(bytes: &[u8]) -> String {
+    bytes.escape_ascii().to_string()
+}
+
 /// A `stickyd` process (the real binary) on a config file, killed if the test ends first.
 pub struct Daemon {
     pub child: std::process::Child,
