@@ -25,13 +25,14 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{Affinity, Stickiness, hash};
-use crate::config::{AdminState, HashKey};
+use crate::config::{AdminConfig, AdminState, HashKey};
 use crate::router::Router;
 use crate::runtime::Runtime;
 
@@ -42,19 +43,27 @@ const DEFAULT_LIMIT: usize = 100;
 
 type AdminResponse = Response<Full<Bytes>>;
 
-/// Serves the admin API on `listener` until `stop` is cancelled. With `token`, every request
-/// must carry `Authorization: Bearer <token>`.
+/// Serves the admin API on `listener` until `stop` is cancelled. With a token in `config`,
+/// every request must carry `Authorization: Bearer <token>`. Each connection has
+/// `head_timeout` for a whole request head and between two requests (a silent or partial
+/// connection is closed), and at most `max_connections` are served at once; more wait in the
+/// accept queue.
 pub async fn serve(
     listener: TcpListener,
     runtime: Arc<Runtime>,
-    token: Option<String>,
+    config: AdminConfig,
     stop: CancellationToken,
 ) {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "admin listening");
     }
-    let token: Arc<Option<String>> = Arc::new(token);
+    let token: Arc<Option<String>> = Arc::new(config.token.clone());
+    let slots = Arc::new(Semaphore::new(config.max_connections));
     loop {
+        let slot = tokio::select! {
+            () = stop.cancelled() => return,
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let (stream, _) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -71,10 +80,21 @@ pub async fn serve(
             let (runtime, token) = (Arc::clone(&runtime), Arc::clone(&token));
             async move { Ok::<_, Infallible>(answer(&runtime, token.as_deref(), request).await) }
         });
-        tokio::spawn(
-            hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service),
-        );
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        // hyper's header timer runs from the connection's start and again while it waits for
+        // each next request: a silent or partial connection is closed at `head_timeout`.
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.head_timeout);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                () = stop.cancelled() => {}
+                _ = connection => {}
+            }
+        });
     }
 }
 

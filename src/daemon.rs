@@ -84,17 +84,17 @@ pub async fn run(path: &Path, config: Config) -> Result<(), ServerError> {
                         address: admin.bind,
                         source,
                     })?;
-            Some((listener, admin.token.clone()))
+            Some((listener, admin.clone()))
         }
         None => None,
     };
     let runtime = Runtime::start(config, listeners);
     let stop = CancellationToken::new();
-    if let Some((listener, token)) = admin {
+    if let Some((listener, admin)) = admin {
         tokio::spawn(admin::serve(
             listener,
             Arc::clone(&runtime),
-            token,
+            admin,
             stop.clone(),
         ));
     }

@@ -40,10 +40,16 @@ impl Admin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
+        let admin_config = stickyd::config::AdminConfig {
+            bind: listener.local_addr().unwrap(),
+            token: Some(TOKEN.into()),
+            head_timeout: std::time::Duration::from_millis(400),
+            max_connections: 2,
+        };
         tokio::spawn(stickyd::admin::serve(
             listener,
             Arc::clone(&runtime),
-            Some(TOKEN.into()),
+            admin_config,
             stop.clone(),
         ));
         Admin {

@@ -163,7 +163,7 @@ async fn two_services(
     let addresses = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
-        stickyd::server::run(&config, listeners, async {
+        stickyd::runtime::run(&config, listeners, async {
             let _ = stopped.await;
         })
         .await;
