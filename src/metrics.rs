@@ -74,6 +74,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     redis_errors: Family<ServiceLabels, Counter>,
     connections_queued: Family<ServiceLabels, Counter>,
+    oversized_keys: Family<ServiceLabels, Counter>,
     /// Set at scrape time from the runtime.
     pub backend_up: Family<BackendLabels, Gauge>,
     /// Set at scrape time from the runtime.
@@ -107,6 +108,7 @@ impl Metrics {
             reloads: Family::default(),
             redis_errors: Family::default(),
             connections_queued: Family::default(),
+            oversized_keys: Family::default(),
             backend_up: Family::default(),
             backend_admin_state: Family::default(),
             backend_in_flight: Family::default(),
@@ -159,6 +161,11 @@ impl Metrics {
                 "redis_errors",
                 "Redis stick-table calls that failed or timed out (the local table answered)",
                 metrics.redis_errors.clone(),
+            );
+            registry.register(
+                "oversized_keys",
+                "Session ids and hash keys longer than max_key_bytes, treated as no session",
+                metrics.oversized_keys.clone(),
             );
             registry.register(
                 "backend_up",
@@ -227,6 +234,7 @@ impl Metrics {
             proxy_header_rejected: self.proxy_header_rejected.get_or_create_owned(&labels),
             redis_errors: self.redis_errors.get_or_create_owned(&labels),
             connections_queued: self.connections_queued.get_or_create_owned(&labels),
+            oversized_keys: self.oversized_keys.get_or_create_owned(&labels),
             health_transitions: backends
                 .iter()
                 .map(|backend| {
@@ -277,6 +285,8 @@ pub struct ServiceMetrics {
     pub redis_errors: Counter,
     /// Connections that waited because the listener was at `max_connections`.
     pub connections_queued: Counter,
+    /// Session ids and hash keys longer than `max_key_bytes`, treated as no session.
+    pub oversized_keys: Counter,
     /// Per backend index: health flips.
     pub health_transitions: Vec<Counter>,
 }

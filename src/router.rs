@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::affinity::{Affinity, Binding, Outcome, Seen, Stickiness, TableUpdate};
+use crate::affinity::{Affinity, Binding, KeyLimit, Outcome, Seen, Stickiness, TableUpdate};
 use crate::balance::{Balancer, HashRing};
 use crate::config::{AffinityConfig, LimitsConfig, ServiceConfig, StoreConfig};
 use crate::error::ProxyError;
@@ -133,7 +133,14 @@ impl Router {
             ring,
             name: config.name.clone(),
             balancer: Balancer::new(config.balance, &pool),
-            affinity: Affinity::new(config, &pool),
+            affinity: Affinity::new(
+                config,
+                &pool,
+                KeyLimit::new(
+                    config.limits.max_key_bytes,
+                    service_metrics.oversized_keys.clone(),
+                ),
+            ),
             upstream: Upstream::new(
                 config.backends.len(),
                 config.connect_timeout,

@@ -3,9 +3,13 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::Arc;
+
+use stickyd::runtime::Runtime;
 
 use common::{
-    Browser, assert_sticks_and_spreads, encode, proxy_over, spawn_backends, within_timeout,
+    Browser, TestBackend, assert_sticks_and_spreads, config, encode, proxy_over, spawn_backends,
+    within_timeout,
 };
 
 const STICK: &str = "[service.affinity]\nstrategy = \"stick-table\"\ncookie = \"sid\"\n";
@@ -103,6 +107,86 @@ async fn concurrent_first_requests_of_one_session_land_on_one_backend() {
                 "session burst-{session} was split over {landed:?}"
             );
         }
+    })
+    .await;
+}
+
+/// stickyd in process through its [`Runtime`], so a test can read the stick table and the
+/// metrics; returns it and the proxy's base URL.
+async fn runtime_over(backends: &[TestBackend], extra: &str) -> (Arc<Runtime>, String) {
+    let text = config(&backends.iter().collect::<Vec<_>>(), extra);
+    let config =
+        stickyd::config::Config::parse(&text, "<test>").unwrap_or_else(|error| panic!("{error}"));
+    let listeners = stickyd::server::bind(&config).await.unwrap();
+    let url = format!("http://{}", listeners[0].local_addr().unwrap());
+    (Runtime::start(config, listeners), url)
+}
+
+/// The entries in the stick table of service `web` as (session, backend id), sorted.
+fn stored(runtime: &Runtime) -> Vec<(String, String)> {
+    let router = runtime.router("web").unwrap();
+    let mut entries: Vec<(String, String)> = router
+        .stick_table()
+        .unwrap()
+        .entries(100)
+        .into_iter()
+        .map(|(session, id)| (session, id.to_string()))
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// Whether the stick table of service `web` binds `session` to backend id `backend`.
+fn binds(runtime: &Runtime, session: &str, backend: &str) -> bool {
+    stored(runtime)
+        .iter()
+        .any(|(key, id)| key == session && id == backend)
+}
+
+#[tokio::test]
+async fn a_session_id_longer_than_max_key_bytes_is_not_stored_and_is_counted() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let (runtime, url) = runtime_over(&backends, STICK).await;
+        let table = || {
+            runtime
+                .router("web")
+                .unwrap()
+                .stick_table()
+                .unwrap()
+                .entry_count()
+        };
+        // The default max_key_bytes is 256: an id of 256 bytes is a session, 257 is none.
+        let (longest, oversized) = ("a".repeat(256), "b".repeat(257));
+        let mut fits = Browser::new();
+        fits.jar.insert("sid".into(), longest.clone());
+        let bound = fits.get(&format!("{url}/")).await.backend().to_string();
+        assert_eq!(fits.get(&format!("{url}/")).await.backend(), bound);
+        assert!(binds(&runtime, &longest, &bound));
+        // Round-robin over two backends: a stored session would stay; no session alternates.
+        let mut too_long = Browser::new();
+        too_long.jar.insert("sid".into(), oversized.clone());
+        let first = too_long.get(&format!("{url}/")).await;
+        assert_eq!(first.status, 200);
+        let second = too_long.get(&format!("{url}/")).await;
+        assert_ne!(
+            first.backend(),
+            second.backend(),
+            "an oversized id was kept as a session"
+        );
+        // A backend's Set-Cookie with an oversized id binds nothing either.
+        let set = encode(&format!("sid={oversized}; Path=/"));
+        Browser::new()
+            .get(&format!("{url}/?set-cookie={set}"))
+            .await;
+        assert_eq!(table(), 1, "an oversized id was stored");
+        let metrics = runtime.encode_metrics();
+        let line = "stickyd_oversized_keys_total{service=\"web\"} 3";
+        assert!(
+            metrics.lines().any(|candidate| candidate == line),
+            "missing {line:?} in\n{metrics}"
+        );
+        runtime.shutdown().await;
     })
     .await;
 }
