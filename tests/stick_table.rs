@@ -4,6 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use stickyd::runtime::Runtime;
 
@@ -186,6 +187,44 @@ async fn a_session_id_longer_than_max_key_bytes_is_not_stored_and_is_counted() {
             metrics.lines().any(|candidate| candidate == line),
             "missing {line:?} in\n{metrics}"
         );
+        runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unconfirmed_reservation_lives_reservation_ttl_and_a_confirmed_one_the_full_ttl() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let short = format!("{STICK}reservation_ttl = \"300ms\"\n");
+        let (runtime, url) = runtime_over(&backends, &short).await;
+        // Round-robin: an id no backend issued is reserved on b1, then used once more (a hit
+        // restarts only the short lifetime).
+        let mut made_up = Browser::new();
+        made_up.jar.insert("sid".into(), "made-up".into());
+        assert_eq!(made_up.get(&format!("{url}/")).await.backend(), "b1");
+        assert_eq!(made_up.get(&format!("{url}/")).await.backend(), "b1");
+        assert!(binds(&runtime, "made-up", "b1"));
+        // b2 issues a session: its Set-Cookie confirms the id.
+        let mut confirmed = Browser::new();
+        let page = confirmed.get(&format!("{url}/session/sid")).await;
+        assert_eq!(page.backend(), "b2");
+        assert!(binds(&runtime, "b2-1", "b2"));
+        // Another made-up id, reserved on b1, moves to b2 when b1 dies: still unconfirmed.
+        let mut moved = Browser::new();
+        moved.jar.insert("sid".into(), "moved-up".into());
+        assert_eq!(moved.get(&format!("{url}/")).await.backend(), "b1");
+        backends[0].stop();
+        assert_eq!(moved.get(&format!("{url}/")).await.backend(), "b2");
+        assert!(binds(&runtime, "moved-up", "b2"));
+        // Waiting out reservation_ttl is the behaviour under test.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            stored(&runtime),
+            [("b2-1".to_string(), "b2".to_string())],
+            "only the session a backend confirmed outlives reservation_ttl"
+        );
+        assert_eq!(confirmed.get(&format!("{url}/")).await.backend(), "b2");
         runtime.shutdown().await;
     })
     .await;
