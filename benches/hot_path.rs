@@ -7,7 +7,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use http::header::{COOKIE, HeaderValue, SET_COOKIE};
-use stickyd::affinity::{Affinity, Binding, Outcome};
+use stickyd::affinity::{Affinity, Binding, KeyLimit, Outcome};
 use stickyd::balance::Balancer;
 use stickyd::config::Config;
 use stickyd::pool::Pool;
@@ -29,7 +29,8 @@ fn service(affinity: &str, balance: &str) -> (Affinity, Pool, Balancer) {
         stickyd::pool::PoolPolicy::default(),
         None,
     );
-    let affinity = Affinity::new(service, &pool);
+    let keys = KeyLimit::new(service.limits.max_key_bytes, Default::default());
+    let affinity = Affinity::new(service, &pool, keys);
     let balancer = Balancer::new(service.balance, &pool);
     (affinity, pool, balancer)
 }

@@ -76,6 +76,7 @@ pub struct Metrics {
     connections_queued: Family<ServiceLabels, Counter>,
     header_fields_dropped: Family<ServiceLabels, Counter>,
     open_tunnels: Family<ServiceLabels, Gauge>,
+    oversized_keys: Family<ServiceLabels, Counter>,
     /// Set at scrape time from the runtime.
     pub backend_up: Family<BackendLabels, Gauge>,
     /// Set at scrape time from the runtime.
@@ -111,6 +112,7 @@ impl Metrics {
             connections_queued: Family::default(),
             header_fields_dropped: Family::default(),
             open_tunnels: Family::default(),
+            oversized_keys: Family::default(),
             backend_up: Family::default(),
             backend_admin_state: Family::default(),
             backend_in_flight: Family::default(),
@@ -173,6 +175,11 @@ impl Metrics {
                 "redis_errors",
                 "Redis stick-table calls that failed or timed out (the local table answered)",
                 metrics.redis_errors.clone(),
+            );
+            registry.register(
+                "oversized_keys",
+                "Session ids and hash keys longer than max_key_bytes, treated as no session",
+                metrics.oversized_keys.clone(),
             );
             registry.register(
                 "backend_up",
@@ -243,6 +250,7 @@ impl Metrics {
             connections_queued: self.connections_queued.get_or_create_owned(&labels),
             header_fields_dropped: self.header_fields_dropped.get_or_create_owned(&labels),
             open_tunnels: self.open_tunnels.get_or_create_owned(&labels),
+            oversized_keys: self.oversized_keys.get_or_create_owned(&labels),
             health_transitions: backends
                 .iter()
                 .map(|backend| {
@@ -297,6 +305,8 @@ pub struct ServiceMetrics {
     pub header_fields_dropped: Counter,
     /// Open upgraded tunnels of the service.
     pub open_tunnels: Gauge,
+    /// Session ids and hash keys longer than `max_key_bytes`, treated as no session.
+    pub oversized_keys: Counter,
     /// Per backend index: health flips.
     pub health_transitions: Vec<Counter>,
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 
-use crate::affinity::{Affinity, Binding, Outcome, Seen, Stickiness, TableUpdate};
+use crate::affinity::{Affinity, Binding, KeyLimit, Outcome, Seen, Stickiness, TableUpdate};
 use crate::balance::{Balancer, HashRing};
 use crate::config::{AffinityConfig, ServiceConfig, StoreConfig};
 use crate::error::ProxyError;
@@ -17,11 +17,15 @@ use crate::proxy::{self, HeadRules, Peer, Upstream, head};
 use crate::store::StickStore;
 use crate::store::sessions::BoundSessions;
 
-/// The stick table of a service and the lifetime of a binding reserved before the app answers.
+/// The stick table of a service and the lifetimes of its bindings.
 #[derive(Debug)]
 struct Table {
     store: Arc<StickStore>,
+    /// Lifetime of a binding confirmed without the app's cookie lifetime (an admin rebind).
     ttl: Duration,
+    /// Lifetime of a binding reserved from an id only a client has carried, until a backend's
+    /// `Set-Cookie` confirms it.
+    reservation_ttl: Duration,
     store_config: StoreConfig,
     max_entries: u64,
 }
@@ -110,6 +114,7 @@ impl Router {
                 Some(Table {
                     store,
                     ttl: table.ttl,
+                    reservation_ttl: table.reservation_ttl,
                     store_config: table.store.clone(),
                     max_entries: table.max_entries,
                 })
@@ -132,7 +137,14 @@ impl Router {
             ring,
             name: config.name.clone(),
             balancer: Balancer::new(config.balance, &pool),
-            affinity: Affinity::new(config, &pool),
+            affinity: Affinity::new(
+                config,
+                &pool,
+                KeyLimit::new(
+                    config.limits.max_key_bytes,
+                    service_metrics.oversized_keys.clone(),
+                ),
+            ),
             upstream: Upstream::new(
                 config.backends.len(),
                 config.connect_timeout,
@@ -181,7 +193,8 @@ impl Router {
         ring.pick(&self.pool, key, |index| self.pool.accepts_new(index))
     }
 
-    /// Lifetime of a stick-table binding made without the app's cookie lifetime.
+    /// Full lifetime of a stick-table binding made without the app's cookie lifetime (an
+    /// operator's binding through the admin API); a reservation lives `reservation_ttl`.
     pub fn stick_ttl(&self) -> Duration {
         self.table
             .as_ref()
@@ -474,9 +487,10 @@ impl Router {
         }
     }
 
-    /// Stick table: a hit keeps its binding; a new session reserves one before it is sent (so
-    /// concurrent first requests agree: the reservation that holds wins, if usable); a
-    /// redispatch, or a retry after a refused connection, overwrites it.
+    /// Stick table: a hit keeps its binding; a new session reserves one for `reservation_ttl`
+    /// before it is sent (so concurrent first requests agree: the reservation that holds wins,
+    /// if usable); a redispatch, or a retry after a refused connection, moves it and keeps its
+    /// lifetime (a reservation stays short until a backend's `Set-Cookie` confirms the id).
     async fn bind_session(
         &self,
         table: &Table,
@@ -489,19 +503,22 @@ impl Router {
         match outcome {
             Outcome::Hit => backend,
             Outcome::Redispatch => {
-                table.store.bind(session, id, table.ttl).await;
+                table.store.rebind(session, id, table.reservation_ttl).await;
                 backend
             }
             Outcome::New | Outcome::Invalid if retry => {
-                table.store.bind(session, id, table.ttl).await;
+                table.store.rebind(session, id, table.reservation_ttl).await;
                 backend
             }
             Outcome::New | Outcome::Invalid => {
-                let held = table.store.reserve(session, id, table.ttl).await;
+                let held = table
+                    .store
+                    .reserve(session, id, table.reservation_ttl)
+                    .await;
                 match self.pool.find_id(&held) {
                     Some(reserved) if self.pool.accepts_bound(reserved) => reserved,
                     _ => {
-                        table.store.bind(session, id, table.ttl).await;
+                        table.store.rebind(session, id, table.reservation_ttl).await;
                         backend
                     }
                 }

@@ -309,3 +309,31 @@ async fn a_dead_hashed_backend_sends_its_keys_to_their_next_choice() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_key_longer_than_max_key_bytes_falls_back_like_a_missing_one() {
+    within_timeout(async {
+        let backends = spawn_backends(3).await;
+        let proxy = proxy_over(
+            &backends,
+            &hash("header:X-User", "fallback = \"balance\"\n"),
+        )
+        .await;
+        // The default max_key_bytes is 256: a key of 256 bytes is hashed and sticks, one of
+        // 257 is no key, so the fallback balances it round-robin over the three backends.
+        let (longest, oversized) = ("a".repeat(256), "b".repeat(257));
+        let mut hashed = HashSet::new();
+        let mut balanced = HashSet::new();
+        for _ in 0..3 {
+            hashed.insert(backend_for_header(&proxy, "x-user", &longest).await);
+            balanced.insert(backend_for_header(&proxy, "x-user", &oversized).await);
+        }
+        assert_eq!(hashed.len(), 1, "a key of max_key_bytes moved: {hashed:?}");
+        assert_eq!(
+            balanced.len(),
+            3,
+            "an oversized key was hashed, not balanced: {balanced:?}"
+        );
+    })
+    .await;
+}

@@ -228,3 +228,75 @@ async fn a_redis_outage_and_stall_fail_no_request_and_keep_seen_sessions_sticky(
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reservation_lives_reservation_ttl_in_redis_until_a_backend_confirms_the_id() {
+    if !redis_present() {
+        return;
+    }
+    within_timeout(async {
+        let redis = Redis::start().await;
+        let backends = spawn_backends(2).await;
+        let table = format!("{}reservation_ttl = \"2s\"\n", shared_table(&redis));
+        let proxy =
+            common::start_proxy(&config(&backends.iter().collect::<Vec<_>>(), &table)).await;
+        let mut connection = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut key = async |session: &str| -> (Option<String>, i64) {
+            let key = format!("test:web:{session}");
+            let mut pipe = redis::pipe();
+            pipe.get(&key).pttl(&key);
+            pipe.query_async(&mut connection).await.unwrap()
+        };
+        let (reservation_ms, full_ms) = (2_000, 30 * 60 * 1_000);
+        // Round-robin: an id no backend issued is reserved on b1 for reservation_ttl only.
+        let mut made_up = Browser::new();
+        made_up.jar.insert("sid".into(), "made-up".into());
+        assert_eq!(made_up.get(&proxy.url("/")).await.backend(), "b1");
+        let (bound, ttl) = key("made-up").await;
+        assert_eq!(bound.as_deref(), Some("b1"));
+        assert!(
+            0 < ttl && ttl <= reservation_ms,
+            "a reservation's PTTL is {ttl} ms"
+        );
+        // An id longer than max_key_bytes (256) is no session: no key.
+        let oversized = "x".repeat(257);
+        let mut too_long = Browser::new();
+        too_long.jar.insert("sid".into(), oversized.clone());
+        assert_eq!(too_long.get(&proxy.url("/")).await.status, 200);
+        assert_eq!(
+            key(&oversized).await,
+            (None, -2),
+            "an oversized id left a key"
+        );
+        // b1 issues a session: its Set-Cookie confirms the id, for the full ttl (30 min).
+        let mut confirmed = Browser::new();
+        assert_eq!(
+            confirmed.get(&proxy.url("/session/sid")).await.backend(),
+            "b1"
+        );
+        let (bound, ttl) = key("b1-1").await;
+        assert_eq!(bound.as_deref(), Some("b1"));
+        assert!(ttl > full_ms - 60_000, "a confirmed key's PTTL is {ttl} ms");
+        // b1 dies: both sessions move to b2 and keep their lifetimes.
+        backends[0].stop();
+        assert_eq!(made_up.get(&proxy.url("/")).await.backend(), "b2");
+        assert_eq!(confirmed.get(&proxy.url("/")).await.backend(), "b2");
+        let (bound, ttl) = key("made-up").await;
+        assert_eq!(bound.as_deref(), Some("b2"));
+        assert!(
+            0 < ttl && ttl <= reservation_ms,
+            "a moved reservation's PTTL is {ttl} ms"
+        );
+        let (bound, ttl) = key("b1-1").await;
+        assert_eq!(bound.as_deref(), Some("b2"));
+        assert!(
+            ttl > full_ms - 60_000,
+            "a moved confirmed key's PTTL is {ttl} ms"
+        );
+    })
+    .await;
+}

@@ -3,10 +3,14 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stickyd::runtime::Runtime;
 
 use common::{
-    Browser, assert_sticks_and_spreads, cookie_fields, encode, get_with_cookie_fields, proxy_over,
-    show, spawn_backends, within_timeout,
+    Browser, TestBackend, assert_sticks_and_spreads, config, cookie_fields, encode,
+    get_with_cookie_fields, proxy_over, show, spawn_backends, within_timeout,
 };
 
 const STICK: &str = "[service.affinity]\nstrategy = \"stick-table\"\ncookie = \"sid\"\n";
@@ -140,6 +144,86 @@ async fn the_session_id_is_found_beside_non_ascii_and_valueless_pairs() {
     .await;
 }
 
+/// stickyd in process through its [`Runtime`], so a test can read the stick table and the
+/// metrics; returns it and the proxy's base URL.
+async fn runtime_over(backends: &[TestBackend], extra: &str) -> (Arc<Runtime>, String) {
+    let text = config(&backends.iter().collect::<Vec<_>>(), extra);
+    let config =
+        stickyd::config::Config::parse(&text, "<test>").unwrap_or_else(|error| panic!("{error}"));
+    let listeners = stickyd::server::bind(&config).await.unwrap();
+    let url = format!("http://{}", listeners[0].local_addr().unwrap());
+    (Runtime::start(config, listeners), url)
+}
+
+/// The entries in the stick table of service `web` as (session, backend id), sorted.
+fn stored(runtime: &Runtime) -> Vec<(String, String)> {
+    let router = runtime.router("web").unwrap();
+    let mut entries: Vec<(String, String)> = router
+        .stick_table()
+        .unwrap()
+        .entries(100)
+        .into_iter()
+        .map(|(session, id)| (session, id.to_string()))
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// Whether the stick table of service `web` binds `session` to backend id `backend`.
+fn binds(runtime: &Runtime, session: &str, backend: &str) -> bool {
+    stored(runtime)
+        .iter()
+        .any(|(key, id)| key == session && id == backend)
+}
+
+#[tokio::test]
+async fn a_session_id_longer_than_max_key_bytes_is_not_stored_and_is_counted() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let (runtime, url) = runtime_over(&backends, STICK).await;
+        let table = || {
+            runtime
+                .router("web")
+                .unwrap()
+                .stick_table()
+                .unwrap()
+                .entry_count()
+        };
+        // The default max_key_bytes is 256: an id of 256 bytes is a session, 257 is none.
+        let (longest, oversized) = ("a".repeat(256), "b".repeat(257));
+        let mut fits = Browser::new();
+        fits.jar.insert("sid".into(), longest.clone());
+        let bound = fits.get(&format!("{url}/")).await.backend().to_string();
+        assert_eq!(fits.get(&format!("{url}/")).await.backend(), bound);
+        assert!(binds(&runtime, &longest, &bound));
+        // Round-robin over two backends: a stored session would stay; no session alternates.
+        let mut too_long = Browser::new();
+        too_long.jar.insert("sid".into(), oversized.clone());
+        let first = too_long.get(&format!("{url}/")).await;
+        assert_eq!(first.status, 200);
+        let second = too_long.get(&format!("{url}/")).await;
+        assert_ne!(
+            first.backend(),
+            second.backend(),
+            "an oversized id was kept as a session"
+        );
+        // A backend's Set-Cookie with an oversized id binds nothing either.
+        let set = encode(&format!("sid={oversized}; Path=/"));
+        Browser::new()
+            .get(&format!("{url}/?set-cookie={set}"))
+            .await;
+        assert_eq!(table(), 1, "an oversized id was stored");
+        let metrics = runtime.encode_metrics();
+        let line = "stickyd_oversized_keys_total{service=\"web\"} 3";
+        assert!(
+            metrics.lines().any(|candidate| candidate == line),
+            "missing {line:?} in\n{metrics}"
+        );
+        runtime.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_set_cookie_holding_obs_text_still_teaches_the_table() {
     within_timeout(async {
@@ -156,6 +240,44 @@ async fn a_set_cookie_holding_obs_text_still_teaches_the_table() {
             let page = get_with_cookie_fields(&proxy.url("/"), &[b"sid=learned"]).await;
             assert_eq!(page.backend(), bound, "the binding was not learned");
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unconfirmed_reservation_lives_reservation_ttl_and_a_confirmed_one_the_full_ttl() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let short = format!("{STICK}reservation_ttl = \"300ms\"\n");
+        let (runtime, url) = runtime_over(&backends, &short).await;
+        // Round-robin: an id no backend issued is reserved on b1, then used once more (a hit
+        // restarts only the short lifetime).
+        let mut made_up = Browser::new();
+        made_up.jar.insert("sid".into(), "made-up".into());
+        assert_eq!(made_up.get(&format!("{url}/")).await.backend(), "b1");
+        assert_eq!(made_up.get(&format!("{url}/")).await.backend(), "b1");
+        assert!(binds(&runtime, "made-up", "b1"));
+        // b2 issues a session: its Set-Cookie confirms the id.
+        let mut confirmed = Browser::new();
+        let page = confirmed.get(&format!("{url}/session/sid")).await;
+        assert_eq!(page.backend(), "b2");
+        assert!(binds(&runtime, "b2-1", "b2"));
+        // Another made-up id, reserved on b1, moves to b2 when b1 dies: still unconfirmed.
+        let mut moved = Browser::new();
+        moved.jar.insert("sid".into(), "moved-up".into());
+        assert_eq!(moved.get(&format!("{url}/")).await.backend(), "b1");
+        backends[0].stop();
+        assert_eq!(moved.get(&format!("{url}/")).await.backend(), "b2");
+        assert!(binds(&runtime, "moved-up", "b2"));
+        // Waiting out reservation_ttl is the behaviour under test.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            stored(&runtime),
+            [("b2-1".to_string(), "b2".to_string())],
+            "only the session a backend confirmed outlives reservation_ttl"
+        );
+        assert_eq!(confirmed.get(&format!("{url}/")).await.backend(), "b2");
+        runtime.shutdown().await;
     })
     .await;
 }

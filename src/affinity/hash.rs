@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use http::request;
 use ipnet::IpNet;
 
-use super::{Stickiness, cookies};
+use super::{KeyLimit, Stickiness, cookies};
 use crate::config::{Fallback, HashConfig, HashKey};
 
 /// The hash strategy of one service.
@@ -20,16 +20,20 @@ pub struct Hash {
     key: HashKey,
     trusted_proxies: Vec<IpNet>,
     fallback: Fallback,
+    /// A longer header, query or cookie key is treated as missing.
+    keys: KeyLimit,
 }
 
 impl Hash {
     /// Builds the strategy from its config; forwarded keys are believed through
-    /// `trusted_proxies` (the service's).
-    pub fn new(config: &HashConfig, trusted_proxies: &[IpNet]) -> Hash {
+    /// `trusted_proxies` (the service's); a header, query or cookie key longer than `keys`
+    /// allows takes the fallback.
+    pub fn new(config: &HashConfig, trusted_proxies: &[IpNet], keys: KeyLimit) -> Hash {
         Hash {
             key: config.key.clone(),
             trusted_proxies: trusted_proxies.to_vec(),
             fallback: config.fallback,
+            keys,
         }
     }
 
@@ -38,7 +42,8 @@ impl Hash {
         &self.key
     }
 
-    /// The hash of the request's key, or the fallback when the request has no key.
+    /// The hash of the request's key, or the fallback when the request has no key, or a
+    /// header, query or cookie key longer than `max_key_bytes` (counted).
     pub fn on_request(&self, head: &request::Parts, client: IpAddr) -> Stickiness {
         let headers = &head.headers;
         let key = match &self.key {
@@ -73,7 +78,9 @@ impl Hash {
             HashKey::Cookie(name) => cookies::find(headers, name),
         };
         match key {
-            Some(bytes) if !bytes.is_empty() => Stickiness::Hash(hash_bytes(bytes)),
+            Some(bytes) if !bytes.is_empty() && self.keys.admits(bytes) => {
+                Stickiness::Hash(hash_bytes(bytes))
+            }
             _ => self.fallback(client),
         }
     }
@@ -171,10 +178,20 @@ fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use http::Request;
+    use prometheus_client::metrics::counter::Counter;
 
     use super::*;
 
     fn hash(key: HashKey, trusted: &[&str], fallback: Fallback) -> Hash {
+        limited(
+            key,
+            trusted,
+            fallback,
+            KeyLimit::new(256, Counter::default()),
+        )
+    }
+
+    fn limited(key: HashKey, trusted: &[&str], fallback: Fallback, keys: KeyLimit) -> Hash {
         let trusted: Vec<IpNet> = trusted.iter().map(|net| net.parse().unwrap()).collect();
         Hash::new(
             &HashConfig {
@@ -183,6 +200,7 @@ mod tests {
                 balance_factor: None,
             },
             &trusted,
+            keys,
         )
     }
 
@@ -338,5 +356,41 @@ mod tests {
                 "{field:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_key_longer_than_max_key_bytes_falls_back_and_is_counted() {
+        let oversized = Counter::default();
+        let keys = KeyLimit::new(8, oversized.clone());
+        let header = limited(
+            HashKey::Header("x-user".parse().unwrap()),
+            &[],
+            Fallback::SourceIp,
+            keys.clone(),
+        );
+        assert_eq!(
+            header.on_request(&head("/", &[("x-user", "12345678")]), ip("192.0.2.1")),
+            Stickiness::Hash(hash_bytes(b"12345678"))
+        );
+        assert_eq!(
+            header.on_request(&head("/", &[("x-user", "123456789")]), ip("192.0.2.1")),
+            hashed("192.0.2.1")
+        );
+        let query = limited(
+            HashKey::Query("token".into()),
+            &[],
+            Fallback::Balance,
+            keys.clone(),
+        );
+        assert_eq!(
+            query.on_request(&head("/?token=123456789", &[]), ip("192.0.2.1")),
+            Stickiness::New
+        );
+        let cookie = limited(HashKey::Cookie("sid".into()), &[], Fallback::Balance, keys);
+        assert_eq!(
+            cookie.on_request(&head("/", &[("cookie", "sid=123456789")]), ip("192.0.2.1")),
+            Stickiness::New
+        );
+        assert_eq!(oversized.get(), 3);
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use std::net::IpAddr;
 
 use http::{HeaderMap, request};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::config::{AffinityConfig, ServiceConfig};
 use crate::pool::Pool;
@@ -99,6 +100,37 @@ pub enum TableUpdate {
     Forget(String),
 }
 
+/// The longest session id (stick table) or hash key (header, query parameter or cookie value)
+/// a strategy uses, `max_key_bytes` of `[service.limits]`. A longer one is treated as no
+/// session (stored nowhere, never hashed) and counted in `stickyd_oversized_keys_total`, so a
+/// client cannot make stickyd hold its input. HAProxy bounds a stick table's string keys too
+/// (`type string len N`), by truncating them; stickyd refuses instead, since a truncated id
+/// could join two sessions.
+#[derive(Debug, Clone)]
+pub struct KeyLimit {
+    max_bytes: usize,
+    oversized: Counter,
+}
+
+impl KeyLimit {
+    /// Keys of at most `max_bytes` bytes; longer ones are counted in `oversized`.
+    pub fn new(max_bytes: usize, oversized: Counter) -> KeyLimit {
+        KeyLimit {
+            max_bytes,
+            oversized,
+        }
+    }
+
+    /// Whether `key` is short enough to use; a longer one is counted.
+    pub fn admits(&self, key: &[u8]) -> bool {
+        let fits = key.len() <= self.max_bytes;
+        if !fits {
+            self.oversized.inc();
+        }
+        fits
+    }
+}
+
 /// The affinity strategy of one service.
 #[derive(Debug)]
 pub enum Affinity {
@@ -116,17 +148,20 @@ pub enum Affinity {
 
 impl Affinity {
     /// Builds the strategy of `service` for `pool`'s backends; sealed cookie values are bound
-    /// to the service's name and the strategy's cookie name.
-    pub fn new(service: &ServiceConfig, pool: &Pool) -> Affinity {
+    /// to the service's name and the strategy's cookie name, and session ids and hash keys
+    /// longer than `keys` allows are treated as no session.
+    pub fn new(service: &ServiceConfig, pool: &Pool, keys: KeyLimit) -> Affinity {
         match &service.affinity {
             AffinityConfig::None => Affinity::None,
             AffinityConfig::Insert(config) => {
                 Affinity::Insert(Insert::new(config, &service.name, pool))
             }
             AffinityConfig::Prefix(config) => Affinity::Prefix(Prefix::new(config, &service.name)),
-            AffinityConfig::StickTable(config) => Affinity::StickTable(StickTable::new(config)),
+            AffinityConfig::StickTable(config) => {
+                Affinity::StickTable(StickTable::new(config, keys))
+            }
             AffinityConfig::Hash(config) => {
-                Affinity::Hash(Hash::new(config, &service.trusted_proxies))
+                Affinity::Hash(Hash::new(config, &service.trusted_proxies, keys))
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::header::HeaderMap;
 
 use super::cookies::{self, Lifetime};
-use super::{Stickiness, TableUpdate};
+use super::{KeyLimit, Stickiness, TableUpdate};
 use crate::config::StickTableConfig;
 
 /// The stick-table strategy of one service.
@@ -16,23 +16,29 @@ use crate::config::StickTableConfig;
 pub struct StickTable {
     cookie: String,
     ttl: Duration,
+    /// Longer session ids are no session: never looked up, never stored.
+    keys: KeyLimit,
 }
 
 impl StickTable {
-    /// Builds the strategy from its config.
-    pub fn new(config: &StickTableConfig) -> StickTable {
+    /// Builds the strategy from its config; ids longer than `keys` allows are no session.
+    pub fn new(config: &StickTableConfig, keys: KeyLimit) -> StickTable {
         StickTable {
             cookie: config.cookie.clone(),
             ttl: config.ttl,
+            keys,
         }
     }
 
     /// A request with the app's cookie asks the table; one without, or whose session id is
-    /// empty or not UTF-8 (no app stickyd serves issues such ids), is `New`. The cookie is
-    /// found whatever bytes the other pairs hold.
+    /// empty, not UTF-8 (no app stickyd serves issues such ids) or longer than
+    /// `max_key_bytes` (counted), is `New`. The cookie is found whatever bytes the other pairs
+    /// hold.
     pub fn on_request(&self, headers: &HeaderMap) -> Stickiness {
         match cookies::find(headers, &self.cookie).map(std::str::from_utf8) {
-            Some(Ok(value)) if !value.is_empty() => Stickiness::Lookup(value.to_string()),
+            Some(Ok(value)) if !value.is_empty() && self.keys.admits(value.as_bytes()) => {
+                Stickiness::Lookup(value.to_string())
+            }
             _ => Stickiness::New,
         }
     }
@@ -40,39 +46,49 @@ impl StickTable {
     /// What the response's `Set-Cookie` teaches: bind its value for the cookie's own lifetime
     /// (the configured `ttl` for a session cookie), or forget the request's session (`session`)
     /// when the app expires its cookie. Bytes >= 0x80 in the field's attributes do not hide it;
-    /// a value that is not UTF-8 is no session and binds nothing.
+    /// a value that is not UTF-8 is no session and binds nothing, and an id longer than
+    /// `max_key_bytes` (counted) is not bound: no request could look it up.
     pub fn on_response(&self, session: Option<&[u8]>, headers: &HeaderMap) -> Option<TableUpdate> {
         let (value, lifetime) = cookies::find_set_cookie(headers, &self.cookie)?;
         let value = std::str::from_utf8(value).ok();
         let session = session.and_then(|session| std::str::from_utf8(session).ok());
-        Some(match lifetime {
-            Lifetime::Expired => TableUpdate::Forget(session.or(value)?.to_string()),
-            Lifetime::Session => TableUpdate::Bind {
+        match lifetime {
+            Lifetime::Expired => Some(TableUpdate::Forget(session.or(value)?.to_string())),
+            _ if !self.keys.admits(value?.as_bytes()) => None,
+            Lifetime::Session => Some(TableUpdate::Bind {
                 key: value?.to_string(),
                 ttl: self.ttl,
-            },
-            Lifetime::For(ttl) => TableUpdate::Bind {
+            }),
+            Lifetime::For(ttl) => Some(TableUpdate::Bind {
                 key: value?.to_string(),
                 ttl,
-            },
-        })
+            }),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use http::header::{COOKIE, HeaderValue, SET_COOKIE};
+    use prometheus_client::metrics::counter::Counter;
 
     use super::*;
 
     fn table() -> StickTable {
-        StickTable::new(&StickTableConfig {
-            cookie: "PHPSESSID".into(),
-            ttl: Duration::from_secs(1800),
-            max_entries: 10,
-            reservation_ttl: Duration::from_secs(10),
-            store: crate::config::StoreConfig::Memory,
-        })
+        limited(KeyLimit::new(256, Counter::default()))
+    }
+
+    fn limited(keys: KeyLimit) -> StickTable {
+        StickTable::new(
+            &StickTableConfig {
+                cookie: "PHPSESSID".into(),
+                ttl: Duration::from_secs(1800),
+                max_entries: 10,
+                reservation_ttl: Duration::from_secs(10),
+                store: crate::config::StoreConfig::Memory,
+            },
+            keys,
+        )
     }
 
     fn with(name: http::HeaderName, value: &'static str) -> HeaderMap {
@@ -173,5 +189,27 @@ mod tests {
             table().on_response(Some(b"abc"), &raw(b"PHPSESSID=\xe9; Max-Age=0")),
             Some(TableUpdate::Forget("abc".into()))
         );
+    }
+
+    #[test]
+    fn an_id_longer_than_max_key_bytes_is_no_session_and_is_counted() {
+        let oversized = Counter::default();
+        let table = limited(KeyLimit::new(8, oversized.clone()));
+        assert_eq!(
+            table.on_request(&with(COOKIE, "PHPSESSID=12345678")),
+            Stickiness::Lookup("12345678".into())
+        );
+        assert_eq!(
+            table.on_request(&with(COOKIE, "PHPSESSID=123456789")),
+            Stickiness::New
+        );
+        assert_eq!(oversized.get(), 1);
+        let long = with(SET_COOKIE, "PHPSESSID=123456789; path=/");
+        assert_eq!(
+            table.on_response(None, &long),
+            None,
+            "bound an oversized id"
+        );
+        assert_eq!(oversized.get(), 2);
     }
 }

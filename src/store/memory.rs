@@ -154,6 +154,20 @@ impl<K: Key + ?Sized> MemoryStore<K> {
         self.put(&mut shard, session, Binding::new(backend, ttl, now), now);
     }
 
+    /// Binds `session` to `backend`, replacing any binding but keeping its lifetime (a
+    /// confirmed entry stays confirmed, a reservation stays one); without a live binding, for
+    /// `ttl`. Returns the lifetime the binding got.
+    pub fn rebind(&self, session: &K, backend: &BackendId, ttl: Duration) -> Duration {
+        let now = now_ms();
+        let mut shard = self.shard(session);
+        let ttl = shard
+            .get(session)
+            .filter(|held| held.is_live(now))
+            .map_or(ttl, |held| Duration::from_millis(u64::from(held.ttl_ms)));
+        self.put(&mut shard, session, Binding::new(backend, ttl, now), now);
+        ttl
+    }
+
     /// Drops the binding of `session`.
     pub fn forget(&self, session: &K) {
         self.shard(session).remove(session);
@@ -261,6 +275,23 @@ mod tests {
         assert_eq!(store.get("abc").as_deref(), Some("s3"));
         store.forget("abc");
         assert_eq!(store.get("abc"), None);
+    }
+
+    #[test]
+    fn rebind_moves_a_session_but_keeps_its_lifetime() {
+        let store: MemoryStore = MemoryStore::new(100);
+        let (short, long) = (Duration::from_millis(300), Duration::from_secs(60));
+        store.reserve("reserved", &id("s1"), short);
+        store.bind("confirmed", &id("s1"), long);
+        assert_eq!(store.rebind("reserved", &id("s2"), long), short);
+        assert_eq!(store.rebind("confirmed", &id("s2"), short), long);
+        assert_eq!(store.rebind("unknown", &id("s2"), short), short);
+        assert_eq!(
+            store.get_with_ttl("reserved"),
+            Some((id("s2"), short)),
+            "a rebound reservation became a confirmed entry"
+        );
+        assert_eq!(store.get_with_ttl("confirmed"), Some((id("s2"), long)));
     }
 
     #[test]

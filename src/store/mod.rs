@@ -68,7 +68,8 @@ impl StickStore {
         }
     }
 
-    /// Binds `session` to `backend` unless it is bound already, and returns the binding that
+    /// Binds `session` to `backend` for `ttl` (a reservation's short lifetime, until a
+    /// backend confirms the id) unless it is bound already, and returns the binding that
     /// holds: so concurrent first requests of one session agree on one backend (across
     /// instances too, with Redis).
     pub async fn reserve(&self, session: &str, backend: &BackendId, ttl: Duration) -> BackendId {
@@ -78,11 +79,24 @@ impl StickStore {
         }
     }
 
-    /// Binds `session` to `backend` for `ttl`, replacing any binding (redispatch, learning).
+    /// Binds `session` to `backend` for `ttl`, replacing any binding: a backend confirmed the
+    /// id (learning from `Set-Cookie`), or an operator bound it.
     pub async fn bind(&self, session: &str, backend: &BackendId, ttl: Duration) {
         match self {
             StickStore::Memory(memory) => memory.bind(session, backend, ttl),
             StickStore::Redis(redis) => redis.bind(session, backend, ttl).await,
+        }
+    }
+
+    /// Moves `session` to `backend` (redispatch, retry after a refused connection), keeping
+    /// the binding's lifetime: a confirmed entry keeps its TTL, a reservation stays one. With
+    /// no binding, it becomes a reservation for `reservation_ttl`.
+    pub async fn rebind(&self, session: &str, backend: &BackendId, reservation_ttl: Duration) {
+        match self {
+            StickStore::Memory(memory) => {
+                memory.rebind(session, backend, reservation_ttl);
+            }
+            StickStore::Redis(redis) => redis.rebind(session, backend, reservation_ttl).await,
         }
     }
 

@@ -8,10 +8,15 @@
 //! exponential backoff, after which sharing resumes.
 //!
 //! - A lookup that misses locally asks Redis (`GET` + `PTTL`) and keeps the answer locally.
-//! - A new session's reservation is `SET key id NX GET PX ttl`: the first instance to reserve
-//!   wins, and every other instance adopts its choice (Redis 7.0+).
-//! - A binding change (learning, redispatch, admin rebind) is written through.
-//! - A local hit refreshes the Redis TTL (`PEXPIRE`) at most every [`REFRESH_EVERY`].
+//! - A new session's reservation is `SET key id NX GET PX reservation_ttl`: the first instance
+//!   to reserve wins, and every other instance adopts its choice (Redis 7.0+). A reservation
+//!   lives `reservation_ttl` (seconds), so ids that only clients carried leave no lasting key.
+//! - A confirmation (the app's `Set-Cookie`) and an admin rebind are written through with the
+//!   full TTL (`SET .. PX`).
+//! - A redispatch moves the session and keeps the key's TTL (`SET .. XX KEEPTTL`, Redis 6.0+),
+//!   or reserves it anew when the key is gone (`SET .. NX PX reservation_ttl`), atomically.
+//! - A local hit refreshes the Redis TTL (`PEXPIRE .. GT`, never shortening it) at most every
+//!   [`REFRESH_EVERY`], and at least twice per lifetime of a short-lived entry.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,16 +27,19 @@ use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::memory::MemoryStore;
+use crate::clock::now_ms;
 use crate::pool::BackendId;
 
-/// Longest time between two Redis TTL refreshes of one session on local hits.
+/// Longest time between two Redis TTL refreshes of one session on local hits (an entry whose
+/// lifetime is under twice this is refreshed every half lifetime).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 /// Redis-backed stick table with a local table in front.
 pub struct RedisStore {
     local: MemoryStore,
-    /// Sessions whose Redis TTL was refreshed within [`REFRESH_EVERY`].
-    refreshed: Cache<String, ()>,
+    /// Sessions whose Redis TTL was refreshed within [`REFRESH_EVERY`], with when (ms of
+    /// [`now_ms`]).
+    refreshed: Cache<String, u64>,
     redis: ConnectionManager,
     /// `<key_prefix><service>:`
     namespace: String,
@@ -128,27 +136,32 @@ impl RedisStore {
         }
     }
 
-    /// Binds `session` to `backend` unless some instance already did; returns the binding that
-    /// holds.
+    /// Binds `session` to `backend` for `ttl` (the reservation lifetime) unless some instance
+    /// already did; returns the binding that holds. A holder found in Redis is kept locally for
+    /// what is left of its TTL, as [`RedisStore::get_fresh`] does.
     pub async fn reserve(&self, session: &str, backend: &BackendId, ttl: Duration) -> BackendId {
-        let mut command = redis::cmd("SET");
-        command
-            .arg(self.key(session))
+        let key = self.key(session);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&key)
             .arg(&**backend)
             .arg("NX")
             .arg("GET")
             .arg("PX")
-            .arg(millis(ttl));
-        let previous: Option<Option<String>> = self
-            .call(command.query_async(&mut self.redis.clone()))
-            .await;
+            .arg(millis(ttl))
+            .cmd("PTTL")
+            .arg(&key);
+        let previous: Option<(Option<String>, i64)> =
+            self.call(pipe.query_async(&mut self.redis.clone())).await;
         match previous {
-            Some(Some(holder)) => {
+            Some((Some(holder), remaining_ms)) => {
                 let holder = BackendId::from(holder.as_str());
-                self.local.bind(session, &holder, ttl);
+                self.local
+                    .bind(session, &holder, remaining(remaining_ms, ttl));
                 holder
             }
-            Some(None) => {
+            Some((None, _)) => {
                 self.local.bind(session, backend, ttl);
                 BackendId::clone(backend)
             }
@@ -156,7 +169,8 @@ impl RedisStore {
         }
     }
 
-    /// Binds `session` to `backend` for `ttl` here and, written through, in Redis.
+    /// Binds `session` to `backend` for `ttl` here and, written through, in Redis (a
+    /// confirmation or an operator's binding).
     pub async fn bind(&self, session: &str, backend: &BackendId, ttl: Duration) {
         self.local.bind(session, backend, ttl);
         let mut command = redis::cmd("SET");
@@ -168,6 +182,36 @@ impl RedisStore {
         let _: Option<()> = self
             .call(command.query_async(&mut self.redis.clone()))
             .await;
+    }
+
+    /// Moves `session` to `backend` here and in Redis, keeping the key's TTL (`SET .. XX
+    /// KEEPTTL`), or reserving it for `reservation_ttl` when Redis holds no key (`SET .. NX
+    /// PX`), in one transaction. The local binding keeps its own lifetime, else takes what is
+    /// left of the key's, else `reservation_ttl`.
+    pub async fn rebind(&self, session: &str, backend: &BackendId, reservation_ttl: Duration) {
+        let key = self.key(session);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(&**backend)
+            .arg("XX")
+            .arg("KEEPTTL")
+            .ignore()
+            .cmd("SET")
+            .arg(&key)
+            .arg(&**backend)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(reservation_ttl))
+            .ignore()
+            .cmd("PTTL")
+            .arg(&key);
+        let answer: Option<(i64,)> = self.call(pipe.query_async(&mut self.redis.clone())).await;
+        let ttl = answer.map_or(reservation_ttl, |(remaining_ms,)| {
+            remaining(remaining_ms, reservation_ttl)
+        });
+        self.local.rebind(session, backend, ttl);
     }
 
     /// Drops the binding of `session` here and in Redis.
@@ -185,18 +229,26 @@ impl RedisStore {
         &self.local
     }
 
-    /// Refreshes the Redis TTL of a session hit locally, at most every [`REFRESH_EVERY`],
-    /// without making the request wait.
+    /// Refreshes the Redis TTL of a session hit locally, at most every [`REFRESH_EVERY`] and
+    /// at least twice per `ttl`, without making the request wait. `GT`: a refresh never
+    /// shortens a key (another instance may have confirmed a session this one holds as a
+    /// reservation).
     fn refresh_later(&self, session: &str, ttl: Duration) {
-        if self.refreshed.contains_key(session) {
+        let now = now_ms();
+        let every = u64::try_from(REFRESH_EVERY.min(ttl / 2).as_millis()).unwrap_or(u64::MAX);
+        if self
+            .refreshed
+            .get(session)
+            .is_some_and(|at| now.saturating_sub(at) < every)
+        {
             return;
         }
-        self.refreshed.insert(session.to_string(), ());
+        self.refreshed.insert(session.to_string(), now);
         let (mut redis, key, timeout) = (self.redis.clone(), self.key(session), self.timeout);
         let (errors, reachable) = (self.errors.clone(), Arc::clone(&self.reachable));
         tokio::spawn(async move {
             let mut command = redis::cmd("PEXPIRE");
-            command.arg(key).arg(millis(ttl));
+            command.arg(key).arg(millis(ttl)).arg("GT");
             let outcome =
                 tokio::time::timeout(timeout, command.query_async::<i64>(&mut redis)).await;
             note(
@@ -247,6 +299,14 @@ fn note(ok: bool, errors: &Counter, reachable: &AtomicBool) {
             );
         }
     }
+}
+
+/// What is left of a key's TTL (a `PTTL` answer), or `otherwise` for a key without one.
+fn remaining(remaining_ms: i64, otherwise: Duration) -> Duration {
+    u64::try_from(remaining_ms)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map_or(otherwise, Duration::from_millis)
 }
 
 fn millis(duration: Duration) -> u64 {
