@@ -1,12 +1,12 @@
 //! Keep-alive HTTP/1.1 connections to backends: one idle list per backend, most recently
-//! used first.
+//! used last, and a reaper that closes idle connections on time.
 //!
 //! stickyd keeps its own pool rather than hyper-util's client so that a request whose
 //! connection could not be opened is handed back unsent and can go to another backend.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -16,9 +16,13 @@ use tokio::net::TcpStream;
 
 use crate::pool::InFlight;
 
-/// An idle pooled connection older than this is closed rather than reused, so stickyd does not
-/// race a backend closing it: below Node.js's 5 s `keepAliveTimeout`, the shortest common one.
+/// An idle pooled connection is closed once idle this long, so stickyd does not race a backend
+/// closing it: below Node.js's 5 s `keepAliveTimeout`, the shortest common one. The reaper
+/// closes it at most [`REAP_SLACK`] later.
 pub const POOLED_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How late the reaper may close an expired idle connection: it wakes at most this often,
+/// so a pool whose connections expire one by one costs at most four wake-ups a second.
+pub const REAP_SLACK: Duration = Duration::from_millis(250);
 /// Most idle connections kept per backend; more are closed when they become idle.
 pub const MAX_IDLE_PER_BACKEND: usize = 512;
 
@@ -34,6 +38,7 @@ struct Idle {
 pub struct Connections {
     idle: Vec<Mutex<Vec<Idle>>>,
     connect_timeout: Duration,
+    reaper: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Connections {
@@ -44,13 +49,24 @@ impl std::fmt::Debug for Connections {
     }
 }
 
+impl Drop for Connections {
+    fn drop(&mut self) {
+        self.reaper.abort();
+    }
+}
+
 impl Connections {
     /// An empty pool for `backends` backends; new connections time out after `connect_timeout`.
-    pub fn new(backends: usize, connect_timeout: Duration) -> Connections {
-        Connections {
+    /// Starts the pool's reaper task, which ends when the pool is dropped.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn new(backends: usize, connect_timeout: Duration) -> Arc<Connections> {
+        Arc::new_cyclic(|pool| Connections {
             idle: (0..backends).map(|_| Mutex::new(Vec::new())).collect(),
             connect_timeout,
-        }
+            reaper: tokio::spawn(reap(pool.clone())),
+        })
     }
 
     /// A connection to `backend` at `address`: an idle one when a live one is pooled (`true`),
@@ -108,11 +124,49 @@ impl Connections {
     fn check_in(&self, backend: usize, sender: Sender) {
         let mut idle = self.idle[backend].lock().expect("idle list lock poisoned");
         if idle.len() < MAX_IDLE_PER_BACKEND {
+            // Stamped under the lock: each list stays ordered oldest first, for the reaper.
             idle.push(Idle {
                 sender,
                 since: Instant::now(),
             });
         }
+    }
+
+    /// Closes the connections idle for [`POOLED_IDLE_TIMEOUT`] at `now`; returns when the next
+    /// one will be.
+    fn close_expired(&self, now: Instant) -> Instant {
+        let mut next = now + POOLED_IDLE_TIMEOUT;
+        for idle in &self.idle {
+            let expired: Vec<Idle> = {
+                let mut idle = idle.lock().expect("idle list lock poisoned");
+                let count = idle.partition_point(|entry| now - entry.since >= POOLED_IDLE_TIMEOUT);
+                if let Some(oldest_kept) = idle.get(count) {
+                    next = next.min(oldest_kept.since + POOLED_IDLE_TIMEOUT);
+                }
+                idle.drain(..count).collect()
+            };
+            // Dropped outside the lock: each drop tells its connection task to close.
+            drop(expired);
+        }
+        next
+    }
+}
+
+/// The reaper of one pool: closes each idle connection when it expires, at most [`REAP_SLACK`]
+/// late, without a timer per connection. A connection checked in after a pass expires after
+/// that pass's `now + POOLED_IDLE_TIMEOUT`, so sleeping until the earliest expiry found, or a
+/// whole timeout when none is pooled, misses none. Ends when the pool is dropped.
+async fn reap(pool: Weak<Connections>) {
+    let mut wake = tokio::time::Instant::now() + POOLED_IDLE_TIMEOUT;
+    loop {
+        tokio::time::sleep_until(wake).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let next = pool.close_expired(now).max(now + REAP_SLACK);
+        drop(pool);
+        wake = tokio::time::Instant::from_std(next);
     }
 }
 

@@ -314,9 +314,12 @@ pub struct Upstream {
 
 impl Upstream {
     /// A pool for `backends` backends with the service's timeouts.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime: the pool starts its reaper task.
     pub fn new(backends: usize, connect_timeout: Duration, response_timeout: Duration) -> Upstream {
         Upstream {
-            connections: Arc::new(Connections::new(backends, connect_timeout)),
+            connections: Connections::new(backends, connect_timeout),
             response_timeout,
         }
     }
