@@ -13,7 +13,7 @@ use crate::config::{AffinityConfig, LimitsConfig, ServiceConfig, StoreConfig};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::pool::{Pool, PoolPolicy};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{ProxyBody, RequestBody};
 use crate::proxy::{self, Peer, Upstream};
 use crate::store::StickStore;
 use crate::store::sessions::BoundSessions;
@@ -246,7 +246,7 @@ impl Router {
                 };
                 let upgrade = proxy::is_upgrade(&head.headers);
                 proxy::prepare_request(&mut head, client, upgrade, self.tls.is_some());
-                let mut request = Request::from_parts(head, body);
+                let mut request = Request::from_parts(head, RequestBody::from(body));
                 let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
                 let (result, outcome) = self.forward(request, choice).await;
                 match result {
@@ -373,7 +373,7 @@ impl Router {
     /// records the binding on the response. Returns the outcome as it finally stood.
     async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
         choice: Choice,
     ) -> (Result<(Response<ProxyBody>, usize), ProxyError>, Outcome) {
         let Choice {

@@ -1,5 +1,6 @@
-//! The body stickyd sends to clients: a backend's body streamed frame by frame, or a short
-//! body of stickyd's own (errors). An enum, not a box: no allocation per response.
+//! The bodies stickyd sends: to clients, a backend's body streamed frame by frame or a short
+//! body of stickyd's own (errors); to backends, the client's body or none. Enums, not boxes:
+//! no allocation per message.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -74,6 +75,56 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// A request body for a backend.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The client's body, streamed as it arrives.
+    Client(Incoming),
+    /// None: the client's request had no body (or an empty one). Such a request's head alone
+    /// can be copied and sent again (see `Upstream::send`).
+    Empty,
+}
+
+impl From<Incoming> for RequestBody {
+    /// [`RequestBody::Empty`] when `body` is known to be empty already, else the body itself.
+    fn from(body: Incoming) -> RequestBody {
+        if body.is_end_stream() {
+            RequestBody::Empty
+        } else {
+            RequestBody::Client(body)
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -9,11 +9,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use http::Request;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::body::RequestBody;
+use super::socket::Socket;
 use crate::pool::InFlight;
 
 /// An idle pooled connection is closed once idle this long, so stickyd does not race a backend
@@ -26,11 +29,48 @@ pub const REAP_SLACK: Duration = Duration::from_millis(250);
 /// Most idle connections kept per backend; more are closed when they become idle.
 pub const MAX_IDLE_PER_BACKEND: usize = 512;
 
-/// A connection ready to take one request.
-pub type Sender = SendRequest<Incoming>;
+/// hyper's handle for sending requests on one connection.
+pub type Sender = SendRequest<RequestBody>;
+
+/// A connection to a backend, checked out for one request: hyper's sender and the socket
+/// under it.
+pub struct Connection {
+    sender: Sender,
+    socket: Arc<Socket>,
+    reused: bool,
+}
+
+impl Connection {
+    /// Sends `request` (see `SendRequest::try_send_request`: the request comes back with the
+    /// error when none of it was written).
+    pub fn send_request(
+        &mut self,
+        request: Request<RequestBody>,
+    ) -> impl Future<
+        Output = Result<
+            http::Response<Incoming>,
+            hyper::client::conn::TrySendError<Request<RequestBody>>,
+        >,
+    > + use<> {
+        self.sender.try_send_request(request)
+    }
+
+    /// Whether it came from the idle list, having served requests before.
+    pub fn is_reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Whether the backend sent anything on it since it was checked out: after a failure,
+    /// `false` means the exchange ended before any response byte.
+    pub fn received_any(&self) -> bool {
+        self.socket.received_any()
+    }
+}
 
 struct Idle {
     sender: Sender,
+    /// Weak, so the socket closes when hyper's connection ends, whatever the pool holds.
+    socket: Weak<Socket>,
     since: Instant,
 }
 
@@ -69,37 +109,47 @@ impl Connections {
         })
     }
 
-    /// A connection to `backend` at `address`: an idle one when a live one is pooled (`true`),
-    /// else a new one (`false`).
+    /// A connection to `backend` at `address`: an idle one when a live one is pooled, else a
+    /// new one.
     ///
     /// # Errors
     /// The connect error, or `TimedOut` after the connect timeout: nothing was sent.
-    pub async fn checkout(
-        &self,
-        backend: usize,
-        address: SocketAddr,
-    ) -> io::Result<(Sender, bool)> {
-        while let Some(mut sender) = self.pop_idle(backend) {
-            // The sender was pooled when its last response ended; `ready` resolves as soon as the
-            // connection task has seen that end, or fails when the backend closed it.
-            if sender.ready().await.is_ok() {
-                return Ok((sender, true));
+    pub async fn checkout(&self, backend: usize, address: SocketAddr) -> io::Result<Connection> {
+        while let Some(idle) = self.pop_idle(backend) {
+            // Gone when hyper's connection ended (it saw the backend close).
+            let Some(socket) = idle.socket.upgrade() else {
+                continue;
+            };
+            let mut sender = idle.sender;
+            // The sender was pooled when its last response ended; `ready` resolves once the
+            // connection task has seen that end. Then the socket itself says whether the backend
+            // closed it since, which the connection task may not have seen yet.
+            if sender.ready().await.is_ok() && socket.reuse() {
+                return Ok(Connection {
+                    sender,
+                    socket,
+                    reused: true,
+                });
             }
         }
-        Ok((self.connect(address).await?, false))
+        self.connect(address).await
     }
 
-    fn pop_idle(&self, backend: usize) -> Option<Sender> {
+    fn pop_idle(&self, backend: usize) -> Option<Idle> {
         let mut idle = self.idle[backend].lock().expect("idle list lock poisoned");
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() < POOLED_IDLE_TIMEOUT && !entry.sender.is_closed() {
-                return Some(entry.sender);
+                return Some(entry);
             }
         }
         None
     }
 
-    async fn connect(&self, address: SocketAddr) -> io::Result<Sender> {
+    /// A new connection to `address`, never a pooled one.
+    ///
+    /// # Errors
+    /// As [`Connections::checkout`].
+    pub async fn connect(&self, address: SocketAddr) -> io::Result<Connection> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| {
@@ -109,8 +159,9 @@ impl Connections {
                 )
             })??;
         stream.set_nodelay(true)?;
+        let (socket, io) = Socket::new(stream);
         let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(io::Error::other)?;
         tokio::spawn(async move {
@@ -118,15 +169,20 @@ impl Connections {
                 tracing::debug!(%address, %error, "backend connection closed with an error");
             }
         });
-        Ok(sender)
+        Ok(Connection {
+            sender,
+            socket,
+            reused: false,
+        })
     }
 
-    fn check_in(&self, backend: usize, sender: Sender) {
+    fn check_in(&self, backend: usize, sender: Sender, socket: Weak<Socket>) {
         let mut idle = self.idle[backend].lock().expect("idle list lock poisoned");
         if idle.len() < MAX_IDLE_PER_BACKEND {
             // Stamped under the lock: each list stays ordered oldest first, for the reaper.
             idle.push(Idle {
                 sender,
+                socket,
                 since: Instant::now(),
             });
         }
@@ -175,6 +231,7 @@ pub struct Release {
     connections: Arc<Connections>,
     backend: usize,
     sender: Sender,
+    socket: Weak<Socket>,
     in_flight: InFlight,
 }
 
@@ -187,17 +244,18 @@ impl std::fmt::Debug for Release {
 }
 
 impl Release {
-    /// Ties `sender` (and the in-flight count) to a response of `backend`.
+    /// Ties `connection` (and the in-flight count) to a response of `backend`.
     pub fn new(
         connections: Arc<Connections>,
         backend: usize,
-        sender: Sender,
+        connection: Connection,
         in_flight: InFlight,
     ) -> Release {
         Release {
             connections,
             backend,
-            sender,
+            sender: connection.sender,
+            socket: Arc::downgrade(&connection.socket),
             in_flight,
         }
     }
@@ -210,6 +268,7 @@ impl Release {
     /// The response ended cleanly: the connection goes back to the idle list. Dropping a
     /// `Release` instead closes the connection.
     pub fn reuse(self) {
-        self.connections.check_in(self.backend, self.sender);
+        self.connections
+            .check_in(self.backend, self.sender, self.socket);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod connections;
+pub mod socket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::error::ProxyError;
 use crate::pool::Pool;
-use body::ProxyBody;
+use body::{ProxyBody, RequestBody};
 use connections::{Connections, Release};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -301,8 +302,9 @@ pub fn prepare_response<B>(response: &mut Response<B>) {
 pub struct SendFailed {
     /// What went wrong.
     pub error: ProxyError,
-    /// The untouched request, when [`ProxyError::is_retryable`]: it may go to another backend.
-    pub request: Option<Request<Incoming>>,
+    /// The request, when [`ProxyError::is_retryable`] and no backend can have acted on it: it
+    /// may go to another backend.
+    pub request: Option<Request<RequestBody>>,
 }
 
 /// Sends requests to the backends of one service over pooled connections.
@@ -327,33 +329,50 @@ impl Upstream {
     /// Sends `request` to `backend` and returns its response head with a streaming body. A pooled
     /// connection that turns out closed before the request was written is replaced by another.
     ///
+    /// An idempotent request without a body (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT,
+    /// DELETE) whose reused connection fails before any byte of a response (the backend closed
+    /// the kept-alive connection as stickyd wrote to it) is sent once more, on a new connection,
+    /// as HAProxy's `retry-on conn-failure empty-response` does.
+    ///
     /// # Errors
-    /// [`SendFailed`], with the request when nothing was sent (connect refused or timed out).
+    /// [`SendFailed`], with the request when it can go to another backend: nothing was written
+    /// (connect refused or timed out), or the connect of that one retry failed.
     pub async fn send(
         &self,
         pool: &Arc<Pool>,
         backend: usize,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, SendFailed> {
         let target = pool.get(backend);
+        let mut retrying = false;
         loop {
-            let (mut sender, reused) =
-                match self.connections.checkout(backend, target.address).await {
-                    Ok(connection) => connection,
-                    Err(source) => {
-                        let error = ProxyError::ConnectFailed {
-                            backend: target.name.clone(),
-                            source,
-                        };
-                        return Err(SendFailed {
-                            error,
-                            request: Some(request),
-                        });
-                    }
-                };
+            let checkout = if retrying {
+                self.connections.connect(target.address).await
+            } else {
+                self.connections.checkout(backend, target.address).await
+            };
+            let mut connection = match checkout {
+                Ok(connection) => connection,
+                Err(source) => {
+                    let error = ProxyError::ConnectFailed {
+                        backend: target.name.clone(),
+                        source,
+                    };
+                    return Err(SendFailed {
+                        error,
+                        request: Some(request),
+                    });
+                }
+            };
             let in_flight = pool.start_request(backend);
+            // Copied only while it may be needed: see `replay_copy`.
+            let replay = if connection.is_reused() {
+                replay_copy(&request)
+            } else {
+                None
+            };
             let sent =
-                tokio::time::timeout(self.response_timeout, sender.try_send_request(request)).await;
+                tokio::time::timeout(self.response_timeout, connection.send_request(request)).await;
             let mut failed = match sent {
                 Ok(Ok(response)) => {
                     if let Err(reason) = check_response(response.headers()) {
@@ -367,8 +386,12 @@ impl Upstream {
                             request: None,
                         });
                     }
-                    let release =
-                        Release::new(Arc::clone(&self.connections), backend, sender, in_flight);
+                    let release = Release::new(
+                        Arc::clone(&self.connections),
+                        backend,
+                        connection,
+                        in_flight,
+                    );
                     return Ok(with_release(response, release));
                 }
                 Ok(Err(failed)) => failed,
@@ -386,7 +409,7 @@ impl Upstream {
             let backend_name = target.name.clone();
             match failed.take_message() {
                 // A pooled connection the backend had closed: try the next one, or a new one.
-                Some(unsent) if reused => request = unsent,
+                Some(unsent) if connection.is_reused() => request = unsent,
                 // A new connection that failed before the request was written: as good as refused.
                 Some(unsent) => {
                     let source = std::io::Error::other(failed.into_error());
@@ -400,6 +423,15 @@ impl Upstream {
                     });
                 }
                 None => {
+                    // Written on a reused connection that the backend closed without a response
+                    // byte: the one retry, on a new connection.
+                    if let Some(copy) = replay.filter(|_| !connection.received_any()) {
+                        let error = failed.into_error();
+                        tracing::debug!(backend = %backend_name, %error, "sending again");
+                        request = copy;
+                        retrying = true;
+                        continue;
+                    }
                     let source = failed.into_error();
                     let error = if source.is_user() {
                         // The client's request body was malformed (a bad chunk): its fault.
@@ -420,6 +452,22 @@ impl Upstream {
             }
         }
     }
+}
+
+/// A copy of `request` for the retry after its reused connection fails, when it may be sent
+/// twice: an idempotent method (RFC 9110 §9.2.2) and no body. Only the head is copied: its
+/// header map (whose values share their bytes), URI and extensions.
+fn replay_copy(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    if !request.method().is_idempotent() || !matches!(request.body(), RequestBody::Empty) {
+        return None;
+    }
+    let mut copy = Request::new(RequestBody::Empty);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
 }
 
 fn with_release(mut response: Response<Incoming>, release: Release) -> Response<ProxyBody> {
