@@ -1,8 +1,10 @@
 //! Faults under load: 50 concurrent keep-alive clients send 5 000 requests through insert
 //! affinity over three backends, and one backend dies halfway through. Every request gets a
 //! response; requests not yet sent to the dead backend are redispatched (no 5xx while a
-//! healthy backend remains); requests in flight on it get 502, never a hang; its sessions
-//! continue on other backends under a new cookie.
+//! healthy backend remains); requests in flight on it are sent again when they went on a reused
+//! connection (GETs without a body: HAProxy's `retry-on empty-response`), which the dead
+//! backend refuses, so they too are redispatched, and get 502 otherwise, never a hang; its
+//! sessions continue on other backends under a new cookie.
 //!
 //! Run with `cargo test --test faults_under_load -- --nocapture` to see the counts.
 
@@ -528,10 +530,6 @@ async fn a_backend_stopped_under_load_costs_only_its_in_flight_requests() {
         assert!(
             bad_gateway <= CLIENTS,
             "{bad_gateway} 502s, more than the {CLIENTS} requests that can be in flight"
-        );
-        assert!(
-            bad_gateway >= dead.killed.load(Ordering::SeqCst),
-            "a request the stop killed in the backend did not get its 502"
         );
         assert!(
             answered_by_dead_after_stop.is_empty(),

@@ -152,7 +152,8 @@ pub enum RequestBodyError {
 /// content costs nothing extra: no timer, no shared state.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None`: a body with no content, which a request sent again can carry too.
+    inner: Option<Incoming>,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     /// `None` when the body had no content to begin with.
@@ -178,11 +179,26 @@ impl RequestBody {
             })
         });
         RequestBody {
-            inner,
+            inner: Some(inner),
             idle,
             timer: None,
             progress,
         }
+    }
+
+    /// A body with no content: what a request's head copied for a retry carries.
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            idle: Duration::ZERO,
+            timer: None,
+            progress: None,
+        }
+    }
+
+    /// Whether the body has no content at all (it is at its end before any byte was read).
+    pub fn is_empty(&self) -> bool {
+        self.progress.is_none()
     }
 
     /// What to wait on for the end of this body (`None`: it has no content).
@@ -213,9 +229,12 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
+                if inner.is_end_stream() {
                     this.finish(true);
                 } else if let Some(timer) = &mut this.timer {
                     timer.as_mut().reset(Instant::now() + this.idle);
@@ -245,11 +264,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod connections;
 pub mod head;
+pub mod socket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,8 @@ pub use head::{HeadRules, Peer};
 pub struct SendFailed {
     /// What went wrong.
     pub error: ProxyError,
-    /// The untouched request, when [`ProxyError::is_retryable`]: it may go to another backend.
+    /// The request, when [`ProxyError::is_retryable`] and no backend can have acted on it: it
+    /// may go to another backend.
     pub request: Option<Request<RequestBody>>,
 }
 
@@ -35,9 +37,12 @@ pub struct Upstream {
 
 impl Upstream {
     /// A pool for `backends` backends with the service's timeouts.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime: the pool starts its reaper task.
     pub fn new(backends: usize, connect_timeout: Duration, response_timeout: Duration) -> Upstream {
         Upstream {
-            connections: Arc::new(Connections::new(backends, connect_timeout)),
+            connections: Connections::new(backends, connect_timeout),
             response_timeout,
         }
     }
@@ -45,8 +50,14 @@ impl Upstream {
     /// Sends `request` to `backend` and returns its response head with a streaming body. A pooled
     /// connection that turns out closed before the request was written is replaced by another.
     ///
+    /// An idempotent request without a body (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT,
+    /// DELETE) whose reused connection fails before any byte of a response (the backend closed
+    /// the kept-alive connection as stickyd wrote to it) is sent once more, on a new connection,
+    /// as HAProxy's `retry-on conn-failure empty-response` does.
+    ///
     /// # Errors
-    /// [`SendFailed`], with the request when nothing was sent (connect refused or timed out).
+    /// [`SendFailed`], with the request when it can go to another backend: nothing was written
+    /// (connect refused or timed out), or the connect of that one retry failed.
     pub async fn send(
         &self,
         pool: &Arc<Pool>,
@@ -54,27 +65,38 @@ impl Upstream {
         mut request: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, SendFailed> {
         let target = pool.get(backend);
+        let mut retrying = false;
         loop {
-            let (mut sender, reused) =
-                match self.connections.checkout(backend, target.address).await {
-                    Ok(connection) => connection,
-                    Err(source) => {
-                        let error = ProxyError::ConnectFailed {
-                            backend: target.name.clone(),
-                            source,
-                        };
-                        return Err(SendFailed {
-                            error,
-                            request: Some(request),
-                        });
-                    }
-                };
+            let checkout = if retrying {
+                self.connections.connect(target.address).await
+            } else {
+                self.connections.checkout(backend, target.address).await
+            };
+            let mut connection = match checkout {
+                Ok(connection) => connection,
+                Err(source) => {
+                    let error = ProxyError::ConnectFailed {
+                        backend: target.name.clone(),
+                        source,
+                    };
+                    return Err(SendFailed {
+                        error,
+                        request: Some(request),
+                    });
+                }
+            };
             let in_flight = pool.start_request(backend);
+            // Copied only while it may be needed: see `replay_copy`.
+            let replay = if connection.is_reused() {
+                replay_copy(&request)
+            } else {
+                None
+            };
             // The response timeout runs from the end of the request body: a client still
             // uploading is not the backend's delay, and a stalled upload is the body timeout's.
             let body_sent = request.body().progress();
             let sent = tokio::select! {
-                sent = sender.try_send_request(request) => Ok(sent),
+                sent = connection.send_request(request) => Ok(sent),
                 () = body::response_deadline(body_sent, self.response_timeout) => Err(()),
             };
             let mut failed = match sent {
@@ -90,8 +112,12 @@ impl Upstream {
                             request: None,
                         });
                     }
-                    let release =
-                        Release::new(Arc::clone(&self.connections), backend, sender, in_flight);
+                    let release = Release::new(
+                        Arc::clone(&self.connections),
+                        backend,
+                        connection,
+                        in_flight,
+                    );
                     return Ok(with_release(response, release));
                 }
                 Ok(Err(failed)) => failed,
@@ -109,7 +135,7 @@ impl Upstream {
             let backend_name = target.name.clone();
             match failed.take_message() {
                 // A pooled connection the backend had closed: try the next one, or a new one.
-                Some(unsent) if reused => request = unsent,
+                Some(unsent) if connection.is_reused() => request = unsent,
                 // A new connection that failed before the request was written: as good as refused.
                 Some(unsent) => {
                     let source = std::io::Error::other(failed.into_error());
@@ -123,6 +149,15 @@ impl Upstream {
                     });
                 }
                 None => {
+                    // Written on a reused connection that the backend closed without a response
+                    // byte: the one retry, on a new connection.
+                    if let Some(copy) = replay.filter(|_| !connection.received_any()) {
+                        let error = failed.into_error();
+                        tracing::debug!(backend = %backend_name, %error, "sending again");
+                        request = copy;
+                        retrying = true;
+                        continue;
+                    }
                     let source = failed.into_error();
                     let error = if let Some(after) = body::timed_out(&source) {
                         // The client stopped sending its body: its fault, never the backend's.
@@ -146,6 +181,22 @@ impl Upstream {
             }
         }
     }
+}
+
+/// A copy of `request` for the retry after its reused connection fails, when it may be sent
+/// twice: an idempotent method (RFC 9110 §9.2.2) and no body. Only the head is copied: its
+/// header map (whose values share their bytes), URI and extensions.
+fn replay_copy(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    if !request.method().is_idempotent() || !request.body().is_empty() {
+        return None;
+    }
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
 }
 
 fn with_release(mut response: Response<Incoming>, release: Release) -> Response<ProxyBody> {

@@ -16,7 +16,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
@@ -193,6 +193,8 @@ pub struct TestBackend {
     stop: CancellationToken,
     sessions: Arc<std::sync::atomic::AtomicU64>,
     connections: Arc<std::sync::atomic::AtomicU64>,
+    /// TCP connections open now: see [`TestBackend::wait_open_connections`].
+    open: watch::Sender<usize>,
 }
 
 impl TestBackend {
@@ -207,6 +209,7 @@ impl TestBackend {
             stop: CancellationToken::new(),
             sessions: Arc::default(),
             connections: Arc::default(),
+            open: watch::Sender::new(0),
         };
         let app = App {
             name: backend.name.clone(),
@@ -216,6 +219,7 @@ impl TestBackend {
         };
         let stop = backend.stop.clone();
         let connections = Arc::clone(&backend.connections);
+        let open = backend.open.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -225,7 +229,9 @@ impl TestBackend {
                 connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let app = app.clone();
                 let stop = stop.clone();
+                let counted = OpenConnection::count(&open);
                 tokio::spawn(async move {
+                    let _counted = counted;
                     let service = service_fn(move |request| {
                         let app = app.clone();
                         async move { Ok::<_, Infallible>(app.answer(request).await) }
@@ -258,6 +264,22 @@ impl TestBackend {
         self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many TCP connections to this backend are open now: accepted and not yet closed (an
+    /// upgraded one counts until its upgrade).
+    pub fn open_connections(&self) -> usize {
+        *self.open.borrow()
+    }
+
+    /// Waits until the number of open connections satisfies `until`; returns it.
+    pub async fn wait_open_connections(&self, until: impl FnMut(&usize) -> bool) -> usize {
+        *self
+            .open
+            .subscribe()
+            .wait_for(until)
+            .await
+            .expect("the backend holds the sender")
+    }
+
     /// How many requests this backend received.
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
@@ -272,6 +294,22 @@ impl TestBackend {
             .take()
             .expect("a /stream request is waiting");
         sender.send(()).await.unwrap();
+    }
+}
+
+/// One open connection of a [`TestBackend`], counted until dropped with the connection's task.
+struct OpenConnection(watch::Sender<usize>);
+
+impl OpenConnection {
+    fn count(open: &watch::Sender<usize>) -> OpenConnection {
+        open.send_modify(|count| *count += 1);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count -= 1);
     }
 }
 
