@@ -181,6 +181,8 @@ struct ConnectionContext {
 struct ConnState {
     /// Exchanges whose response body hyper has not dropped yet (open HTTP/2 streams).
     open_exchanges: AtomicU32,
+    /// Exchanges opened on the connection so far: a request head was complete.
+    heads: AtomicU32,
     /// Request bodies with content that have not ended.
     open_bodies: AtomicU32,
     /// A request body ended before its last byte: the connection's framing is hyper's to
@@ -250,6 +252,7 @@ struct Exchange(Arc<ConnState>);
 impl Exchange {
     fn open(state: &Arc<ConnState>) -> Exchange {
         state.unclaimed.store(false, Ordering::Release);
+        state.heads.fetch_add(1, Ordering::AcqRel);
         state.open_exchanges.fetch_add(1, Ordering::AcqRel);
         state.activity.notify_one();
         Exchange(Arc::clone(state))
@@ -307,10 +310,13 @@ fn service(
     let context = Arc::clone(context);
     service_fn(move |request: Request<Incoming>| -> ServiceFuture {
         let context = Arc::clone(&context);
+        // Opened here, not in the future: hyper calls the service as it parses the head, but
+        // may return before it first polls the future, and a connection parked then would
+        // lose the request.
+        let exchange = Exchange::open(&context.state);
         // Boxed: hyper keeps room for one request future per connection for the connection's
         // whole life (HTTP/1.1), so an idle connection would hold this future's space unboxed.
         Box::pin(async move {
-            let exchange = Exchange::open(&context.state);
             let watcher = context
                 .h1
                 .then(|| Arc::clone(&context.state) as Arc<dyn BodyWatcher>);
@@ -515,14 +521,13 @@ async fn serve_h1<S: Socket>(
     head_deadline: Instant,
 ) {
     let limits = &context.listener.limits;
-    let mut first = true;
+    // The deadline of the request head under way: from the connection's start for the first,
+    // from the first byte for a later one. It holds across parks until a head is complete, so
+    // neither a spurious wake-up nor a trickled head can move it.
+    let mut head_deadline = Some(head_deadline);
     loop {
         if read.is_empty() {
-            let until = if first {
-                head_deadline
-            } else {
-                Instant::now() + limits.keepalive_timeout
-            };
+            let until = head_deadline.unwrap_or_else(|| Instant::now() + limits.keepalive_timeout);
             tokio::select! {
                 biased;
                 () = context.kill.cancelled() => return,
@@ -531,14 +536,11 @@ async fn serve_h1<S: Socket>(
                 () = tokio::time::sleep_until(until) => return,
             }
         }
-        let head_timeout = if first {
-            head_deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1))
-        } else {
-            limits.head_timeout
-        };
-        first = false;
+        let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout);
+        let head_timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let heads = context.state.heads.load(Ordering::Acquire);
         let state = &context.state;
         state.read_waiting.store(false, Ordering::Release);
         state.write_blocked.store(false, Ordering::Release);
@@ -590,6 +592,9 @@ async fn serve_h1<S: Socket>(
             Served::Park => {
                 let parts = connection.into_parts();
                 (read, io) = parts.io.into_inner().into_parts(parts.read_buf);
+                if state.heads.load(Ordering::Acquire) != heads {
+                    head_deadline = None;
+                }
             }
             Served::Upgrade(tunnel) => {
                 let parts = connection.into_parts();
@@ -661,7 +666,9 @@ where
     let mut idle_until = Some(head_deadline);
     let mut closing = false;
     loop {
-        let deadline = idle_until.filter(|_| !closing);
+        // Once closing, a client that neither finishes its streams nor answers the GOAWAY's
+        // PING gets `head_timeout` more, then the socket is dropped.
+        let deadline = idle_until;
         tokio::select! {
             biased;
             () = context.kill.cancelled() => return,
@@ -674,12 +681,17 @@ where
             () = context.shutdown.cancelled(), if !closing => {
                 closing = true;
                 connection.as_mut().graceful_shutdown();
+                idle_until = None;
             }
             () = sleep_until_some(deadline), if deadline.is_some() => {
+                if closing {
+                    return;
+                }
                 closing = true;
                 connection.as_mut().graceful_shutdown();
+                idle_until = Some(Instant::now() + limits.head_timeout);
             }
-            () = state.activity.notified() => {
+            () = state.activity.notified(), if !closing => {
                 idle_until = (state.open_exchanges.load(Ordering::Acquire) == 0)
                     .then(|| Instant::now() + limits.keepalive_timeout);
             }
