@@ -75,7 +75,7 @@ struct Choice {
 impl Router {
     /// Builds the router of one service, recording into `metrics`. When it replaces `previous`
     /// (a reload), unchanged backends keep their live state, a stick table keeps its entries
-    /// and the live-session tracker its sessions.
+    /// and the live-session tracker its sessions, under the new `session_idle`.
     pub fn new(config: &ServiceConfig, previous: Option<&Router>, metrics: &Metrics) -> Router {
         let policy = PoolPolicy {
             ejection_time: config.ejection_time,
@@ -123,11 +123,14 @@ impl Router {
         };
         let sessions = match &config.affinity {
             AffinityConfig::StickTable(_) | AffinityConfig::None => None,
-            _ => Some(
-                previous
-                    .and_then(|router| router.sessions.clone())
-                    .unwrap_or_else(|| Arc::new(BoundSessions::new(config.session_idle))),
-            ),
+            _ => Some(match previous.and_then(|router| router.sessions.clone()) {
+                Some(kept) => {
+                    // The tracked sessions stay; the window is the reloaded one, for them too.
+                    kept.set_idle(config.session_idle);
+                    kept
+                }
+                None => Arc::new(BoundSessions::new(config.session_idle)),
+            }),
         };
         let ring = match &config.affinity {
             AffinityConfig::Hash(hash) => Some(HashRing::new(&pool, hash.balance_factor)),

@@ -28,6 +28,8 @@ struct Admin {
     proxy: String,
     admin: String,
     stop: CancellationToken,
+    /// The admin listener's settings, as a reload would send them.
+    settings: tokio::sync::watch::Sender<stickyd::config::AdminConfig>,
 }
 
 impl Admin {
@@ -46,10 +48,11 @@ impl Admin {
             head_timeout: std::time::Duration::from_millis(400),
             max_connections: 2,
         };
+        let (settings, receiver) = tokio::sync::watch::channel(admin_config);
         tokio::spawn(stickyd::admin::serve(
             listener,
             Arc::clone(&runtime),
-            admin_config,
+            receiver,
             stop.clone(),
         ));
         Admin {
@@ -57,6 +60,7 @@ impl Admin {
             proxy,
             admin,
             stop,
+            settings,
         }
     }
 
@@ -221,6 +225,83 @@ async fn drain_keeps_sessions_takes_no_new_ones_and_counts_what_is_left() {
             on_b1[0].get(&url).await.backend(),
             "b2",
             "maint redispatches bound sessions"
+        );
+        admin.stop().await;
+    })
+    .await;
+}
+
+impl Admin {
+    /// Live sessions per backend name, as `/status` gives them.
+    async fn sessions(&self) -> std::collections::BTreeMap<String, u64> {
+        let (_, status) = self.json(Method::GET, "/status", "").await;
+        status["services"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|backend| {
+                (
+                    backend["name"].as_str().unwrap().to_string(),
+                    backend["sessions"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_reload_applies_a_shorter_session_idle_to_the_live_sessions() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let admin = Admin::start(&backends, INSERT).await;
+        let url = format!("{}/session/sid", admin.proxy);
+        let mut browser = Browser::new();
+        let bound = browser.get(&url).await.backend().to_string();
+        browser.get(&url).await;
+        assert_eq!(admin.sessions().await[&bound], 1);
+        let extra = format!("session_idle = \"300ms\"\n{INSERT}");
+        let text = config(&backends.iter().collect::<Vec<_>>(), &extra);
+        admin
+            .runtime
+            .reload(Config::parse(&text, "<test>").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            admin.sessions().await[&bound],
+            1,
+            "the reload dropped a live session"
+        );
+        // Waiting out the new window is the behaviour under test.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            admin.sessions().await[&bound],
+            0,
+            "the session kept the idle window of the config before the reload"
+        );
+        admin.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn new_admin_settings_apply_to_the_running_admin_listener() {
+    within_timeout(async {
+        let backends = spawn_backends(1).await;
+        let admin = Admin::start(&backends, "").await;
+        let new_token = "rotated-token";
+        admin.settings.send_modify(|settings| {
+            settings.token = Some(new_token.into());
+        });
+        let (old, _) = admin
+            .call_with(Method::GET, "/status", "", Some(TOKEN))
+            .await;
+        let (new, _) = admin
+            .call_with(Method::GET, "/status", "", Some(new_token))
+            .await;
+        assert_eq!(
+            (old, new),
+            (StatusCode::UNAUTHORIZED, StatusCode::OK),
+            "the admin listener kept its old token"
         );
         admin.stop().await;
     })
