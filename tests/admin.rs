@@ -249,6 +249,79 @@ impl Admin {
     }
 }
 
+const PREFIX: &str = "[service.affinity]\nstrategy = \"prefix\"\ncookie = \"sid\"\n";
+
+#[tokio::test]
+async fn a_new_session_counts_on_its_backend_from_its_first_response() {
+    within_timeout(async {
+        for affinity in [INSERT, PREFIX] {
+            let backends = spawn_backends(2).await;
+            let admin = Admin::start(&backends, affinity).await;
+            // The app sets its session cookie on the first response, as a real app does.
+            let url = format!("{}/session/sid", admin.proxy);
+            let mut browser = Browser::new();
+            let bound = browser.get(&url).await.backend().to_string();
+            assert!(
+                browser.jar.contains_key("sid"),
+                "{affinity}: no app session"
+            );
+            let counted = admin.sessions().await;
+            assert_eq!(
+                counted[&bound], 1,
+                "{affinity}: the session bound by its first response is not counted: {counted:?}"
+            );
+            for _ in 0..3 {
+                assert_eq!(browser.get(&url).await.backend(), bound);
+            }
+            assert_eq!(
+                admin.sessions().await.values().sum::<u64>(),
+                1,
+                "{affinity}: the session's next requests counted it again"
+            );
+            admin.stop().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_drained_backend_counts_a_session_bound_by_its_first_response_until_it_goes_idle() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let extra = format!("session_idle = \"800ms\"\n{INSERT}");
+        let admin = Admin::start(&backends, &extra).await;
+        let url = format!("{}/session/sid", admin.proxy);
+        let mut browser = Browser::new();
+        let bound = browser.get(&url).await.backend().to_string();
+        let (status, _) = admin
+            .json(
+                Method::PUT,
+                &format!("/services/web/backends/{bound}/state"),
+                "drain",
+            )
+            .await;
+        assert_eq!(status, 200);
+        // New sessions go elsewhere and leave the drained backend's count alone.
+        for _ in 0..2 {
+            assert_ne!(Browser::new().get(&url).await.backend(), bound);
+        }
+        assert_eq!(
+            admin.sessions().await[&bound],
+            1,
+            "a drained backend shows no session while a client holds a binding to it"
+        );
+        // Waiting out session_idle is the behaviour under test.
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        assert_eq!(
+            admin.sessions().await[&bound],
+            0,
+            "an idle session still counts"
+        );
+        admin.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_reload_applies_a_shorter_session_idle_to_the_live_sessions() {
     within_timeout(async {
