@@ -18,6 +18,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +29,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{Affinity, Stickiness, hash};
@@ -43,27 +44,36 @@ const DEFAULT_LIMIT: usize = 100;
 
 type AdminResponse = Response<Full<Bytes>>;
 
-/// Serves the admin API on `listener` until `stop` is cancelled. With a token in `config`,
-/// every request must carry `Authorization: Bearer <token>`. Each connection has
-/// `head_timeout` for a whole request head and between two requests (a silent or partial
-/// connection is closed), and at most `max_connections` are served at once; more wait in the
-/// accept queue.
+/// Serves the admin API on `listener` until `stop` is cancelled, with the settings `settings`
+/// holds now: a reload that sends new ones applies them (`bind` aside, which only a restart
+/// changes). With a token, every request must carry `Authorization: Bearer <token>` (checked
+/// against the token of the moment, per request). Each connection has `head_timeout` (as of
+/// its accept) for a whole request head and between two requests (a silent or partial
+/// connection is closed), and at most `max_connections` are served at once (read per
+/// accept, and again when the settings change); more wait in the accept queue.
 pub async fn serve(
     listener: TcpListener,
     runtime: Arc<Runtime>,
-    config: AdminConfig,
+    mut settings: watch::Receiver<AdminConfig>,
     stop: CancellationToken,
 ) {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "admin listening");
     }
-    let token: Arc<Option<String>> = Arc::new(config.token.clone());
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let slots = Arc::new(Slots::default());
+    // False once no sender is left: the settings can no longer change.
+    let mut watching = true;
     loop {
-        let slot = tokio::select! {
-            () = stop.cancelled() => return,
-            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
+        loop {
+            if slots.open.load(Ordering::Acquire) < settings.borrow().max_connections {
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = slots.freed.notified() => {}
+                changed = settings.changed(), if watching => watching = changed.is_ok(),
+            }
+        }
         let (stream, _) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -75,17 +85,28 @@ pub async fn serve(
                 }
             },
         };
-        let (runtime, token) = (Arc::clone(&runtime), Arc::clone(&token));
-        let service = service_fn(move |request| {
-            let (runtime, token) = (Arc::clone(&runtime), Arc::clone(&token));
-            async move { Ok::<_, Infallible>(answer(&runtime, token.as_deref(), request).await) }
+        let slot = Slot::take(&slots);
+        let head_timeout = settings.borrow().head_timeout;
+        let (runtime, per_request) = (Arc::clone(&runtime), settings.clone());
+        let service = service_fn(move |request: Request<Incoming>| {
+            let authorized = authorized(per_request.borrow().token.as_deref(), &request);
+            let runtime = Arc::clone(&runtime);
+            async move {
+                if !authorized {
+                    return Ok::<_, Infallible>(error(
+                        StatusCode::UNAUTHORIZED,
+                        "missing or wrong bearer token",
+                    ));
+                }
+                Ok(answer(&runtime, request).await)
+            }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         // hyper's header timer runs from the connection's start and again while it waits for
         // each next request: a silent or partial connection is closed at `head_timeout`.
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(config.head_timeout);
+            .header_read_timeout(head_timeout);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -98,23 +119,44 @@ pub async fn serve(
     }
 }
 
-async fn answer(
-    runtime: &Runtime,
-    token: Option<&str>,
-    request: Request<Incoming>,
-) -> AdminResponse {
-    if let Some(token) = token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok());
-        if !presented
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given, token))
-        {
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        }
+/// The admin connections open now, counted against `max_connections`.
+#[derive(Debug, Default)]
+struct Slots {
+    open: AtomicUsize,
+    freed: Notify,
+}
+
+/// One open admin connection, counted while it lives.
+struct Slot(Arc<Slots>);
+
+impl Slot {
+    fn take(slots: &Arc<Slots>) -> Slot {
+        slots.open.fetch_add(1, Ordering::AcqRel);
+        Slot(Arc::clone(slots))
     }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
+/// Whether `request` carries `token` (any request does when there is none).
+fn authorized(token: Option<&str>, request: &Request<Incoming>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given, token))
+}
+
+async fn answer(runtime: &Runtime, request: Request<Incoming>) -> AdminResponse {
     let (head, body) = request.into_parts();
     let segments: Vec<&str> = head.uri.path().trim_matches('/').split('/').collect();
     let query = head.uri.query().unwrap_or("");

@@ -3,18 +3,20 @@
 //! watchdog fed when the unit asks for one, and stop on SIGTERM/SIGINT (`STOPPING=1`).
 //! Outside systemd the notifications are no-ops.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{AdminConfig, Config};
 use crate::runtime::Runtime;
 use crate::server::{self, ServerError};
+use crate::telemetry::{self, LevelChange};
 
 /// The tokio runtime for `threads` threads (`None`: one per core the process may use). One
 /// thread needs no work-stealing scheduler: a current-thread runtime, run by the calling
@@ -84,19 +86,27 @@ pub async fn run(path: &Path, config: Config) -> Result<(), ServerError> {
                         address: admin.bind,
                         source,
                     })?;
-            Some((listener, admin.clone()))
+            Some((listener, watch::channel(admin.clone())))
         }
         None => None,
     };
+    let started = config.clone();
     let runtime = Runtime::start(config, listeners);
     let stop = CancellationToken::new();
-    if let Some((listener, admin)) = admin {
+    let mut reloader = Reloader {
+        path: path.to_path_buf(),
+        started,
+        runtime: Arc::clone(&runtime),
+        admin: None,
+    };
+    if let Some((listener, (settings, receiver))) = admin {
         tokio::spawn(admin::serve(
             listener,
             Arc::clone(&runtime),
-            admin,
+            receiver,
             stop.clone(),
         ));
+        reloader.admin = Some(settings);
     }
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(feed_watchdog(period / 2, stop.clone()));
@@ -104,7 +114,7 @@ pub async fn run(path: &Path, config: Config) -> Result<(), ServerError> {
     let mut signals = Signals::register().map_err(ServerError::Signals)?;
     notify(&[NotifyState::Ready]);
     while let Request::Reload = signals.next().await {
-        reload(path, &runtime).await;
+        reloader.reload().await;
     }
     notify(&[NotifyState::Stopping]);
     stop.cancel();
@@ -144,26 +154,81 @@ impl Signals {
     }
 }
 
-/// Re-reads and validates the config; a bad one leaves the running config in place.
-pub async fn reload(path: &Path, runtime: &Runtime) {
-    let mut reloading = vec![NotifyState::Reloading];
-    reloading.extend(NotifyState::monotonic_usec_now().ok());
-    notify(&reloading);
-    match Config::load(path) {
-        Ok(config) => {
-            if config.admin != runtime.config().admin {
-                tracing::warn!("the [admin] table changed: it takes effect at the next restart");
+/// What a SIGHUP needs: the file to re-read, what the process started with (the keys only a
+/// restart applies keep those values), the runtime, and the admin listener's settings.
+struct Reloader {
+    path: PathBuf,
+    started: Config,
+    runtime: Arc<Runtime>,
+    /// Sends new settings to the admin listener, when there is one.
+    admin: Option<watch::Sender<AdminConfig>>,
+}
+
+impl Reloader {
+    /// Re-reads and validates the config (on a blocking thread: file reads and DNS must not
+    /// stall a worker, the only one with `threads = 1`) and applies it: the runtime's
+    /// services, `log_level`, the admin listener's token, head timeout and connection cap.
+    /// Logs the changed keys only a restart applies (`threads`, `pin_threads`, `[admin]`
+    /// `bind`). A bad config leaves the running one in place.
+    async fn reload(&self) {
+        let mut reloading = vec![NotifyState::Reloading];
+        reloading.extend(NotifyState::monotonic_usec_now().ok());
+        notify(&reloading);
+        let path = self.path.clone();
+        match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+            Ok(Ok(config)) => self.apply(config).await,
+            Ok(Err(error)) => {
+                self.runtime.count_reload(false);
+                tracing::error!("reload refused, still running the previous config:\n{error}");
             }
-            if let Err(error) = runtime.reload(config).await {
-                tracing::error!(%error, "reload failed: still running the previous config");
+            Err(error) => {
+                self.runtime.count_reload(false);
+                tracing::error!(%error, "reload failed while loading the config: still running the previous config");
             }
         }
-        Err(error) => {
-            runtime.count_reload(false);
-            tracing::error!("reload refused, still running the previous config:\n{error}");
+        notify(&[NotifyState::Ready]);
+    }
+
+    async fn apply(&self, config: Config) {
+        let previous_level = self.runtime.config().log_level;
+        let level = config.log_level.clone();
+        let admin = config.admin.clone();
+        let restart = config.needs_restart(&self.started);
+        if let Err(error) = self.runtime.reload(config).await {
+            tracing::error!(%error, "reload failed: still running the previous config");
+            return;
+        }
+        if level != previous_level {
+            match telemetry::set_level(&level) {
+                LevelChange::Applied => tracing::info!(%level, "log level changed"),
+                LevelChange::OverriddenByRustLog => tracing::info!(
+                    %level,
+                    "log_level changed, but RUST_LOG set the filter at start and keeps it"
+                ),
+                LevelChange::NotInstalled => {}
+                LevelChange::Invalid(error) => {
+                    tracing::error!(%level, %error, "log_level not applied");
+                }
+            }
+        }
+        // Without [admin] in the new config, the listener keeps its settings until the
+        // restart that stops it (named below).
+        if let (Some(sender), Some(admin)) = (&self.admin, admin) {
+            sender.send_if_modified(|current| {
+                let changed = *current != admin;
+                *current = admin;
+                changed
+            });
+        }
+        if restart.is_empty() {
+            tracing::info!("reload applied");
+        } else {
+            tracing::warn!(
+                "reload applied; needs a restart to take effect: {}",
+                restart.join(", ")
+            );
         }
     }
-    notify(&[NotifyState::Ready]);
 }
 
 async fn feed_watchdog(every: std::time::Duration, stop: CancellationToken) {

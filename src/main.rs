@@ -20,6 +20,8 @@ fn main() -> anyhow::Result<ExitCode> {
                 for service in &config.services {
                     println!("{}", service.summary());
                 }
+                let restart_only = stickyd::config::RESTART_ONLY_KEYS.join(", ");
+                println!("reload (SIGHUP) applies every key but {restart_only}: restart for those");
                 Ok(ExitCode::SUCCESS)
             }
             Err(error) => {

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 
-use crate::affinity::{Affinity, Binding, KeyLimit, Outcome, Seen, Stickiness, TableUpdate};
+use crate::affinity::{
+    Affinity, Binding, KeyLimit, Outcome, Seen, SessionIdentity, Stickiness, TableUpdate,
+};
 use crate::balance::{Balancer, HashRing};
 use crate::config::{AffinityConfig, ServiceConfig, StoreConfig};
 use crate::error::ProxyError;
@@ -70,12 +72,14 @@ struct Choice {
     /// The prefix app value (bytes as the client sent them), kept when the cookie must be
     /// re-issued (a due refresh).
     reissue: Option<Vec<u8>>,
+    /// What the request says of its session's identity, for the live-session count.
+    identity: Option<SessionIdentity>,
 }
 
 impl Router {
     /// Builds the router of one service, recording into `metrics`. When it replaces `previous`
     /// (a reload), unchanged backends keep their live state, a stick table keeps its entries
-    /// and the live-session tracker its sessions.
+    /// and the live-session tracker its sessions, under the new `session_idle`.
     pub fn new(config: &ServiceConfig, previous: Option<&Router>, metrics: &Metrics) -> Router {
         let policy = PoolPolicy {
             ejection_time: config.ejection_time,
@@ -123,11 +127,14 @@ impl Router {
         };
         let sessions = match &config.affinity {
             AffinityConfig::StickTable(_) | AffinityConfig::None => None,
-            _ => Some(
-                previous
-                    .and_then(|router| router.sessions.clone())
-                    .unwrap_or_else(|| Arc::new(BoundSessions::new(config.session_idle))),
-            ),
+            _ => Some(match previous.and_then(|router| router.sessions.clone()) {
+                Some(kept) => {
+                    // The tracked sessions stay; the window is the reloaded one, for them too.
+                    kept.set_idle(config.session_idle);
+                    kept
+                }
+                None => Arc::new(BoundSessions::new(config.session_idle)),
+            }),
         };
         let ring = match &config.affinity {
             AffinityConfig::Hash(hash) => Some(HashRing::new(&pool, hash.balance_factor)),
@@ -246,6 +253,7 @@ impl Router {
                 };
                 let choice = Choice {
                     reissue,
+                    identity,
                     ..self.resolve(stickiness).await
                 };
                 let upgrade = head::is_upgrade(&head);
@@ -268,17 +276,7 @@ impl Router {
                 let request = Request::from_parts(head, body);
                 let (result, outcome) = self.forward(request, choice, upgrade).await;
                 match result {
-                    Ok((response, backend)) => {
-                        if let (
-                            Some(sessions),
-                            Some(identity),
-                            Outcome::Hit | Outcome::Redispatch,
-                        ) = (&self.sessions, identity, outcome)
-                        {
-                            sessions.seen(identity, &self.pool.get(backend).id);
-                        }
-                        (response, Some(backend), outcome)
-                    }
+                    Ok((response, backend)) => (response, Some(backend), outcome),
                     Err(error) => {
                         tracing::warn!(service = %self.name, %error, "request failed");
                         (error.to_response(), None, outcome)
@@ -334,6 +332,7 @@ impl Router {
             reissue: None,
             session: None,
             hash: None,
+            identity: None,
         };
         match stickiness {
             Stickiness::Pinned(backend, seen) => Choice {
@@ -409,6 +408,7 @@ impl Router {
             hash,
             seen,
             mut reissue,
+            identity,
         } = choice;
         let mut failed: Vec<usize> = Vec::new();
         let mut last_error: Option<ProxyError> = None;
@@ -465,7 +465,8 @@ impl Router {
                         session,
                         seen,
                     };
-                    self.record(&binding, &mut response).await;
+                    self.record(&binding, identity.as_ref(), &mut response)
+                        .await;
                     return (Ok((response, backend)), outcome);
                 }
                 Err(proxy::SendFailed {
@@ -526,11 +527,24 @@ impl Router {
         }
     }
 
-    /// Lets the strategy write the binding into the response head, applies any stick-table
-    /// change it asks for, and makes the head fit for the client.
-    async fn record(&self, binding: &Binding<'_>, response: &mut Response<ProxyBody>) {
+    /// Counts the session live on its backend from this response on (under the identity its
+    /// client's next request will carry), lets the strategy write the binding into the
+    /// response head, applies any stick-table change it asks for, and makes the head fit for
+    /// the client.
+    async fn record(
+        &self,
+        binding: &Binding<'_>,
+        identity: Option<&SessionIdentity>,
+        response: &mut Response<ProxyBody>,
+    ) {
         head::prepare_response(response);
         let backend = binding.backend;
+        if let (Some(sessions), Some(identity)) = (&self.sessions, identity) {
+            // Read before the strategy rewrites the head: the app's own Set-Cookie values.
+            if let Some(live) = self.affinity.live_identity(identity, response.headers()) {
+                sessions.seen(live, &self.pool.get(backend).id);
+            }
+        }
         let update = self
             .affinity
             .on_response(&self.pool, binding, response.headers_mut());

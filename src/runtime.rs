@@ -291,7 +291,9 @@ impl Runtime {
                         match configured {
                             Some(configured) => {
                                 let settings = Listener::new(service, configured, metrics.clone());
-                                listener.settings.store(Arc::new(settings));
+                                let replaced = listener.settings.swap(Arc::new(settings));
+                                // Wakes the accept loop if it waits for a slot under the old cap.
+                                replaced.replaced.cancel();
                                 true
                             }
                             None => {
@@ -342,7 +344,6 @@ impl Runtime {
         }
         state.services = services;
         state.config = config;
-        tracing::info!("config reloaded");
         Ok(())
     }
 

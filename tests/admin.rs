@@ -28,6 +28,8 @@ struct Admin {
     proxy: String,
     admin: String,
     stop: CancellationToken,
+    /// The admin listener's settings, as a reload would send them.
+    settings: tokio::sync::watch::Sender<stickyd::config::AdminConfig>,
 }
 
 impl Admin {
@@ -46,10 +48,11 @@ impl Admin {
             head_timeout: std::time::Duration::from_millis(400),
             max_connections: 2,
         };
+        let (settings, receiver) = tokio::sync::watch::channel(admin_config);
         tokio::spawn(stickyd::admin::serve(
             listener,
             Arc::clone(&runtime),
-            admin_config,
+            receiver,
             stop.clone(),
         ));
         Admin {
@@ -57,6 +60,7 @@ impl Admin {
             proxy,
             admin,
             stop,
+            settings,
         }
     }
 
@@ -221,6 +225,156 @@ async fn drain_keeps_sessions_takes_no_new_ones_and_counts_what_is_left() {
             on_b1[0].get(&url).await.backend(),
             "b2",
             "maint redispatches bound sessions"
+        );
+        admin.stop().await;
+    })
+    .await;
+}
+
+impl Admin {
+    /// Live sessions per backend name, as `/status` gives them.
+    async fn sessions(&self) -> std::collections::BTreeMap<String, u64> {
+        let (_, status) = self.json(Method::GET, "/status", "").await;
+        status["services"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|backend| {
+                (
+                    backend["name"].as_str().unwrap().to_string(),
+                    backend["sessions"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+const PREFIX: &str = "[service.affinity]\nstrategy = \"prefix\"\ncookie = \"sid\"\n";
+
+#[tokio::test]
+async fn a_new_session_counts_on_its_backend_from_its_first_response() {
+    within_timeout(async {
+        for affinity in [INSERT, PREFIX] {
+            let backends = spawn_backends(2).await;
+            let admin = Admin::start(&backends, affinity).await;
+            // The app sets its session cookie on the first response, as a real app does.
+            let url = format!("{}/session/sid", admin.proxy);
+            let mut browser = Browser::new();
+            let bound = browser.get(&url).await.backend().to_string();
+            assert!(
+                browser.jar.contains_key("sid"),
+                "{affinity}: no app session"
+            );
+            let counted = admin.sessions().await;
+            assert_eq!(
+                counted[&bound], 1,
+                "{affinity}: the session bound by its first response is not counted: {counted:?}"
+            );
+            for _ in 0..3 {
+                assert_eq!(browser.get(&url).await.backend(), bound);
+            }
+            assert_eq!(
+                admin.sessions().await.values().sum::<u64>(),
+                1,
+                "{affinity}: the session's next requests counted it again"
+            );
+            admin.stop().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_drained_backend_counts_a_session_bound_by_its_first_response_until_it_goes_idle() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let extra = format!("session_idle = \"800ms\"\n{INSERT}");
+        let admin = Admin::start(&backends, &extra).await;
+        let url = format!("{}/session/sid", admin.proxy);
+        let mut browser = Browser::new();
+        let bound = browser.get(&url).await.backend().to_string();
+        let (status, _) = admin
+            .json(
+                Method::PUT,
+                &format!("/services/web/backends/{bound}/state"),
+                "drain",
+            )
+            .await;
+        assert_eq!(status, 200);
+        // New sessions go elsewhere and leave the drained backend's count alone.
+        for _ in 0..2 {
+            assert_ne!(Browser::new().get(&url).await.backend(), bound);
+        }
+        assert_eq!(
+            admin.sessions().await[&bound],
+            1,
+            "a drained backend shows no session while a client holds a binding to it"
+        );
+        // Waiting out session_idle is the behaviour under test.
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        assert_eq!(
+            admin.sessions().await[&bound],
+            0,
+            "an idle session still counts"
+        );
+        admin.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_applies_a_shorter_session_idle_to_the_live_sessions() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let admin = Admin::start(&backends, INSERT).await;
+        let url = format!("{}/session/sid", admin.proxy);
+        let mut browser = Browser::new();
+        let bound = browser.get(&url).await.backend().to_string();
+        browser.get(&url).await;
+        assert_eq!(admin.sessions().await[&bound], 1);
+        let extra = format!("session_idle = \"300ms\"\n{INSERT}");
+        let text = config(&backends.iter().collect::<Vec<_>>(), &extra);
+        admin
+            .runtime
+            .reload(Config::parse(&text, "<test>").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            admin.sessions().await[&bound],
+            1,
+            "the reload dropped a live session"
+        );
+        // Waiting out the new window is the behaviour under test.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            admin.sessions().await[&bound],
+            0,
+            "the session kept the idle window of the config before the reload"
+        );
+        admin.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn new_admin_settings_apply_to_the_running_admin_listener() {
+    within_timeout(async {
+        let backends = spawn_backends(1).await;
+        let admin = Admin::start(&backends, "").await;
+        let new_token = "rotated-token";
+        admin.settings.send_modify(|settings| {
+            settings.token = Some(new_token.into());
+        });
+        let (old, _) = admin
+            .call_with(Method::GET, "/status", "", Some(TOKEN))
+            .await;
+        let (new, _) = admin
+            .call_with(Method::GET, "/status", "", Some(new_token))
+            .await;
+        assert_eq!(
+            (old, new),
+            (StatusCode::UNAUTHORIZED, StatusCode::OK),
+            "the admin listener kept its old token"
         );
         admin.stop().await;
     })

@@ -35,8 +35,15 @@ fn every_shipped_config_loads() {
         {
             let (ok, stdout, stderr) = check(&path);
             assert!(ok, "{}: {stderr}", path.display());
+            let mut lines: Vec<&str> = stdout.lines().collect();
             assert!(
-                stdout.lines().all(|line| line.starts_with("service ")),
+                lines
+                    .pop()
+                    .is_some_and(|last| last.starts_with("reload (SIGHUP)")),
+                "{stdout}"
+            );
+            assert!(
+                lines.iter().all(|line| line.starts_with("service ")),
                 "{stdout}"
             );
             checked += 1;
@@ -46,7 +53,7 @@ fn every_shipped_config_loads() {
 }
 
 #[test]
-fn check_prints_one_summary_line_per_service() {
+fn check_prints_one_summary_line_per_service_and_the_restart_only_keys() {
     let path = write_config(
         "summary",
         "[[service]]\nname = \"shop\"\nlisten = [\"127.0.0.1:0\"]\n[service.affinity]\nstrategy = \"prefix\"\ncookie = \"JSESSIONID\"\n\
@@ -56,7 +63,7 @@ fn check_prints_one_summary_line_per_service() {
     let (ok, stdout, _) = check(&path);
     assert!(ok);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines.len(), 3, "{stdout}");
     assert!(
         lines[0].starts_with("service shop:") && lines[0].contains("prefix cookie JSESSIONID"),
         "{}",
@@ -71,6 +78,11 @@ fn check_prints_one_summary_line_per_service() {
         lines[1].starts_with("service api:") && lines[1].contains("affinity none"),
         "{}",
         lines[1]
+    );
+    assert_eq!(
+        lines[2],
+        "reload (SIGHUP) applies every key but threads, pin_threads, [admin] bind: restart for those",
+        "check does not name the keys a reload never applies"
     );
 }
 

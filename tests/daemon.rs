@@ -184,3 +184,104 @@ async fn pin_threads_pins_each_worker_thread_to_one_core() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_a_new_log_level() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let service = config(&[&backend], "");
+        let path = common::temp_file("log-level.toml");
+        // Quiet but for the lines this test waits on: no access log.
+        let quiet = "warn,stickyd::runtime=info,stickyd::daemon=info";
+        std::fs::write(&path, format!("log_level = \"{quiet}\"\n{service}")).unwrap();
+        let mut daemon = common::Daemon::start(&path);
+        let address = daemon.address().await;
+        let get = async |path: &str| Browser::new().get(&format!("http://{address}{path}")).await;
+        assert_eq!(get("/before").await.status, 200);
+        std::fs::write(&path, format!("log_level = \"info\"\n{service}")).unwrap();
+        daemon.signal("-HUP");
+        daemon.line_with("log level changed").await;
+        assert_eq!(get("/after").await.status, 200);
+        let access = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            daemon.line_with("stickyd::access"),
+        )
+        .await
+        .expect("no access line after the reload to log_level \"info\"");
+        assert!(
+            access.contains("path=/after"),
+            "the first access line is not the request after the reload: {access}"
+        );
+        assert_eq!(daemon.stop().await, Some(0));
+    })
+    .await;
+}
+
+/// GETs `url` with `Authorization: Bearer token`; returns the status.
+async fn get_with_token(url: &str, token: &str) -> http::StatusCode {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = http::Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    client.request(request).await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_every_key_but_threads_and_names_those_for_a_restart() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let (path, token_file) = (
+            common::temp_file("restart-only.toml"),
+            common::temp_file("restart-only.token"),
+        );
+        std::fs::write(&token_file, "first-token\n").unwrap();
+        let admin = format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+            token_file.display()
+        );
+        let write = |threads: usize, service: &str| {
+            std::fs::write(&path, format!("threads = {threads}\n{admin}{service}")).unwrap();
+        };
+        write(1, &config(&[&backend], ""));
+        let mut daemon = common::Daemon::start(&path);
+        // The service listens before the admin listener starts.
+        let address = daemon.address().await;
+        let admin_listening = daemon.line_with("admin listening").await;
+        let admin_address = admin_listening
+            .split("address=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        let status = format!("http://{admin_address}/status");
+        assert_eq!(get_with_token(&status, "first-token").await, 200);
+        std::fs::write(&token_file, "second-token\n").unwrap();
+        write(2, &config(&[&backend], "debug_header = true"));
+        daemon.signal("-HUP");
+        let line = daemon.line_with("reload applied").await;
+        assert!(
+            line.contains("needs a restart to take effect: threads (1 -> 2)"),
+            "{line}"
+        );
+        let page = Browser::new().get(&format!("http://{address}/")).await;
+        assert!(
+            page.headers.contains_key("x-stickyd"),
+            "a service key did not apply with a restart-only one beside it"
+        );
+        assert_eq!(
+            (
+                get_with_token(&status, "first-token").await,
+                get_with_token(&status, "second-token").await
+            ),
+            (http::StatusCode::UNAUTHORIZED, http::StatusCode::OK),
+            "the admin token file was not re-read"
+        );
+        assert_eq!(daemon.stop().await, Some(0));
+        let _ = std::fs::remove_file(&token_file);
+    })
+    .await;
+}

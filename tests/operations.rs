@@ -849,3 +849,53 @@ async fn a_pool_changes_receiver_hears_changes_after_a_reload() {
     })
     .await;
 }
+
+/// Sends a bare `GET /` on `stream` and returns the response head (empty if none came).
+async fn get_on(stream: &mut TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut head, mut chunk) = (Vec::new(), [0u8; 1024]);
+    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => head.extend_from_slice(&chunk[..read]),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_raises_max_connections_serves_a_waiting_client_at_once() {
+    within_timeout(async {
+        let backends = common::spawn_backends(1).await;
+        let with_cap = |cap: usize| {
+            let limits = format!("[service.limits]\nmax_connections = {cap}\n");
+            config(&[service("web", &limits, &plain(&backends))])
+        };
+        let stickyd = Stickyd::start(&with_cap(1)).await;
+        let address = stickyd.runtime.local_addrs("web")[0];
+        let mut held = TcpStream::connect(address).await.unwrap();
+        assert!(get_on(&mut held).await.starts_with("HTTP/1.1 200"));
+        let mut waiting = TcpStream::connect(address).await.unwrap();
+        let answer = tokio::spawn(async move { get_on(&mut waiting).await });
+        // The one slot is held: the second client waits (the absence of an answer can only be
+        // observed over time).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            !answer.is_finished(),
+            "a client was served past max_connections"
+        );
+        stickyd.reload(&with_cap(2)).await;
+        let served = tokio::time::timeout(std::time::Duration::from_secs(5), answer)
+            .await
+            .expect("the waiting client was not served after the reload raised max_connections")
+            .unwrap();
+        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+        drop(held);
+        stickyd.shutdown().await;
+    })
+    .await;
+}

@@ -181,6 +181,69 @@ fn set_cookie_value<'a>(field: &'a [u8], name: &str) -> Option<&'a [u8]> {
     Some(trim(&rest[..value_end]))
 }
 
+/// The `Cookie` fields of a request, kept after the request has gone on (to read its pairs
+/// beside the response). Holds the fields themselves, by reference count: no bytes are
+/// copied, and one field (HTTP/1.1, or a rewritten request) needs no allocation.
+#[derive(Debug, Clone, Default)]
+pub struct KeptCookies {
+    first: Option<HeaderValue>,
+    more: Vec<HeaderValue>,
+}
+
+impl KeptCookies {
+    /// The `Cookie` fields of `headers`, in order.
+    pub fn of(headers: &HeaderMap) -> KeptCookies {
+        let mut fields = headers.get_all(COOKIE).iter();
+        KeptCookies {
+            first: fields.next().cloned(),
+            more: fields.cloned().collect(),
+        }
+    }
+
+    /// The pairs of every kept field, in order (see [`pairs`]).
+    pub fn pairs(&self) -> impl Iterator<Item = Pair<'_>> {
+        self.first
+            .iter()
+            .chain(&self.more)
+            .flat_map(|field| pairs(field.as_bytes()))
+    }
+}
+
+/// One `Set-Cookie` field as the user agent stores it (RFC 6265 §5.2, §5.3): the cookie's
+/// name and value (bytes, blanks trimmed) and its lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetCookie<'a> {
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+    pub lifetime: Lifetime,
+}
+
+/// Every `Set-Cookie` field of `headers` that names a cookie, in order; a field without a
+/// name (`flag`, `=v`) or whose attributes do not parse is skipped. Reads attributes only of
+/// the fields it yields: nothing is parsed for a response without `Set-Cookie`.
+pub fn set_cookies(headers: &HeaderMap) -> impl Iterator<Item = SetCookie<'_>> {
+    headers.get_all(SET_COOKIE).iter().filter_map(|field| {
+        let (name, rest) = set_cookie_name(field.as_bytes())?;
+        let value_end = rest
+            .iter()
+            .position(|&byte| byte == b';')
+            .unwrap_or(rest.len());
+        Some(SetCookie {
+            name,
+            value: trim(&rest[..value_end]),
+            lifetime: lifetime_of(field.as_bytes())?,
+        })
+    })
+}
+
+/// Whether some `Set-Cookie` field of `headers` names the cookie `name` (set or deleted).
+pub fn sets_cookie(headers: &HeaderMap, name: &[u8]) -> bool {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .any(|field| set_cookie_name(field.as_bytes()).is_some_and(|(found, _)| found == name))
+}
+
 /// What a `Set-Cookie` says about the lifetime of its cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lifetime {
@@ -201,18 +264,23 @@ pub enum Lifetime {
 pub fn find_set_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<(&'a [u8], Lifetime)> {
     headers.get_all(SET_COOKIE).iter().find_map(|field| {
         let value = set_cookie_value(field.as_bytes(), name)?;
-        // Borrowed when the field is UTF-8, the common case.
-        let text = String::from_utf8_lossy(field.as_bytes());
-        let parsed = cookie::Cookie::parse(text.as_ref()).ok()?;
-        let lifetime = if let Some(max_age) = parsed.max_age() {
-            lifetime_from_seconds(max_age.whole_seconds())
-        } else if let Some(expires) = parsed.expires_datetime() {
-            let remaining = expires - cookie::time::OffsetDateTime::now_utc();
-            lifetime_from_seconds(remaining.whole_seconds())
-        } else {
-            Lifetime::Session
-        };
-        Some((value, lifetime))
+        Some((value, lifetime_of(field.as_bytes())?))
+    })
+}
+
+/// The lifetime a `Set-Cookie` field gives its cookie (see [`find_set_cookie`]); `None` when
+/// the field does not parse.
+fn lifetime_of(field: &[u8]) -> Option<Lifetime> {
+    // Borrowed when the field is UTF-8, the common case.
+    let text = String::from_utf8_lossy(field);
+    let parsed = cookie::Cookie::parse(text.as_ref()).ok()?;
+    Some(if let Some(max_age) = parsed.max_age() {
+        lifetime_from_seconds(max_age.whole_seconds())
+    } else if let Some(expires) = parsed.expires_datetime() {
+        let remaining = expires - cookie::time::OffsetDateTime::now_utc();
+        lifetime_from_seconds(remaining.whole_seconds())
+    } else {
+        Lifetime::Session
     })
 }
 
@@ -377,6 +445,39 @@ mod tests {
             Some(Lifetime::For(Duration::from_secs(60)))
         );
         assert_eq!(lifetime(b"other=abc; Max-Age=60"), None);
+    }
+
+    #[test]
+    fn set_cookies_yields_every_named_cookie_with_its_value_and_lifetime() {
+        let headers = headers(
+            SET_COOKIE,
+            &[b"sid = \xe9x ; Path=/", b"flag; Path=/", b"old=; Max-Age=0"],
+        );
+        let found: Vec<SetCookie<'_>> = set_cookies(&headers).collect();
+        assert_eq!(
+            found,
+            [
+                SetCookie {
+                    name: b"sid",
+                    value: b"\xe9x",
+                    lifetime: Lifetime::Session
+                },
+                SetCookie {
+                    name: b"old",
+                    value: b"",
+                    lifetime: Lifetime::Expired
+                },
+            ]
+        );
+        assert!(sets_cookie(&headers, b"old") && !sets_cookie(&headers, b"flag"));
+    }
+
+    #[test]
+    fn kept_cookies_read_the_pairs_of_every_field() {
+        let kept = KeptCookies::of(&headers(COOKIE, &[b"a=1; b=2", b"c=3"]));
+        let names: Vec<&[u8]> = kept.pairs().map(|pair| pair.name).collect();
+        assert_eq!(names, [&b"a"[..], b"b", b"c"]);
+        assert_eq!(KeptCookies::of(&HeaderMap::new()).pairs().count(), 0);
     }
 
     #[test]

@@ -63,6 +63,11 @@ impl Insert {
         }
     }
 
+    /// The name of stickyd's cookie.
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
     /// A cookie naming a known backend pins the request to it; one naming no backend, or a
     /// sealed value that is forged, tampered or expired (`max_idle`, `max_life`), is
     /// `Invalid`. With `indirect`, the cookie is removed before the backend sees the request.

@@ -91,6 +91,51 @@ impl Outcome {
     }
 }
 
+/// What a request says about the identity of its session, kept until its response, which
+/// may change it (see [`Affinity::live_identity`]).
+#[derive(Debug, Clone)]
+pub enum SessionIdentity {
+    /// Hash strategy: the key's hash, which no response changes.
+    Key(u64),
+    /// Prefix: the hash of the app's session value the request carried, when the request
+    /// named a backend (the client holds a binding).
+    Prefix(Option<u64>),
+    /// Insert: the client address's hash and the request's cookie fields.
+    Insert {
+        client: u64,
+        cookies: cookies::KeptCookies,
+    },
+}
+
+/// The cookies a client will send after a response: `request`'s pairs less those the
+/// response's `Set-Cookie` fields name, plus those they set (the last field of a name wins,
+/// a deleting one sets nothing), `ours` excluded; each pair hashed with its name and the
+/// hashes summed, so the order of the pairs does not matter.
+fn next_cookies(request: &cookies::KeptCookies, response: &HeaderMap, ours: &[u8]) -> u64 {
+    let pair = |name: &[u8], value: &[u8]| {
+        xxhash_rust::xxh3::xxh3_64_with_seed(value, hash::hash_bytes(name))
+    };
+    let mut sum = 0u64;
+    for kept in request.pairs() {
+        let replaced = !kept.name.is_empty() && cookies::sets_cookie(response, kept.name);
+        if kept.name != ours && !replaced {
+            sum = sum.wrapping_add(pair(kept.name, kept.value));
+        }
+    }
+    let set: Vec<cookies::SetCookie<'_>> = if response.contains_key(http::header::SET_COOKIE) {
+        cookies::set_cookies(response).collect()
+    } else {
+        Vec::new()
+    };
+    for (at, cookie) in set.iter().enumerate() {
+        let overridden = set[at + 1..].iter().any(|later| later.name == cookie.name);
+        if cookie.name != ours && !overridden && cookie.lifetime != cookies::Lifetime::Expired {
+            sum = sum.wrapping_add(pair(cookie.name, cookie.value));
+        }
+    }
+    sum
+}
+
 /// A change to the stick table that a response asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableUpdate {
@@ -178,26 +223,57 @@ impl Affinity {
         }
     }
 
-    /// A hash that identifies the request's session, for counting live sessions per backend:
-    /// the hash key, the app's session value (prefix), or the client address with the app's
-    /// cookies (insert, after stickyd's cookie is stripped). `None` for the stick table, which
-    /// counts its entries, and for `none`.
+    /// What identifies the request's session, for counting live sessions per backend, as far
+    /// as the request tells: the hash key, the app's session value (prefix, when the request
+    /// named a backend), or the client address with the request's cookie fields (insert).
+    /// `None` for the stick table, which counts its entries, and for `none`. Call after
+    /// [`Affinity::on_request`]; [`Affinity::live_identity`] completes it with the response.
     pub fn session_identity(
         &self,
         headers: &HeaderMap,
         client: IpAddr,
         stickiness: &Stickiness,
-    ) -> Option<u64> {
+    ) -> Option<SessionIdentity> {
         match (self, stickiness) {
-            (Affinity::Hash(_), Stickiness::Hash(key)) => Some(*key),
-            (Affinity::Prefix(prefix), _) => {
-                cookies::find(headers, prefix.cookie()).map(hash::hash_bytes)
+            (Affinity::Hash(_), Stickiness::Hash(key)) => Some(SessionIdentity::Key(*key)),
+            (Affinity::Prefix(prefix), Stickiness::Pinned(..)) => Some(SessionIdentity::Prefix(
+                cookies::find(headers, prefix.cookie()).map(hash::hash_bytes),
+            )),
+            (Affinity::Prefix(_), _) => Some(SessionIdentity::Prefix(None)),
+            (Affinity::Insert(_), _) => Some(SessionIdentity::Insert {
+                client: hash::hash_ip(client),
+                cookies: cookies::KeptCookies::of(headers),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The identity the client's next request of this session will carry, from what its
+    /// request said and what the response head (`headers`, before [`Affinity::on_response`]
+    /// rewrites it) sets: the session is live from this response on. `None` when the client
+    /// holds no binding after it (prefix: no app session, or the app deleted its cookie).
+    ///
+    /// - hash: the key;
+    /// - prefix: the app's session value the response sets, else the one the request
+    ///   carried when it named a backend;
+    /// - insert: the client address with the cookies the client will send: the request's
+    ///   pairs, less those the response sets or deletes, plus those it sets, stickyd's own
+    ///   cookie excluded, combined whatever their order (browsers reorder). A cookie the
+    ///   response scopes elsewhere (`Path`, `Domain`) is counted as sent: the next request
+    ///   then counts the session once more until `session_idle`, which over-counts (the safe
+    ///   direction for drain) and never under-counts.
+    pub fn live_identity(&self, identity: &SessionIdentity, headers: &HeaderMap) -> Option<u64> {
+        match (self, identity) {
+            (_, SessionIdentity::Key(key)) => Some(*key),
+            (Affinity::Prefix(prefix), SessionIdentity::Prefix(carried)) => {
+                match cookies::find_set_cookie(headers, prefix.cookie()) {
+                    Some((_, cookies::Lifetime::Expired)) => None,
+                    Some((value, _)) => Some(hash::hash_bytes(value)),
+                    None => *carried,
+                }
             }
-            (Affinity::Insert(_), _) => {
-                let cookie = headers
-                    .get(http::header::COOKIE)
-                    .map_or(&b""[..], |value| value.as_bytes());
-                Some(hash::hash_ip(client) ^ hash::hash_bytes(cookie))
+            (Affinity::Insert(insert), SessionIdentity::Insert { client, cookies }) => {
+                Some(client ^ next_cookies(cookies, headers, insert.cookie().as_bytes()))
             }
             _ => None,
         }
@@ -258,6 +334,116 @@ pub(crate) mod tests {
             sealer: crate::affinity::seal::Sealer::plain(),
             max_idle: None,
             max_life: None,
+        }
+    }
+
+    mod identity {
+        use std::net::IpAddr;
+
+        use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
+
+        use super::{plain_ids, pool};
+        use crate::affinity::{Affinity, Stickiness, insert::Insert, prefix::Prefix};
+        use crate::config::{InsertConfig, PrefixConfig, SameSite};
+
+        fn insert() -> Affinity {
+            let config = InsertConfig {
+                cookie: "SERVERID".into(),
+                path: "/".into(),
+                domain: None,
+                max_age: None,
+                http_only: true,
+                secure: false,
+                same_site: SameSite::Lax,
+                indirect: true,
+                nocache: true,
+                seal: plain_ids(),
+            };
+            Affinity::Insert(Insert::new(&config, "web", &pool()))
+        }
+
+        fn prefix() -> Affinity {
+            let config = PrefixConfig {
+                cookie: "sid".into(),
+                delimiter: '~',
+                seal: plain_ids(),
+            };
+            Affinity::Prefix(Prefix::new(&config, "web"))
+        }
+
+        fn fields(name: http::HeaderName, values: &[&str]) -> HeaderMap {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(name.clone(), HeaderValue::from_str(value).unwrap());
+            }
+            headers
+        }
+
+        const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+        /// The identity a request with `cookies` and a response with `set_cookies` leave.
+        fn live(affinity: &Affinity, cookies: &[&str], set_cookies: &[&str]) -> Option<u64> {
+            let mut request = http::Request::new(());
+            *request.headers_mut() = fields(COOKIE, cookies);
+            let (mut head, ()) = request.into_parts();
+            let stickiness = affinity.on_request(&mut head, CLIENT, &pool());
+            let identity = affinity.session_identity(&head.headers, CLIENT, &stickiness)?;
+            affinity.live_identity(&identity, &fields(SET_COOKIE, set_cookies))
+        }
+
+        #[test]
+        fn insert_counts_a_new_session_under_the_identity_of_its_next_request() {
+            let insert = insert();
+            let first = live(
+                &insert,
+                &["a=1; b=2; gone=x"],
+                &["b=3; Path=/", "c=4", "gone=; Max-Age=0", "c=5"],
+            );
+            // The browser sends the jar back in its own order, stickyd's cookie among it.
+            let next = live(&insert, &["c=5; SERVERID=s2", "b=3; a=1"], &[]);
+            assert_eq!(first, next);
+            assert!(first.is_some());
+            assert_ne!(first, live(&insert, &["a=1; b=2; gone=x"], &[]));
+            assert_ne!(first, live(&insert, &["c=5; b=3; a=2"], &[]));
+        }
+
+        #[test]
+        fn insert_identities_hold_duplicate_and_valueless_pairs() {
+            let insert = insert();
+            assert_ne!(
+                live(&insert, &["a=1; a=1"], &[]),
+                live(&insert, &[], &[]),
+                "two equal pairs cancelled out"
+            );
+            assert_eq!(
+                live(&insert, &["flag; a=1"], &[]),
+                live(&insert, &["a=1", "flag"], &[])
+            );
+        }
+
+        #[test]
+        fn prefix_counts_the_session_value_the_response_sets() {
+            let prefix = prefix();
+            let first = live(&prefix, &[], &["sid=abc; Path=/"]);
+            assert_eq!(first, live(&prefix, &["sid=s1~abc"], &[]));
+            assert!(first.is_some());
+            assert_eq!(
+                live(&prefix, &["sid=abc"], &[]),
+                None,
+                "no binding, no session"
+            );
+            assert_eq!(live(&prefix, &["sid=s1~abc"], &["sid=; Max-Age=0"]), None);
+            assert_eq!(
+                live(&prefix, &["sid=s1~abc"], &["sid=def"]),
+                live(&prefix, &["sid=s2~def"], &[])
+            );
+        }
+
+        #[test]
+        fn none_tracks_no_session() {
+            let identity =
+                Affinity::None.session_identity(&HeaderMap::new(), CLIENT, &Stickiness::New);
+            assert!(identity.is_none());
         }
     }
 

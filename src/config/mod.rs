@@ -434,7 +434,54 @@ impl fmt::Display for Problem {
     }
 }
 
+/// The keys a reload (SIGHUP) never applies, for `stickyd check`: the tokio runtime is built
+/// once (`threads`, `pin_threads`), and the admin listener is bound once (`[admin]` `bind`,
+/// which adding or removing `[admin]` changes). A reload applies every other key, `[admin]`
+/// `token_file`, `head_timeout` and `max_connections` included.
+pub const RESTART_ONLY_KEYS: [&str; 3] = ["threads", "pin_threads", "[admin] bind"];
+
 impl Config {
+    /// The keys whose value in `self` (a config being reloaded) differs from `running` (the
+    /// config the process started with) but that only a restart applies
+    /// ([`RESTART_ONLY_KEYS`]), each as `key (old -> new)`, e.g. `threads (2 -> 4)`; empty
+    /// when a reload applies all of `self`. `threads` unset reads `auto`, `[admin]` absent
+    /// reads `off`.
+    pub fn needs_restart(&self, running: &Config) -> Vec<String> {
+        let mut changed = Vec::new();
+        let threads = |config: &Config| {
+            config
+                .threads
+                .map_or_else(|| "auto".into(), |n| n.to_string())
+        };
+        if self.threads != running.threads {
+            changed.push(format!(
+                "threads ({} -> {})",
+                threads(running),
+                threads(self)
+            ));
+        }
+        if self.pin_threads != running.pin_threads {
+            changed.push(format!(
+                "pin_threads ({} -> {})",
+                running.pin_threads, self.pin_threads
+            ));
+        }
+        let bind = |config: &Config| {
+            config
+                .admin
+                .as_ref()
+                .map_or_else(|| "off".into(), |admin| admin.bind.to_string())
+        };
+        if bind(self) != bind(running) {
+            changed.push(format!(
+                "[admin] bind ({} -> {})",
+                bind(running),
+                bind(self)
+            ));
+        }
+        changed
+    }
+
     /// Reads and validates the file at `path`.
     ///
     /// # Errors
@@ -1325,4 +1372,38 @@ fn is_token_char(c: char) -> bool {
 /// Where in the file `value` was written, if it was.
 fn span_of<T>(value: &Option<Spanned<T>>) -> Option<Range<usize>> {
     value.as_ref().map(Spanned::span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(top: &str) -> Config {
+        let text = format!(
+            "{top}\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n\
+             [[service.backend]]\nname = \"b1\"\naddress = \"127.0.0.1:3001\"\n"
+        );
+        Config::parse(&text, "<test>").unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    #[test]
+    fn needs_restart_names_only_the_changed_restart_only_keys() {
+        let running = config("threads = 2\n[admin]\nbind = \"127.0.0.1:9901\"");
+        let same_but_reloadable = config(
+            "threads = 2\nlog_level = \"warn\"\n[admin]\nbind = \"127.0.0.1:9901\"\nhead_timeout = \"1s\"",
+        );
+        assert_eq!(
+            same_but_reloadable.needs_restart(&running),
+            Vec::<String>::new()
+        );
+        let changed = config("pin_threads = true");
+        assert_eq!(
+            changed.needs_restart(&running),
+            [
+                "threads (2 -> auto)",
+                "pin_threads (false -> true)",
+                "[admin] bind (127.0.0.1:9901 -> off)"
+            ]
+        );
+    }
 }

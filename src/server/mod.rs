@@ -116,6 +116,9 @@ pub struct Listener {
     pub trusted_proxies: Vec<IpNet>,
     /// The service's metric handles.
     pub metrics: ServiceMetrics,
+    /// Cancelled when a reload replaces these settings, so that an accept loop waiting for a
+    /// free slot re-reads `max_connections` at once.
+    pub replaced: CancellationToken,
 }
 
 impl Listener {
@@ -133,6 +136,7 @@ impl Listener {
             limits: service.limits.clone(),
             trusted_proxies: service.trusted_proxies.clone(),
             metrics,
+            replaced: CancellationToken::new(),
         }
     }
 
@@ -216,7 +220,8 @@ impl Drop for Slot {
 /// Accepts connections on `listener` for the service whose current router is in `router`,
 /// with the settings in `settings`, until `stop` is cancelled. At most `max_connections`
 /// connections (tunnels included) are served at once; past it, new clients wait in the
-/// kernel's accept queue until one closes, and each wait is counted.
+/// kernel's accept queue until one closes or a reload raises the cap, and each wait is
+/// counted.
 pub async fn accept_loop(
     listener: TcpListener,
     settings: Arc<ArcSwap<Listener>>,
@@ -239,6 +244,7 @@ pub async fn accept_loop(
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = slots.freed.notified() => {}
+                () = current.replaced.cancelled() => {}
             }
         }
         let accepted = tokio::select! {

@@ -173,6 +173,26 @@ impl<K: Key + ?Sized> MemoryStore<K> {
         self.shard(session).remove(session);
     }
 
+    /// Gives every live entry lifetime `ttl` counted from its last use, as if it had been
+    /// bound with `ttl`: an entry last used longer ago than `ttl` expires now, one used more
+    /// recently lives until its last use plus `ttl`. Takes each shard's lock in turn, once;
+    /// for a reload that changes a window, not for the request path.
+    pub fn retime(&self, ttl: Duration) {
+        let ttl_ms = u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX);
+        let now = now_ms();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().expect("stick table shard lock");
+            shard.retain(|_, binding| {
+                if !binding.is_live(now) {
+                    return false;
+                }
+                binding.deadline_ms = binding.last_used() + u64::from(ttl_ms);
+                binding.ttl_ms = ttl_ms;
+                true
+            });
+        }
+    }
+
     /// Live entries per backend id.
     pub fn per_backend(&self) -> HashMap<BackendId, u64> {
         let now = now_ms();
@@ -308,6 +328,32 @@ mod tests {
         std::thread::sleep(Duration::from_millis(450));
         assert_eq!(store.get("short"), None);
         assert_eq!(store.get("long").as_deref(), Some("s2"));
+    }
+
+    #[test]
+    fn retime_counts_the_new_lifetime_from_each_entry_s_last_use() {
+        let store: MemoryStore = MemoryStore::new(100);
+        store.bind("idle", &id("s1"), Duration::from_secs(60));
+        // Waiting is the behaviour under test: "idle" was last used this long ago.
+        std::thread::sleep(Duration::from_millis(250));
+        store.bind("fresh", &id("s2"), Duration::from_secs(60));
+        store.retime(Duration::from_millis(200));
+        assert_eq!(
+            store.get("idle"),
+            None,
+            "an entry idle past the new ttl lived on"
+        );
+        assert_eq!(
+            store.get_with_ttl("fresh"),
+            Some((id("s2"), Duration::from_millis(200)))
+        );
+        store.retime(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(
+            store.get("fresh").as_deref(),
+            Some("s2"),
+            "a longer ttl did not apply"
+        );
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! Live sessions per backend for cookie and hash strategies, for session-aware drain: each
-//! session identity seen on a request is remembered with its backend until it has been idle
-//! for `session_idle`. A stick table counts its own entries instead.
+//! session identity is remembered with its backend from the response that binds it until it
+//! has been idle for `session_idle`. A stick table counts its own entries instead.
 //!
 //! It is the stick table's compact in-memory table keyed by the identity's hash: one
 //! short-held shard lock per request, where moka cost a lookup plus a policy update.
+//!
+//! A reload keeps the tracker (and its sessions) and applies a changed `session_idle` to
+//! every tracked session at once ([`BoundSessions::set_idle`]): each is then live until its
+//! last sighting plus the new window, so a shorter window drops the sessions already idle
+//! longer, and a longer one keeps counting those seen within it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::memory::MemoryStore;
@@ -15,7 +21,8 @@ use crate::pool::BackendId;
 #[derive(Debug)]
 pub struct BoundSessions {
     seen: MemoryStore<u64>,
-    idle: Duration,
+    /// The idle window, in milliseconds; a reload may change it.
+    idle_ms: AtomicU64,
 }
 
 /// Most session identities remembered; past it the least recently seen are forgotten.
@@ -26,15 +33,33 @@ impl BoundSessions {
     pub fn new(idle: Duration) -> BoundSessions {
         BoundSessions {
             seen: MemoryStore::new(MAX_TRACKED_SESSIONS),
-            idle,
+            idle_ms: AtomicU64::new(millis(idle)),
+        }
+    }
+
+    /// The idle window now.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms.load(Ordering::Relaxed))
+    }
+
+    /// Makes `idle` the window, for the sessions already tracked too (a reload): each is
+    /// live until its last sighting plus `idle`. Walks the table once when the window
+    /// changes; nothing otherwise.
+    pub fn set_idle(&self, idle: Duration) {
+        let idle_ms = millis(idle);
+        if self.idle_ms.swap(idle_ms, Ordering::Relaxed) != idle_ms {
+            self.seen.retime(idle);
         }
     }
 
     /// Session `identity` was just served by `backend`.
     pub fn seen(&self, identity: u64, backend: &BackendId) {
-        // The read restarts the idle time of a session still on its backend.
-        if self.seen.get(&identity).as_ref() != Some(backend) {
-            self.seen.bind(&identity, backend, self.idle);
+        let idle = self.idle();
+        // The read restarts the idle time of a session still on its backend; one remembered
+        // under another window (a reload raced this request) is bound afresh.
+        match self.seen.get_with_ttl(&identity) {
+            Some((held, window)) if held == *backend && window == idle => {}
+            _ => self.seen.bind(&identity, backend, idle),
         }
     }
 
@@ -42,6 +67,13 @@ impl BoundSessions {
     pub fn per_backend(&self) -> HashMap<BackendId, u64> {
         self.seen.per_backend()
     }
+}
+
+/// `duration` in milliseconds, capped as the table caps an entry's lifetime (`u32`, 49 days),
+/// so that a window read back from an entry compares equal to the one it was bound with.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .map_or(u64::from(u32::MAX), |ms| ms.min(u64::from(u32::MAX)))
 }
 
 #[cfg(test)]
@@ -59,6 +91,25 @@ mod tests {
         sessions.seen(1, &b);
         let counts = sessions.per_backend();
         assert_eq!((counts.get(&a), counts.get(&b)), (Some(&1), Some(&2)));
+    }
+
+    #[test]
+    fn a_shorter_window_applies_to_the_sessions_already_tracked() {
+        let sessions = BoundSessions::new(Duration::from_secs(60));
+        let a = BackendId::from("a");
+        sessions.seen(1, &a);
+        sessions.set_idle(Duration::from_millis(200));
+        assert_eq!(
+            sessions.per_backend().get(&a),
+            Some(&1),
+            "a live session was dropped"
+        );
+        // Waiting out the new window is the behaviour under test.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            sessions.per_backend().is_empty(),
+            "the session kept the old window"
+        );
     }
 
     #[test]
