@@ -638,6 +638,7 @@ async fn the_admin_listener_closes_stalled_connections_and_caps_them() {
             head_timeout: SHORT,
             max_connections: 1,
         };
+        let (_settings, admin) = tokio::sync::watch::channel(admin);
         tokio::spawn(stickyd::admin::serve(
             listener,
             runtime,
