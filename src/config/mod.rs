@@ -1,6 +1,6 @@
 //! The validated configuration: typed durations, resolved addresses, one affinity enum.
 //!
-//! [`Config::load`] reads the TOML file ([`file`] holds its raw shape), checks everything a
+//! [`Config::load`] reads the TOML file ([`mod@file`] holds its raw shape), checks everything a
 //! service needs to run and reports each problem as `PATH:LINE:COL: what is wrong and what to
 //! write instead`.
 

@@ -358,7 +358,7 @@ pub struct HeadRules {
 /// Rewrites a client's request head for the backend:
 /// - origin-form target: the authority of an absolute-form target becomes `Host` (RFC 9112
 ///   §3.2.2), an empty path becomes `/`; an HTTP/2 request's `:authority` becomes `Host`;
-/// - hop-by-hop fields removed, `Host` and the other [`PROTECTED`] fields kept;
+/// - hop-by-hop fields removed, `Host`, `Content-Length`, `Content-Type` and `Cookie` kept whatever `Connection` lists;
 /// - fields spelled with `_` dropped as [`HeadRules`] says;
 /// - forwarding fields: from a trusted peer its `X-Forwarded-For` and `Forwarded` are
 ///   appended to and its `X-Forwarded-Proto` / `-Host` kept; from anyone else they are replaced

@@ -1,5 +1,5 @@
 //! The bottom connection layer: listening sockets, the accept loop of each listener with its
-//! connection cap, and the client connections it serves ([`connection`]), each of which has a
+//! connection cap, and the client connections it serves (`connection.rs`), each of which has a
 //! deadline in every state it can be in (`docs/SECURITY.md` lists them).
 //!
 //! [`bind`] and the accept loops are separate so tests (and the demo) bind `127.0.0.1:0`, read
