@@ -11,7 +11,7 @@ use stickyd::affinity::{Affinity, Binding, KeyLimit, Outcome};
 use stickyd::balance::Balancer;
 use stickyd::config::Config;
 use stickyd::pool::Pool;
-use stickyd::store::memory::MemoryStore;
+use stickyd::store::expiring::ExpiringMap;
 
 const BROWSER_COOKIES: &str = "_ga=GA1.1.123456789.1700000000; lang=en-GB; SERVERID=app2; JSESSIONID=app2~8F3A2C9D1E4B5F607182939A4B5C6D7E; theme=dark";
 
@@ -40,7 +40,7 @@ const NEW_ON_APP2: Binding<'static> = Binding {
     backend: 1,
     outcome: Outcome::New,
     session: None,
-    seen: None,
+    times: None,
 };
 
 const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
@@ -116,7 +116,7 @@ fn hash_benches(c: &mut Criterion) {
 }
 
 fn store_benches(c: &mut Criterion) {
-    let store: MemoryStore = MemoryStore::new(1_000_000);
+    let store: ExpiringMap = ExpiringMap::new(1_000_000);
     let backend = stickyd::pool::BackendId::from("app2");
     let sessions: Vec<String> = (0..100_000).map(|n| format!("{n:032x}")).collect();
     for session in &sessions {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use stickyd::pool::BackendId;
-use stickyd::store::memory::MemoryStore;
-use stickyd::store::redis::RedisStore;
+use stickyd::store::expiring::ExpiringMap;
+use stickyd::store::shared::SharedTable;
 
 const SESSIONS: usize = 100_000;
 const TTL: Duration = Duration::from_secs(1800);
@@ -27,7 +27,7 @@ fn sessions() -> Vec<String> {
 }
 
 fn memory(c: &mut Criterion) {
-    let store: MemoryStore = MemoryStore::new(1_000_000);
+    let store: ExpiringMap = ExpiringMap::new(1_000_000);
     let backend = BackendId::from("app2");
     let sessions = sessions();
     for session in &sessions {
@@ -102,7 +102,7 @@ fn redis(c: &mut Criterion) {
     let errors = prometheus_client::metrics::counter::Counter::default();
     let url = format!("redis://127.0.0.1:{}/0", server.1);
     let store = runtime.block_on(async {
-        RedisStore::new(
+        SharedTable::new(
             &url,
             "bench:",
             "web",

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use stickyd::pool::BackendId;
-use stickyd::store::memory::MemoryStore;
+use stickyd::store::expiring::ExpiringMap;
 
 /// The daemon's allocator, so the figure is what stickyd itself would hold.
 #[global_allocator]
@@ -33,7 +33,7 @@ fn main() {
         .map(|n| BackendId::from(format!("app{n}").as_str()))
         .collect();
     let before = resident_bytes();
-    let store: MemoryStore = MemoryStore::new(ENTRIES as u64 * 2);
+    let store: ExpiringMap = ExpiringMap::new(ENTRIES as u64 * 2);
     for n in 0..ENTRIES {
         let session = format!(
             "{:032x}",

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::affinity::{Affinity, Stickiness, hash};
 use crate::config::{AdminConfig, AdminState, HashKey};
 use crate::router::Router;
-use crate::runtime::Runtime;
+use crate::runtime::Services;
 
 /// Largest request body the admin API reads (a state name, a backend name).
 const MAX_BODY_BYTES: usize = 4096;
@@ -53,7 +53,7 @@ type AdminResponse = Response<Full<Bytes>>;
 /// accept, and again when the settings change); more wait in the accept queue.
 pub async fn serve(
     listener: TcpListener,
-    runtime: Arc<Runtime>,
+    services: Arc<Services>,
     mut settings: watch::Receiver<AdminConfig>,
     stop: CancellationToken,
 ) {
@@ -87,10 +87,10 @@ pub async fn serve(
         };
         let slot = Slot::take(&slots);
         let head_timeout = settings.borrow().head_timeout;
-        let (runtime, per_request) = (Arc::clone(&runtime), settings.clone());
+        let (services, per_request) = (Arc::clone(&services), settings.clone());
         let service = service_fn(move |request: Request<Incoming>| {
             let authorized = authorized(per_request.borrow().token.as_deref(), &request);
-            let runtime = Arc::clone(&runtime);
+            let services = Arc::clone(&services);
             async move {
                 if !authorized {
                     return Ok::<_, Infallible>(error(
@@ -98,7 +98,7 @@ pub async fn serve(
                         "missing or wrong bearer token",
                     ));
                 }
-                Ok(answer(&runtime, request).await)
+                Ok(answer(&services, request).await)
             }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -156,14 +156,14 @@ fn authorized(token: Option<&str>, request: &Request<Incoming>) -> bool {
         .is_some_and(|given| constant_time_eq(given, token))
 }
 
-async fn answer(runtime: &Runtime, request: Request<Incoming>) -> AdminResponse {
+async fn answer(services: &Services, request: Request<Incoming>) -> AdminResponse {
     let (head, body) = request.into_parts();
     let segments: Vec<&str> = head.uri.path().trim_matches('/').split('/').collect();
     let query = head.uri.query().unwrap_or("");
     let method = &head.method;
     match segments.as_slice() {
         ["metrics"] => only(method, Method::GET, || {
-            let mut response = Response::new(Full::new(Bytes::from(runtime.encode_metrics())));
+            let mut response = Response::new(Full::new(Bytes::from(services.encode_metrics())));
             let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -172,10 +172,10 @@ async fn answer(runtime: &Runtime, request: Request<Incoming>) -> AdminResponse 
             response
         }),
         ["status"] => only(method, Method::GET, || {
-            json_response(StatusCode::OK, status(runtime))
+            json_response(StatusCode::OK, status(services))
         }),
         ["services", service, rest @ ..] => {
-            let Some(router) = runtime.router(service) else {
+            let Some(router) = services.router(service) else {
                 return error(
                     StatusCode::NOT_FOUND,
                     &format!("no service named {service:?}"),
@@ -221,8 +221,8 @@ fn only(method: &Method, allowed: Method, answer: impl FnOnce() -> AdminResponse
     }
 }
 
-fn status(runtime: &Runtime) -> Value {
-    let services: Vec<Value> = runtime
+fn status(running: &Services) -> Value {
+    let services: Vec<Value> = running
         .routers()
         .iter()
         .map(|router| {
@@ -256,7 +256,7 @@ fn status(runtime: &Runtime) -> Value {
             })
         })
         .collect();
-    let (reloads, failed) = runtime.reload_counts();
+    let (reloads, failed) = running.reload_counts();
     json!({ "services": services, "reloads": { "ok": reloads, "failed": failed } })
 }
 

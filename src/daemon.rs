@@ -1,4 +1,4 @@
-//! The daemon's life under systemd (`Type=notify`): bind, start the runtime and the admin
+//! The daemon's life under systemd (`Type=notify`): bind, start the services and the admin
 //! listener, tell systemd `READY=1`, reload on SIGHUP (`RELOADING=1` ... `READY=1`), keep the
 //! watchdog fed when the unit asks for one, and stop on SIGTERM/SIGINT (`STOPPING=1`).
 //! Outside systemd the notifications are no-ops.
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::config::{AdminConfig, Config};
-use crate::runtime::Runtime;
+use crate::runtime::Services;
 use crate::server::{self, ServerError};
 use crate::telemetry::{self, LevelChange};
 
@@ -91,18 +91,18 @@ pub async fn run(path: &Path, config: Config) -> Result<(), ServerError> {
         None => None,
     };
     let started = config.clone();
-    let runtime = Runtime::start(config, listeners);
+    let services = Services::start(config, listeners);
     let stop = CancellationToken::new();
     let mut reloader = Reloader {
         path: path.to_path_buf(),
         started,
-        runtime: Arc::clone(&runtime),
+        services: Arc::clone(&services),
         admin: None,
     };
     if let Some((listener, (settings, receiver))) = admin {
         tokio::spawn(admin::serve(
             listener,
-            Arc::clone(&runtime),
+            Arc::clone(&services),
             receiver,
             stop.clone(),
         ));
@@ -118,7 +118,7 @@ pub async fn run(path: &Path, config: Config) -> Result<(), ServerError> {
     }
     notify(&[NotifyState::Stopping]);
     stop.cancel();
-    runtime.shutdown().await;
+    services.shutdown().await;
     Ok(())
 }
 
@@ -155,18 +155,18 @@ impl Signals {
 }
 
 /// What a SIGHUP needs: the file to re-read, what the process started with (the keys only a
-/// restart applies keep those values), the runtime, and the admin listener's settings.
+/// restart applies keep those values), the services, and the admin listener's settings.
 struct Reloader {
     path: PathBuf,
     started: Config,
-    runtime: Arc<Runtime>,
+    services: Arc<Services>,
     /// Sends new settings to the admin listener, when there is one.
     admin: Option<watch::Sender<AdminConfig>>,
 }
 
 impl Reloader {
     /// Re-reads and validates the config (on a blocking thread: file reads and DNS must not
-    /// stall a worker, the only one with `threads = 1`) and applies it: the runtime's
+    /// stall a worker, the only one with `threads = 1`) and applies it: the services's
     /// services, `log_level`, the admin listener's token, head timeout and connection cap.
     /// Logs the changed keys only a restart applies (`threads`, `pin_threads`, `[admin]`
     /// `bind`). A bad config leaves the running one in place.
@@ -178,11 +178,11 @@ impl Reloader {
         match tokio::task::spawn_blocking(move || Config::load(&path)).await {
             Ok(Ok(config)) => self.apply(config).await,
             Ok(Err(error)) => {
-                self.runtime.count_reload(false);
+                self.services.count_reload(false);
                 tracing::error!("reload refused, still running the previous config:\n{error}");
             }
             Err(error) => {
-                self.runtime.count_reload(false);
+                self.services.count_reload(false);
                 tracing::error!(%error, "reload failed while loading the config: still running the previous config");
             }
         }
@@ -190,11 +190,11 @@ impl Reloader {
     }
 
     async fn apply(&self, config: Config) {
-        let previous_level = self.runtime.config().log_level;
+        let previous_level = self.services.config().log_level;
         let level = config.log_level.clone();
         let admin = config.admin.clone();
         let restart = config.needs_restart(&self.started);
-        if let Err(error) = self.runtime.reload(config).await {
+        if let Err(error) = self.services.reload(config).await {
             tracing::error!(%error, "reload failed: still running the previous config");
             return;
         }

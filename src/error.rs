@@ -2,10 +2,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Response, StatusCode, header};
-
-use crate::proxy::body::ProxyBody;
+use http::StatusCode;
 
 /// Why a request could not be proxied.
 #[derive(Debug, thiserror::Error)]
@@ -74,33 +71,5 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
-    }
-
-    /// A short plain-text response that names the status and nothing internal.
-    pub fn to_response(&self) -> Response<ProxyBody> {
-        let status = self.status();
-        let text = format!(
-            "{} {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        );
-        let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        headers.insert(
-            header::CACHE_CONTROL,
-            header::HeaderValue::from_static("no-store"),
-        );
-        if status.is_client_error() || status == StatusCode::NOT_IMPLEMENTED {
-            headers.insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-        }
-        response
     }
 }

@@ -13,7 +13,7 @@
 //! - [`store`]: where stick-table bindings live (in memory or shared through Redis) and the live-session tracker.
 //! - [`proxy`]: forwarding one request: head rewriting, pooled backend connections, streaming
 //!   bodies, WebSocket tunnels.
-//! - [`proxy_header`]: the PROXY protocol header (v1, v2) on listeners behind an L4 balancer.
+//! - [`proxy_protocol`]: the PROXY protocol header (v1, v2) on listeners behind an L4 balancer.
 //! - [`metrics`]: Prometheus metrics, pre-built handles per service and backend.
 //! - [`error`]: what can go wrong on a request and which status it becomes.
 //! - [`admin`]: the admin listener: metrics, status, backend states, stick table, resolve.
@@ -34,9 +34,10 @@ pub mod error;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
-pub mod proxy_header;
+pub mod proxy_protocol;
 pub mod router;
 pub mod runtime;
+pub mod seal;
 pub mod server;
 pub mod store;
 pub mod telemetry;

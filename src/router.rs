@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 
 use crate::affinity::{
-    Affinity, Binding, KeyLimit, Outcome, Seen, SessionIdentity, Stickiness, TableUpdate,
+    Affinity, Binding, BindingTimes, KeyLimit, Outcome, SessionIdentity, Stickiness, TableUpdate,
 };
 use crate::balance::{Balancer, HashRing};
 use crate::config::{AffinityConfig, ServiceConfig, StoreConfig};
@@ -16,13 +16,13 @@ use crate::metrics::{Metrics, ServiceMetrics};
 use crate::pool::{Pool, PoolPolicy};
 use crate::proxy::body::{ProxyBody, RequestBody};
 use crate::proxy::{self, HeadRules, Peer, Upstream, head};
-use crate::store::StickStore;
-use crate::store::sessions::BoundSessions;
+use crate::store::StickTable;
+use crate::store::sessions::LiveSessions;
 
 /// The stick table of a service and the lifetimes of its bindings.
 #[derive(Debug)]
 struct Table {
-    store: Arc<StickStore>,
+    store: Arc<StickTable>,
     /// Lifetime of a binding confirmed without the app's cookie lifetime (an admin rebind).
     ttl: Duration,
     /// Lifetime of a binding reserved from an id only a client has carried, until a backend's
@@ -52,7 +52,7 @@ pub struct Router {
     debug_header: bool,
     metrics: ServiceMetrics,
     /// Live sessions per backend, for cookie and hash strategies.
-    sessions: Option<Arc<BoundSessions>>,
+    sessions: Option<Arc<LiveSessions>>,
 }
 
 /// Response header naming the backend and affinity outcome, when the service's `debug_header`
@@ -68,7 +68,7 @@ struct Choice {
     /// The hash strategy's key, placed on the ring for the first try and every redispatch.
     hash: Option<u64>,
     /// The sealed times the request's cookie carried.
-    seen: Option<Seen>,
+    times: Option<BindingTimes>,
     /// The prefix app value (bytes as the client sent them), kept when the cookie must be
     /// re-issued (a due refresh).
     reissue: Option<Vec<u8>>,
@@ -107,7 +107,7 @@ impl Router {
                     });
                 let store = kept.map_or_else(
                     || {
-                        Arc::new(StickStore::new(
+                        Arc::new(StickTable::new(
                             table,
                             &config.name,
                             service_metrics.redis_errors.clone(),
@@ -133,7 +133,7 @@ impl Router {
                     kept.set_idle(config.session_idle);
                     kept
                 }
-                None => Arc::new(BoundSessions::new(config.session_idle)),
+                None => Arc::new(LiveSessions::new(config.session_idle)),
             }),
         };
         let ring = match &config.affinity {
@@ -179,11 +179,11 @@ impl Router {
     }
 
     /// The stick table, for the stick-table strategy.
-    pub fn stick_table(&self) -> Option<&StickStore> {
+    pub fn stick_table(&self) -> Option<&StickTable> {
         self.table.as_ref().map(|table| &*table.store)
     }
 
-    /// Live sessions per backend id: stick-table entries, or bindings seen within
+    /// Live sessions per backend id: stick-table entries, or bindings times within
     /// `session_idle` for the other strategies (empty for `none`).
     pub fn sessions_per_backend(&self) -> std::collections::HashMap<crate::pool::BackendId, u64> {
         match (&self.table, &self.sessions) {
@@ -236,7 +236,7 @@ impl Router {
         let request_line = tracing::enabled!(target: "stickyd::access", tracing::Level::INFO)
             .then(|| (head.method.clone(), head.uri.clone()));
         let (response, backend, outcome) = match head::check_request(&head, self.limits) {
-            Err(error) => (error.to_response(), None, Outcome::New),
+            Err(error) => (proxy::body::error_response(&error), None, Outcome::New),
             Ok(checked) => {
                 let stickiness =
                     self.affinity
@@ -246,7 +246,7 @@ impl Router {
                         .session_identity(&head.headers, client.address.ip(), &stickiness)
                 });
                 let reissue = match &stickiness {
-                    Stickiness::Pinned(_, seen) if self.affinity.wants_reissue(*seen) => {
+                    Stickiness::Pinned(_, times) if self.affinity.wants_reissue(*times) => {
                         self.affinity.session_to_reissue(&head.headers)
                     }
                     _ => None,
@@ -267,7 +267,7 @@ impl Router {
                             started,
                             request_line,
                             client,
-                            error.to_response(),
+                            proxy::body::error_response(&error),
                             None,
                             Outcome::New,
                         );
@@ -279,7 +279,7 @@ impl Router {
                     Ok((response, backend)) => (response, Some(backend), outcome),
                     Err(error) => {
                         tracing::warn!(service = %self.name, %error, "request failed");
-                        (error.to_response(), None, outcome)
+                        (proxy::body::error_response(&error), None, outcome)
                     }
                 }
             }
@@ -328,15 +328,15 @@ impl Router {
         let choice = |backend, outcome| Choice {
             backend,
             outcome,
-            seen: None,
+            times: None,
             reissue: None,
             session: None,
             hash: None,
             identity: None,
         };
         match stickiness {
-            Stickiness::Pinned(backend, seen) => Choice {
-                seen,
+            Stickiness::Pinned(backend, times) => Choice {
+                times,
                 ..choice(Some(backend), Outcome::Hit)
             },
             Stickiness::New => choice(None, Outcome::New),
@@ -406,7 +406,7 @@ impl Router {
             mut outcome,
             session,
             hash,
-            seen,
+            times,
             mut reissue,
             identity,
         } = choice;
@@ -463,7 +463,7 @@ impl Router {
                         backend,
                         outcome,
                         session,
-                        seen,
+                        times,
                     };
                     self.record(&binding, identity.as_ref(), &mut response)
                         .await;
@@ -542,7 +542,7 @@ impl Router {
         if let (Some(sessions), Some(identity)) = (&self.sessions, identity) {
             // Read before the strategy rewrites the head: the app's own Set-Cookie values.
             if let Some(live) = self.affinity.live_identity(identity, response.headers()) {
-                sessions.seen(live, &self.pool.get(backend).id);
+                sessions.touch(live, &self.pool.get(backend).id);
             }
         }
         let update = self

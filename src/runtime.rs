@@ -1,7 +1,7 @@
 //! The running configuration: one router per service behind an `ArcSwap` slot that accept
 //! loops read per request, the health-check task of each service, and the listeners.
 //!
-//! A reload ([`Runtime::reload`]) binds any new listen address first (so a failure changes
+//! A reload ([`Services::reload`]) binds any new listen address first (so a failure changes
 //! nothing), then swaps each service's router atomically: requests in flight finish on the old
 //! router, new ones use the new. Unchanged backends keep their health, counters and stick-table
 //! entries ([`Router::new`] adopts them); removed services and listen addresses stop.
@@ -28,14 +28,14 @@ pub async fn run(
     listeners: Vec<BoundListener>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let runtime = Runtime::start(config.clone(), listeners);
+    let services = Services::start(config.clone(), listeners);
     shutdown.await;
-    runtime.shutdown().await;
+    services.shutdown().await;
 }
 
 /// Everything running; shared by the signal handler, the admin listener and tests.
 #[derive(Debug)]
-pub struct Runtime {
+pub struct Services {
     state: Mutex<State>,
     /// Serialises reloads; the state lock is never held across an `.await`.
     reloading: tokio::sync::Mutex<()>,
@@ -70,10 +70,10 @@ struct ListenerHandle {
     stop: CancellationToken,
 }
 
-impl Runtime {
+impl Services {
     /// Starts serving `config` on `listeners` (from [`server::bind`]).
-    pub fn start(config: Config, listeners: Vec<BoundListener>) -> Arc<Runtime> {
-        let runtime = Arc::new(Runtime {
+    pub fn start(config: Config, listeners: Vec<BoundListener>) -> Arc<Services> {
+        let running = Arc::new(Services {
             state: Mutex::new(State {
                 config: config.clone(),
                 services: Vec::new(),
@@ -99,13 +99,13 @@ impl Runtime {
                 let slot = Arc::new(ArcSwap::from_pointee(Router::new(
                     service,
                     None,
-                    &runtime.metrics,
+                    &running.metrics,
                 )));
-                let health = runtime.start_health(service, &slot);
+                let health = running.start_health(service, &slot);
                 let listeners = bound
                     .into_iter()
                     .filter_map(|bound| {
-                        runtime.start_listener(service, bound.config, bound.listener, &slot)
+                        running.start_listener(service, bound.config, bound.listener, &slot)
                     })
                     .collect();
                 ServiceHandle {
@@ -116,8 +116,8 @@ impl Runtime {
                 }
             })
             .collect();
-        runtime.state.lock().expect("runtime state lock").services = services;
-        runtime
+        running.state.lock().expect("runtime state lock").services = services;
+        running
     }
 
     /// The config in force.
@@ -179,7 +179,7 @@ impl Runtime {
         result
     }
 
-    /// Counts a reload attempt: one that reached [`Runtime::reload`], or a config that failed
+    /// Counts a reload attempt: one that reached [`Services::reload`], or a config that failed
     /// validation before it (the daemon counts those).
     pub fn count_reload(&self, ok: bool) {
         let counter = if ok {

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use stickyd::config::Config;
-use stickyd::runtime::Runtime;
+use stickyd::runtime::Services;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,7 @@ const TOKEN: &str = "s3cret-token";
 
 /// stickyd with its admin listener, both in process.
 struct Admin {
-    runtime: Arc<Runtime>,
+    runtime: Arc<Services>,
     proxy: String,
     admin: String,
     stop: CancellationToken,
@@ -38,7 +38,7 @@ impl Admin {
         let config = Config::parse(&text, "<test>").unwrap_or_else(|error| panic!("{error}"));
         let listeners = stickyd::server::bind(&config).await.unwrap();
         let proxy = format!("http://{}", listeners[0].local_addr().unwrap());
-        let runtime = Runtime::start(config, listeners);
+        let runtime = Services::start(config, listeners);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();

@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
-use stickyd::runtime::Runtime;
+use stickyd::runtime::Services;
 
 use common::{Seen, TestBackend, config, spawn_backends, within_timeout};
 
@@ -79,7 +79,7 @@ fn record_stickyd_panics() {
 /// stickyd serving a config on a one-worker runtime of its own, whose thread name is unique
 /// to this instance; stopped when dropped.
 struct Stickyd {
-    runtime: Arc<Runtime>,
+    runtime: Arc<Services>,
     /// Every listener's address, services in config order.
     addrs: Vec<SocketAddr>,
     thread: String,
@@ -108,7 +108,7 @@ impl Stickyd {
                     .iter()
                     .map(|listener| listener.local_addr().expect("a bound address"))
                     .collect();
-                Ok::<_, stickyd::server::ServerError>((Runtime::start(config, listeners), addrs))
+                Ok::<_, stickyd::server::ServerError>((Services::start(config, listeners), addrs))
             })
             .await
             .expect("the start task");

@@ -17,7 +17,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use stickyd::config::Config;
-use stickyd::runtime::Runtime;
+use stickyd::runtime::Services;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -26,18 +26,18 @@ use common::{TestBackend, config, within_timeout};
 
 /// stickyd over `backends` with `extra` in its `[[service]]` table; its runtime (for metrics and
 /// shutdown) and the address of each listener.
-async fn start(backends: &[&TestBackend], extra: &str) -> (Arc<Runtime>, Vec<SocketAddr>) {
+async fn start(backends: &[&TestBackend], extra: &str) -> (Arc<Services>, Vec<SocketAddr>) {
     start_text(&config(backends, extra)).await
 }
 
-async fn start_text(text: &str) -> (Arc<Runtime>, Vec<SocketAddr>) {
+async fn start_text(text: &str) -> (Arc<Services>, Vec<SocketAddr>) {
     let config = Config::parse(text, "<test>").unwrap_or_else(|error| panic!("{error}"));
     let listeners = stickyd::server::bind(&config).await.unwrap();
     let addresses = listeners
         .iter()
         .map(|listener| listener.local_addr().unwrap())
         .collect();
-    (Runtime::start(config, listeners), addresses)
+    (Services::start(config, listeners), addresses)
 }
 
 /// Reads until the peer closes (EOF or reset) and returns everything read and how long the

@@ -2,7 +2,7 @@
 //! failback, passive 5xx ejection, and hitless reloads (under load, with new and removed
 //! services, keeping the stick table).
 //!
-//! These tests start stickyd through [`Runtime`] rather than `common::start_proxy`, so they can
+//! These tests start stickyd through [`Services`] rather than `common::start_proxy`, so they can
 //! reach the pools (`Pool::changes`, `Pool::set_admin_state`) and reload the config.
 
 mod common;
@@ -22,7 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use stickyd::config::{AdminState, Config};
 use stickyd::pool::Pool;
-use stickyd::runtime::Runtime;
+use stickyd::runtime::Services;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,7 @@ const STICK: &str = "[service.affinity]\nstrategy = \"stick-table\"\ncookie = \"
 
 /// stickyd in this process, with its runtime at hand.
 struct Stickyd {
-    runtime: Arc<Runtime>,
+    runtime: Arc<Services>,
 }
 
 impl Stickyd {
@@ -47,7 +47,7 @@ impl Stickyd {
             .await
             .expect("bind 127.0.0.1:0");
         Stickyd {
-            runtime: Runtime::start(config, listeners),
+            runtime: Services::start(config, listeners),
         }
     }
 

@@ -6,9 +6,9 @@ use http::header::{COOKIE, HeaderValue, SET_COOKIE};
 use proptest::prelude::*;
 use stickyd::affinity::cookies;
 use stickyd::affinity::prefix::Prefix;
-use stickyd::affinity::seal::{SealContext, SealMode, Sealer};
 use stickyd::config::{BackendConfig, PrefixConfig, SealConfig};
 use stickyd::pool::{Pool, PoolPolicy};
+use stickyd::seal::{SealContext, SealMode, Sealer};
 
 /// Cookie names as stickyd's config accepts them: the cookies stickyd reads.
 fn name() -> impl Strategy<Value = String> {
@@ -175,7 +175,7 @@ proptest! {
             backend: 0,
             outcome: stickyd::affinity::Outcome::New,
             session: None,
-            seen: None,
+            times: None,
         };
         prefix(plain()).on_response("s1", &binding, &mut headers);
         let expected = [&b"JSESSIONID=s1~"[..], &field[b"JSESSIONID=".len()..]].concat();
@@ -206,7 +206,7 @@ proptest! {
                 backend: 0,
                 outcome: stickyd::affinity::Outcome::Redispatch,
                 session: fields.first().map(Vec::as_slice),
-                seen: None,
+                times: None,
             };
             prefix(seal).on_response("s1", &binding, &mut response);
         }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stickyd::runtime::Runtime;
+use stickyd::runtime::Services;
 
 use common::{
     Browser, TestBackend, assert_sticks_and_spreads, config, cookie_fields, encode,
@@ -144,19 +144,19 @@ async fn the_session_id_is_found_beside_non_ascii_and_valueless_pairs() {
     .await;
 }
 
-/// stickyd in process through its [`Runtime`], so a test can read the stick table and the
+/// stickyd in process through its [`Services`], so a test can read the stick table and the
 /// metrics; returns it and the proxy's base URL.
-async fn runtime_over(backends: &[TestBackend], extra: &str) -> (Arc<Runtime>, String) {
+async fn runtime_over(backends: &[TestBackend], extra: &str) -> (Arc<Services>, String) {
     let text = config(&backends.iter().collect::<Vec<_>>(), extra);
     let config =
         stickyd::config::Config::parse(&text, "<test>").unwrap_or_else(|error| panic!("{error}"));
     let listeners = stickyd::server::bind(&config).await.unwrap();
     let url = format!("http://{}", listeners[0].local_addr().unwrap());
-    (Runtime::start(config, listeners), url)
+    (Services::start(config, listeners), url)
 }
 
 /// The entries in the stick table of service `web` as (session, backend id), sorted.
-fn stored(runtime: &Runtime) -> Vec<(String, String)> {
+fn stored(runtime: &Services) -> Vec<(String, String)> {
     let router = runtime.router("web").unwrap();
     let mut entries: Vec<(String, String)> = router
         .stick_table()
@@ -170,7 +170,7 @@ fn stored(runtime: &Runtime) -> Vec<(String, String)> {
 }
 
 /// Whether the stick table of service `web` binds `session` to backend id `backend`.
-fn binds(runtime: &Runtime, session: &str, backend: &str) -> bool {
+fn binds(runtime: &Services, session: &str, backend: &str) -> bool {
     stored(runtime)
         .iter()
         .any(|(key, id)| key == session && id == backend)

@@ -209,7 +209,7 @@ async fn a_reload_serves_renewed_certificate_files_to_new_connections() {
         let config = stickyd::config::Config::parse(&text, "<test>").unwrap();
         let listeners = stickyd::server::bind(&config).await.unwrap();
         let address = listeners[0].local_addr().unwrap();
-        let runtime = stickyd::runtime::Runtime::start(config, listeners);
+        let runtime = stickyd::runtime::Services::start(config, listeners);
         drop(connect(address, "renew.test", &[old], b"http/1.1").await);
         // Renew: new files at the same paths, then the reload SIGHUP would do.
         let (_, renewed) = certificate("renew.test");

@@ -3,10 +3,10 @@
 
 use http::header::{CACHE_CONTROL, HeaderMap, HeaderValue, SET_COOKIE};
 
-use super::seal::{IdCodec, SealContext};
 use super::{Binding, Outcome, Stickiness, cookies};
 use crate::config::{InsertConfig, SameSite};
 use crate::pool::Pool;
+use crate::seal::{IdCodec, SealContext};
 
 /// The insert strategy of one service. With plain ids every `Set-Cookie` value is built
 /// once; sealed values change with their times and are built per response.
@@ -24,7 +24,7 @@ pub struct Insert {
 
 impl Insert {
     /// Builds the strategy of the service called `service` and the `Set-Cookie` value of each
-    /// backend in `pool`. Sealed values are bound to `service` and the cookie name.
+    /// backend in `pool`. Opened values are bound to `service` and the cookie name.
     pub fn new(config: &InsertConfig, service: &str, pool: &Pool) -> Insert {
         let mut attributes = format!("; Path={}", config.path);
         if let Some(domain) = &config.domain {
@@ -75,8 +75,8 @@ impl Insert {
         let stickiness = match cookies::find(headers, &self.cookie) {
             None => return Stickiness::New,
             Some(value) => match self.codec.open(value, self.codec.now()) {
-                Some((id, seen)) => pool.find_id(&id).map_or(Stickiness::Invalid, |backend| {
-                    Stickiness::Pinned(backend, seen)
+                Some((id, times)) => pool.find_id(&id).map_or(Stickiness::Invalid, |backend| {
+                    Stickiness::Pinned(backend, times)
                 }),
                 None => Stickiness::Invalid,
             },
@@ -94,14 +94,14 @@ impl Insert {
     pub fn on_response(&self, pool: &Pool, binding: &Binding<'_>, headers: &mut HeaderMap) {
         let now = self.codec.now();
         let kept = binding.outcome == Outcome::Hit;
-        if kept && !self.codec.refresh_due(binding.seen, now) {
+        if kept && !self.codec.refresh_due(binding.times, now) {
             return;
         }
         let value = if self.codec.is_plain() {
             self.set_cookie[binding.backend].clone()
         } else {
-            let seen = if kept { binding.seen } else { None };
-            let sealed = self.codec.seal(&pool.get(binding.backend).id, seen, now);
+            let times = if kept { binding.times } else { None };
+            let sealed = self.codec.seal(&pool.get(binding.backend).id, times, now);
             let field = format!("{}={sealed}{}", self.cookie, self.attributes);
             HeaderValue::from_str(&field).expect("sealed values use cookie-octets only")
         };
@@ -139,9 +139,10 @@ mod tests {
     use http::header::COOKIE;
 
     use super::*;
-    use crate::affinity::seal::{SealMode, Sealer, unix_now};
     use crate::affinity::tests::pool;
     use crate::config::SealConfig;
+    use crate::seal::BindingTimes;
+    use crate::seal::{SealMode, Sealer, unix_now};
 
     fn config() -> InsertConfig {
         InsertConfig {
@@ -158,16 +159,12 @@ mod tests {
         }
     }
 
-    fn binding(
-        backend: usize,
-        outcome: Outcome,
-        seen: Option<super::super::Seen>,
-    ) -> Binding<'static> {
+    fn binding(backend: usize, outcome: Outcome, times: Option<BindingTimes>) -> Binding<'static> {
         Binding {
             backend,
             outcome,
             session: None,
-            seen,
+            times,
         }
     }
 
@@ -316,7 +313,7 @@ mod tests {
         let now = unix_now();
         let stale = codec.seal(
             "s1",
-            Some(super::super::Seen {
+            Some(BindingTimes {
                 first: now - 5000,
                 last: now - 700,
             }),
@@ -328,19 +325,19 @@ mod tests {
         );
         let aging = codec.seal(
             "s1",
-            Some(super::super::Seen {
+            Some(BindingTimes {
                 first: now - 5000,
                 last: now - 200,
             }),
             now - 200,
         );
-        let Stickiness::Pinned(0, seen) =
+        let Stickiness::Pinned(0, times) =
             insert.on_request(&mut request(&format!("SERVERID={aging}")), &pool)
         else {
             panic!("a binding within max_idle must hold");
         };
         let mut response = HeaderMap::new();
-        insert.on_response(&pool, &binding(0, Outcome::Hit, seen), &mut response);
+        insert.on_response(&pool, &binding(0, Outcome::Hit, times), &mut response);
         let refreshed = issued(&response);
         let Stickiness::Pinned(0, Some(renewed)) =
             insert.on_request(&mut request(&format!("SERVERID={refreshed}")), &pool)

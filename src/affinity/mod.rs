@@ -10,7 +10,6 @@ pub mod cookies;
 pub mod hash;
 pub mod insert;
 pub mod prefix;
-pub mod seal;
 pub mod stick_table;
 
 use std::time::Duration;
@@ -25,7 +24,7 @@ use crate::pool::Pool;
 use hash::Hash;
 use insert::Insert;
 use prefix::Prefix;
-use stick_table::StickTable;
+use stick_table::StickOn;
 
 /// What a request says about the session it belongs to. Never an error: a forged, garbled or
 /// stale value is [`Stickiness::Invalid`], which routes like a new session.
@@ -33,7 +32,7 @@ use stick_table::StickTable;
 pub enum Stickiness {
     /// A cookie named a known backend (index into the pool); a sealed value also says when
     /// the binding was made and last used.
-    Pinned(usize, Option<Seen>),
+    Pinned(usize, Option<BindingTimes>),
     /// Stick table: this app session id must be resolved through the store.
     Lookup(String),
     /// Hash strategy: the key's hash, to be placed on the consistent hash.
@@ -55,15 +54,10 @@ pub struct Binding<'a> {
     /// the prefix app value kept by [`Affinity::session_to_reissue`] for a re-issue.
     pub session: Option<&'a [u8]>,
     /// The sealed times the request's cookie carried, for a binding that held.
-    pub seen: Option<Seen>,
+    pub times: Option<BindingTimes>,
 }
 
-/// When a sealed binding was first made and last used, in unix seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seen {
-    pub first: u64,
-    pub last: u64,
-}
+pub use crate::seal::BindingTimes;
 
 /// How a request's backend was chosen, for the access log (and, later, metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +180,7 @@ pub enum Affinity {
     /// The app's cookie is prefixed with the backend id.
     Prefix(Prefix),
     /// The app's cookie is the key of a learned table.
-    StickTable(StickTable),
+    StickTable(StickOn),
     /// A request key on a consistent hash.
     Hash(Hash),
 }
@@ -202,9 +196,7 @@ impl Affinity {
                 Affinity::Insert(Insert::new(config, &service.name, pool))
             }
             AffinityConfig::Prefix(config) => Affinity::Prefix(Prefix::new(config, &service.name)),
-            AffinityConfig::StickTable(config) => {
-                Affinity::StickTable(StickTable::new(config, keys))
-            }
+            AffinityConfig::StickTable(config) => Affinity::StickTable(StickOn::new(config, keys)),
             AffinityConfig::Hash(config) => {
                 Affinity::Hash(Hash::new(config, &service.trusted_proxies, keys))
             }
@@ -291,9 +283,9 @@ impl Affinity {
 
     /// Whether the prefix cookie must be re-issued even if the app sets none: its sealed
     /// last-use time is due for a refresh (`max_idle`). The router then keeps the app value.
-    pub fn wants_reissue(&self, seen: Option<Seen>) -> bool {
+    pub fn wants_reissue(&self, times: Option<BindingTimes>) -> bool {
         match self {
-            Affinity::Prefix(prefix) => prefix.refresh_due(seen),
+            Affinity::Prefix(prefix) => prefix.refresh_due(times),
             _ => false,
         }
     }
@@ -331,7 +323,7 @@ pub(crate) mod tests {
     /// Plain ids, no lifetimes.
     pub fn plain_ids() -> crate::config::SealConfig {
         crate::config::SealConfig {
-            sealer: crate::affinity::seal::Sealer::plain(),
+            sealer: crate::seal::Sealer::plain(),
             max_idle: None,
             max_life: None,
         }

@@ -4,10 +4,10 @@
 
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
-use super::seal::{IdCodec, SealContext};
-use super::{Binding, Outcome, Seen, Stickiness, cookies};
+use super::{Binding, BindingTimes, Outcome, Stickiness, cookies};
 use crate::config::PrefixConfig;
 use crate::pool::Pool;
+use crate::seal::{IdCodec, SealContext};
 
 /// The prefix strategy of one service.
 #[derive(Debug)]
@@ -18,7 +18,7 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    /// Builds the strategy of the service called `service` from its config. Sealed prefixes
+    /// Builds the strategy of the service called `service` from its config. Opened prefixes
     /// are bound to `service` and the app's cookie name.
     pub fn new(config: &PrefixConfig, service: &str) -> Prefix {
         Prefix {
@@ -34,8 +34,8 @@ impl Prefix {
     }
 
     /// Whether a binding in use is due for a re-sealed prefix (`max_idle`).
-    pub fn refresh_due(&self, seen: Option<Seen>) -> bool {
-        self.codec.refresh_due(seen, self.codec.now())
+    pub fn refresh_due(&self, times: Option<BindingTimes>) -> bool {
+        self.codec.refresh_due(times, self.codec.now())
     }
 
     /// `<id><delimiter><value>` with a known id pins the request and leaves the backend exactly
@@ -54,14 +54,14 @@ impl Prefix {
             return Stickiness::New;
         };
         let (prefix, app_value) = (&value[..at], &value[at + delimiter.len()..]);
-        let Some((id, seen)) = self.codec.open(prefix, self.codec.now()) else {
+        let Some((id, times)) = self.codec.open(prefix, self.codec.now()) else {
             return Stickiness::Invalid;
         };
         let Some(backend) = pool.find_id(&id) else {
             return Stickiness::Invalid;
         };
         cookies::rewritten(headers, &self.cookie, Some(app_value)).apply(headers);
-        Stickiness::Pinned(backend, seen)
+        Stickiness::Pinned(backend, times)
     }
 
     /// Prefixes every `Set-Cookie` of the app's cookie with the (sealed) `backend_id`,
@@ -73,7 +73,7 @@ impl Prefix {
         let now = self.codec.now();
         let kept = binding.outcome == Outcome::Hit;
         let reissue = binding.outcome == Outcome::Redispatch
-            || (kept && self.codec.refresh_due(binding.seen, now));
+            || (kept && self.codec.refresh_due(binding.times, now));
         let is_ours = |field: &HeaderValue| {
             cookies::set_cookie_name(field.as_bytes())
                 .is_some_and(|(name, _)| name == self.cookie.as_bytes())
@@ -86,7 +86,7 @@ impl Prefix {
         }
         let prefix = self
             .codec
-            .seal(backend_id, if kept { binding.seen } else { None }, now);
+            .seal(backend_id, if kept { binding.times } else { None }, now);
         let mut delimiter = [0; 4];
         let delimiter = self.delimiter.encode_utf8(&mut delimiter).as_bytes();
         let mut prefixed_any = false;
@@ -198,7 +198,7 @@ mod tests {
                 backend: 0,
                 outcome: Outcome::New,
                 session: None,
-                seen: None,
+                times: None,
             },
             &mut headers,
         );
@@ -218,7 +218,7 @@ mod tests {
                 backend: 0,
                 outcome: Outcome::Redispatch,
                 session: Some(b"abc"),
-                seen: None,
+                times: None,
             },
             &mut headers,
         );
@@ -233,7 +233,7 @@ mod tests {
                 backend: 0,
                 outcome: Outcome::Hit,
                 session: Some(b"abc"),
-                seen: None,
+                times: None,
             },
             &mut hit,
         );
@@ -296,7 +296,7 @@ mod tests {
             backend: 0,
             outcome: Outcome::New,
             session: None,
-            seen: None,
+            times: None,
         };
         prefix().on_response("s1", &binding, &mut headers);
         let fields: Vec<&[u8]> = headers

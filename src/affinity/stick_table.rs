@@ -1,7 +1,7 @@
 //! Stick table: the app's own session cookie, unchanged, is the key of a table of
 //! session -> backend learned from the app's `Set-Cookie` (HAProxy `stick on req.cook(..)` plus
 //! `stick store-response res.cook(..)`). This part only reads and tells; the router keeps the
-//! table in the [`crate::store::StickStore`].
+//! table in the [`crate::store::StickTable`].
 
 use std::time::Duration;
 
@@ -13,17 +13,17 @@ use crate::config::StickTableConfig;
 
 /// The stick-table strategy of one service.
 #[derive(Debug)]
-pub struct StickTable {
+pub struct StickOn {
     cookie: String,
     ttl: Duration,
     /// Longer session ids are no session: never looked up, never stored.
     keys: KeyLimit,
 }
 
-impl StickTable {
+impl StickOn {
     /// Builds the strategy from its config; ids longer than `keys` allows are no session.
-    pub fn new(config: &StickTableConfig, keys: KeyLimit) -> StickTable {
-        StickTable {
+    pub fn new(config: &StickTableConfig, keys: KeyLimit) -> StickOn {
+        StickOn {
             cookie: config.cookie.clone(),
             ttl: config.ttl,
             keys,
@@ -74,12 +74,12 @@ mod tests {
 
     use super::*;
 
-    fn table() -> StickTable {
+    fn table() -> StickOn {
         limited(KeyLimit::new(256, Counter::default()))
     }
 
-    fn limited(keys: KeyLimit) -> StickTable {
-        StickTable::new(
+    fn limited(keys: KeyLimit) -> StickOn {
+        StickOn::new(
             &StickTableConfig {
                 cookie: "PHPSESSID".into(),
                 ttl: Duration::from_secs(1800),

@@ -267,7 +267,7 @@ pub struct RawAffinity {
     // prefix
     pub delimiter: Option<Spanned<String>>,
     // insert and prefix: sealed ids
-    pub seal: Option<Spanned<crate::affinity::seal::SealMode>>,
+    pub seal: Option<Spanned<crate::seal::SealMode>>,
     pub key_file: Option<Spanned<String>>,
     pub max_idle: Option<Spanned<DurationValue>>,
     pub max_life: Option<Spanned<DurationValue>>,

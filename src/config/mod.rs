@@ -16,7 +16,8 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 use toml::Spanned;
 
-use crate::affinity::seal::{SealMode, Sealer};
+use crate::seal::Sealer;
+pub use crate::seal::{SealConfig, SealMode};
 pub use file::{AdminState, Balance, Fallback, SameSite};
 use file::{RawAffinity, RawBackend, RawConfig, RawHealth, RawService, Strategy};
 
@@ -337,20 +338,6 @@ pub struct InsertConfig {
     pub nocache: bool,
     /// How the backend id is written into the cookie. Default: plain.
     pub seal: SealConfig,
-}
-
-/// How insert and prefix write backend ids into cookies, and how long a binding may live.
-#[derive(Debug, Clone)]
-pub struct SealConfig {
-    /// Plain, signed (HMAC-SHA256) or encrypted (XChaCha20-Poly1305) ids, with the key ring
-    /// read from `key_file` (first key seals, every key opens). Default: plain.
-    pub sealer: Sealer,
-    /// A binding not used for this long is a new session (HAProxy `maxidle`). Needs a sealed
-    /// mode: the last-use time travels in the sealed value. Default: none.
-    pub max_idle: Option<Duration>,
-    /// A binding older than this is a new session (HAProxy `maxlife`). Needs a sealed mode.
-    /// Default: none.
-    pub max_life: Option<Duration>,
 }
 
 /// Settings of the prefix strategy.
@@ -1014,7 +1001,7 @@ impl Checker<'_> {
                 self.report_at(at, r#"sealed ids need key_file = "/etc/stickyd/keys" (one key of 32+ bytes per line, base64 or hex)"#.into());
                 Vec::new()
             }
-            Some(path) => match Sealer::read_key_file(Path::new(path.get_ref())) {
+            Some(path) => match crate::seal::key_file::read(Path::new(path.get_ref())) {
                 Ok(keys) => keys,
                 Err(error) => {
                     self.report_at(path, format!("{error}: write one key of at least 32 bytes per line, base64 or hex (e.g. `openssl rand -base64 32`)"));

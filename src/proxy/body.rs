@@ -11,8 +11,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::error::ProxyError;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
@@ -293,4 +296,34 @@ pub fn timed_out(error: &hyper::Error) -> Option<Duration> {
         source = cause.source();
     }
     None
+}
+
+/// stickyd's own answer for `error`: its status ([`ProxyError::status`]) with a short
+/// plain-text body that names the status and nothing internal; `Connection: close` for a
+/// client error.
+pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+    let status = error.status();
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    if status.is_client_error() || status == StatusCode::NOT_IMPLEMENTED {
+        headers.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }

@@ -49,7 +49,7 @@ use super::Listener;
 use super::tunnel;
 use crate::proxy::body::{BodyWatcher, ProxyBody, RequestBody};
 use crate::proxy::{Peer, TunnelLoad};
-use crate::proxy_header::{self, Prefixed};
+use crate::proxy_protocol::{self, Prefixed};
 use crate::router::Router;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
@@ -67,7 +67,7 @@ pub(super) async fn serve(
     let _ = stream.set_nodelay(true);
     let limits = &listener.limits;
     let (client, already_read) = if listener.proxy_protocol {
-        match proxy_header::read(&mut stream, limits.handshake_timeout).await {
+        match proxy_protocol::read(&mut stream, limits.handshake_timeout).await {
             Ok((source, rest)) => (source.unwrap_or(peer), rest),
             Err(error) => {
                 listener.metrics.proxy_header_rejected.inc();

@@ -1,11 +1,11 @@
 //! Where stick-table bindings (app session id -> backend id) live.
 //!
-//! [`StickStore`] is an enum, not a trait object: the set is closed (in memory, or shared
+//! [`StickTable`] is an enum, not a trait object: the set is closed (in memory, or shared
 //! through Redis with a local table in front). Its methods are `async` for Redis.
 
-pub mod memory;
-pub mod redis;
+pub mod expiring;
 pub mod sessions;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,30 +14,30 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::config::{StickTableConfig, StoreConfig};
 use crate::pool::BackendId;
-use memory::MemoryStore;
-use redis::RedisStore;
+use expiring::ExpiringMap;
+use shared::SharedTable;
 
 /// The stick table of one service.
 #[derive(Debug)]
-pub enum StickStore {
+pub enum StickTable {
     /// In this process: bounded, per-entry TTL, least recently used evicted.
-    Memory(MemoryStore),
+    Memory(ExpiringMap),
     /// Shared through Redis; degrades to its local table when Redis fails.
-    Redis(RedisStore),
+    Redis(SharedTable),
 }
 
-impl StickStore {
+impl StickTable {
     /// Builds the store a stick-table config asks for, for `service`; Redis errors are counted
     /// in `redis_errors`. Must be called inside a tokio runtime (Redis connects lazily).
-    pub fn new(config: &StickTableConfig, service: &str, redis_errors: Counter) -> StickStore {
+    pub fn new(config: &StickTableConfig, service: &str, redis_errors: Counter) -> StickTable {
         match &config.store {
-            StoreConfig::Memory => StickStore::Memory(MemoryStore::new(config.max_entries)),
+            StoreConfig::Memory => StickTable::Memory(ExpiringMap::new(config.max_entries)),
             StoreConfig::Redis {
                 url,
                 key_prefix,
                 timeout,
             } => {
-                let store = RedisStore::new(
+                let store = SharedTable::new(
                     url,
                     key_prefix,
                     service,
@@ -46,7 +46,7 @@ impl StickStore {
                     redis_errors,
                 )
                 .expect("redis_url was validated when the config was loaded");
-                StickStore::Redis(store)
+                StickTable::Redis(store)
             }
         }
     }
@@ -54,17 +54,17 @@ impl StickStore {
     /// The backend bound to `session`, refreshing the entry's TTL.
     pub async fn get(&self, session: &str) -> Option<BackendId> {
         match self {
-            StickStore::Memory(memory) => memory.get(session),
-            StickStore::Redis(redis) => redis.get(session).await,
+            StickTable::Memory(memory) => memory.get(session),
+            StickTable::Redis(redis) => redis.get(session).await,
         }
     }
 
     /// The binding as the shared store holds it now, bypassing any local copy: another
-    /// instance may have moved the session. The same as [`StickStore::get`] in memory.
+    /// instance may have moved the session. The same as [`StickTable::get`] in memory.
     pub async fn get_fresh(&self, session: &str) -> Option<BackendId> {
         match self {
-            StickStore::Memory(memory) => memory.get(session),
-            StickStore::Redis(redis) => redis.get_fresh(session).await,
+            StickTable::Memory(memory) => memory.get(session),
+            StickTable::Redis(redis) => redis.get_fresh(session).await,
         }
     }
 
@@ -74,8 +74,8 @@ impl StickStore {
     /// instances too, with Redis).
     pub async fn reserve(&self, session: &str, backend: &BackendId, ttl: Duration) -> BackendId {
         match self {
-            StickStore::Memory(memory) => memory.reserve(session, backend, ttl),
-            StickStore::Redis(redis) => redis.reserve(session, backend, ttl).await,
+            StickTable::Memory(memory) => memory.reserve(session, backend, ttl),
+            StickTable::Redis(redis) => redis.reserve(session, backend, ttl).await,
         }
     }
 
@@ -83,8 +83,8 @@ impl StickStore {
     /// id (learning from `Set-Cookie`), or an operator bound it.
     pub async fn bind(&self, session: &str, backend: &BackendId, ttl: Duration) {
         match self {
-            StickStore::Memory(memory) => memory.bind(session, backend, ttl),
-            StickStore::Redis(redis) => redis.bind(session, backend, ttl).await,
+            StickTable::Memory(memory) => memory.bind(session, backend, ttl),
+            StickTable::Redis(redis) => redis.bind(session, backend, ttl).await,
         }
     }
 
@@ -93,26 +93,26 @@ impl StickStore {
     /// no binding, it becomes a reservation for `reservation_ttl`.
     pub async fn rebind(&self, session: &str, backend: &BackendId, reservation_ttl: Duration) {
         match self {
-            StickStore::Memory(memory) => {
+            StickTable::Memory(memory) => {
                 memory.rebind(session, backend, reservation_ttl);
             }
-            StickStore::Redis(redis) => redis.rebind(session, backend, reservation_ttl).await,
+            StickTable::Redis(redis) => redis.rebind(session, backend, reservation_ttl).await,
         }
     }
 
     /// Drops the binding of `session`, if any.
     pub async fn forget(&self, session: &str) {
         match self {
-            StickStore::Memory(memory) => memory.forget(session),
-            StickStore::Redis(redis) => redis.forget(session).await,
+            StickTable::Memory(memory) => memory.forget(session),
+            StickTable::Redis(redis) => redis.forget(session).await,
         }
     }
 
     /// This instance's table: all of it in memory, the local table in front of Redis.
-    fn local(&self) -> &MemoryStore {
+    fn local(&self) -> &ExpiringMap {
         match self {
-            StickStore::Memory(memory) => memory,
-            StickStore::Redis(redis) => redis.local(),
+            StickTable::Memory(memory) => memory,
+            StickTable::Redis(redis) => redis.local(),
         }
     }
 

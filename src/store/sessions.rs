@@ -6,7 +6,7 @@
 //! short-held shard lock per request, where moka cost a lookup plus a policy update.
 //!
 //! A reload keeps the tracker (and its sessions) and applies a changed `session_idle` to
-//! every tracked session at once ([`BoundSessions::set_idle`]): each is then live until its
+//! every tracked session at once ([`LiveSessions::set_idle`]): each is then live until its
 //! last sighting plus the new window, so a shorter window drops the sessions already idle
 //! longer, and a longer one keeps counting those seen within it.
 
@@ -14,13 +14,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::memory::MemoryStore;
+use super::expiring::ExpiringMap;
 use crate::pool::BackendId;
 
 /// Session identity (a hash) -> the backend it was last served by.
 #[derive(Debug)]
-pub struct BoundSessions {
-    seen: MemoryStore<u64>,
+pub struct LiveSessions {
+    seen: ExpiringMap<u64>,
     /// The idle window, in milliseconds; a reload may change it.
     idle_ms: AtomicU64,
 }
@@ -28,11 +28,11 @@ pub struct BoundSessions {
 /// Most session identities remembered; past it the least recently seen are forgotten.
 pub const MAX_TRACKED_SESSIONS: u64 = 1_000_000;
 
-impl BoundSessions {
+impl LiveSessions {
     /// Remembers sessions for `idle` after their last request.
-    pub fn new(idle: Duration) -> BoundSessions {
-        BoundSessions {
-            seen: MemoryStore::new(MAX_TRACKED_SESSIONS),
+    pub fn new(idle: Duration) -> LiveSessions {
+        LiveSessions {
+            seen: ExpiringMap::new(MAX_TRACKED_SESSIONS),
             idle_ms: AtomicU64::new(millis(idle)),
         }
     }
@@ -53,7 +53,7 @@ impl BoundSessions {
     }
 
     /// Session `identity` was just served by `backend`.
-    pub fn seen(&self, identity: u64, backend: &BackendId) {
+    pub fn touch(&self, identity: u64, backend: &BackendId) {
         let idle = self.idle();
         // The read restarts the idle time of a session still on its backend; one remembered
         // under another window (a reload raced this request) is bound afresh.
@@ -82,22 +82,22 @@ mod tests {
 
     #[test]
     fn sessions_are_counted_on_their_latest_backend() {
-        let sessions = BoundSessions::new(Duration::from_secs(60));
+        let sessions = LiveSessions::new(Duration::from_secs(60));
         let (a, b) = (BackendId::from("a"), BackendId::from("b"));
-        sessions.seen(1, &a);
-        sessions.seen(2, &a);
-        sessions.seen(2, &a);
-        sessions.seen(3, &b);
-        sessions.seen(1, &b);
+        sessions.touch(1, &a);
+        sessions.touch(2, &a);
+        sessions.touch(2, &a);
+        sessions.touch(3, &b);
+        sessions.touch(1, &b);
         let counts = sessions.per_backend();
         assert_eq!((counts.get(&a), counts.get(&b)), (Some(&1), Some(&2)));
     }
 
     #[test]
     fn a_shorter_window_applies_to_the_sessions_already_tracked() {
-        let sessions = BoundSessions::new(Duration::from_secs(60));
+        let sessions = LiveSessions::new(Duration::from_secs(60));
         let a = BackendId::from("a");
-        sessions.seen(1, &a);
+        sessions.touch(1, &a);
         sessions.set_idle(Duration::from_millis(200));
         assert_eq!(
             sessions.per_backend().get(&a),
@@ -114,8 +114,8 @@ mod tests {
 
     #[test]
     fn an_idle_session_stops_counting() {
-        let sessions = BoundSessions::new(Duration::from_millis(200));
-        sessions.seen(1, &BackendId::from("a"));
+        let sessions = LiveSessions::new(Duration::from_millis(200));
+        sessions.touch(1, &BackendId::from("a"));
         // Waiting out the idle window is the behaviour under test.
         std::thread::sleep(Duration::from_millis(300));
         assert!(sessions.per_backend().is_empty());

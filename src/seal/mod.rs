@@ -42,7 +42,7 @@
 //! session's backend may change at that one request.
 //!
 //! # Keys
-//! A key ring, read from a key file ([`Sealer::read_key_file`]): one key per line, base64
+//! A key ring, read from a key file ([`key_file::read`]): one key per line, base64
 //! (standard or URL-safe, padded or not) or hex, at least 32 bytes decoded. The first key seals,
 //! every key opens: to rotate, add the new key as the first line, keep the old one below it
 //! while cookies sealed with it may still come back, then remove it. Each configured key is
@@ -57,14 +57,15 @@
 //! 325 bytes (encrypted) or 444 bytes (signed) seal to values that never open. Backend ids are
 //! at most 64 bytes (config).
 
+pub mod key_file;
+
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
@@ -94,12 +95,6 @@ const TIMES_LEN: usize = 16;
 /// A `u64` in decimal has at most 20 digits.
 const MAX_DECIMAL_DIGITS: usize = 20;
 
-/// Key file base64, either alphabet, padding optional (but canonical bits required).
-const KEY_FILE_CONFIG: GeneralPurposeConfig =
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
-const KEY_FILE_STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, KEY_FILE_CONFIG);
-const KEY_FILE_URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, KEY_FILE_CONFIG);
-
 /// How backend ids are written into cookies.
 ///
 /// In config: `"plain"` (the default), `"signed"` or `"encrypted"`; see the module doc for the
@@ -118,7 +113,7 @@ pub enum SealMode {
 
 /// What an opened cookie value says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealed {
+pub struct Opened {
     /// The backend id (`[A-Za-z0-9._-]+`); whether it names a backend of the service is the
     /// caller's check.
     pub id: String,
@@ -293,41 +288,6 @@ impl Sealer {
         })
     }
 
-    /// Reads a key file: one key per line, base64 (standard or URL-safe, padded or not) or hex,
-    /// at least 32 bytes decoded; blank lines and lines starting with '#' ignored; order kept.
-    /// Lines are trimmed (CRLF files read fine). A line of an even number of hex digits only is
-    /// hex, anything else base64 (a random base64 key is never all hex digits in practice).
-    ///
-    /// Errors: [`KeyError::Unreadable`] (I/O, not UTF-8), [`KeyError::BadEncoding`] and
-    /// [`KeyError::TooShort`] with the 1-based line, [`KeyError::NoKey`] when no line holds a
-    /// key.
-    pub fn read_key_file(path: &Path) -> Result<Vec<Vec<u8>>, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Unreadable {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut keys = Vec::new();
-        for (index, line) in text.lines().enumerate() {
-            let line_text = line.trim();
-            if line_text.is_empty() || line_text.starts_with('#') {
-                continue;
-            }
-            let line = index + 1;
-            let key = decode_key(line_text).ok_or(KeyError::BadEncoding { line })?;
-            if key.len() < MIN_KEY_LEN {
-                return Err(KeyError::TooShort {
-                    line,
-                    len: key.len(),
-                });
-            }
-            keys.push(key);
-        }
-        if keys.is_empty() {
-            return Err(KeyError::NoKey);
-        }
-        Ok(keys)
-    }
-
     /// The mode this sealer writes.
     pub fn mode(&self) -> SealMode {
         self.mode
@@ -386,12 +346,12 @@ impl Sealer {
     /// Values empty or longer than 512 bytes are None before any work. Plain mode checks only
     /// that the value is an id (`[A-Za-z0-9._-]+`) and returns times 0: whether the id names a
     /// backend is the caller's check in every mode.
-    pub fn open(&self, context: &SealContext, value: &str) -> Option<Sealed> {
+    pub fn open(&self, context: &SealContext, value: &str) -> Option<Opened> {
         if value.is_empty() || value.len() > MAX_VALUE_LEN {
             return None;
         }
         match self.mode {
-            SealMode::Plain => is_id(value).then(|| Sealed {
+            SealMode::Plain => is_id(value).then(|| Opened {
                 id: value.to_string(),
                 first_seen: 0,
                 last_seen: 0,
@@ -403,7 +363,7 @@ impl Sealer {
         }
     }
 
-    fn open_signed(&self, context: &SealContext, value: &str) -> Option<Sealed> {
+    fn open_signed(&self, context: &SealContext, value: &str) -> Option<Opened> {
         let mut fields = value.rsplitn(4, '.');
         let (tag, last, first, id) = (
             fields.next()?,
@@ -427,14 +387,14 @@ impl Sealer {
                     .verify_truncated_left(&tag)
                     .is_ok()
             })
-            .then(|| Sealed {
+            .then(|| Opened {
                 id: id.to_string(),
                 first_seen,
                 last_seen,
             })
     }
 
-    fn open_encrypted(&self, context: &SealContext, value: &str) -> Option<Sealed> {
+    fn open_encrypted(&self, context: &SealContext, value: &str) -> Option<Opened> {
         let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
         if raw.len() <= NONCE_LEN + AEAD_TAG_LEN + TIMES_LEN {
             return None;
@@ -455,7 +415,7 @@ impl Sealer {
         let (times, id) = payload.split_at(TIMES_LEN);
         let (first, last) = times.split_at(8);
         let id = std::str::from_utf8(id).ok().filter(|id| is_id(id))?;
-        Some(Sealed {
+        Some(Opened {
             id: id.to_string(),
             first_seen: u64::from_be_bytes(first.try_into().ok()?),
             last_seen: u64::from_be_bytes(last.try_into().ok()?),
@@ -482,31 +442,27 @@ fn parse_decimal(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
-/// One key file line: hex when it is an even number of hex digits, else base64 in the
-/// alphabet its characters say (`-`/`_` URL-safe, else standard), padding optional.
-fn decode_key(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return decode_hex(text);
-    }
-    let engine = if text.contains(['-', '_']) {
-        &KEY_FILE_URL_SAFE
-    } else {
-        &KEY_FILE_STANDARD
-    };
-    engine.decode(text).ok()
+/// When a sealed binding was first made and last used, in unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingTimes {
+    /// When the binding was made.
+    pub first: u64,
+    /// When it was last used.
+    pub last: u64,
 }
 
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    fn nibble(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| match pair {
-            [high, low] => Some(nibble(*high)? << 4 | nibble(*low)?),
-            _ => None,
-        })
-        .collect()
+/// How insert and prefix write backend ids into cookies, and how long a binding may live.
+#[derive(Debug, Clone)]
+pub struct SealConfig {
+    /// Plain, signed (HMAC-SHA256) or encrypted (XChaCha20-Poly1305) ids, with the key ring
+    /// read from `key_file` (first key seals, every key opens). Default: plain.
+    pub sealer: Sealer,
+    /// A binding not used for this long is a new session (HAProxy `maxidle`). Needs a sealed
+    /// mode: the last-use time travels in the sealed value. Default: none.
+    pub max_idle: Option<Duration>,
+    /// A binding older than this is a new session (HAProxy `maxlife`). Needs a sealed mode.
+    /// Default: none.
+    pub max_life: Option<Duration>,
 }
 
 /// A service's backend-id codec: its [`Sealer`], the [`SealContext`] its values are bound to,
@@ -525,7 +481,7 @@ pub struct IdCodec {
 impl IdCodec {
     /// The codec of an insert or prefix config, its values bound to `context` (the service's
     /// name and the strategy's cookie name).
-    pub fn new(config: &crate::config::SealConfig, context: SealContext) -> IdCodec {
+    pub fn new(config: &SealConfig, context: SealContext) -> IdCodec {
         IdCodec {
             sealer: config.sealer.clone(),
             context,
@@ -553,7 +509,7 @@ impl IdCodec {
         &self,
         value: &'a [u8],
         now: u64,
-    ) -> Option<(std::borrow::Cow<'a, str>, Option<super::Seen>)> {
+    ) -> Option<(std::borrow::Cow<'a, str>, Option<BindingTimes>)> {
         let value = std::str::from_utf8(value).ok()?;
         if self.is_plain() {
             return Some((std::borrow::Cow::Borrowed(value), None));
@@ -566,25 +522,25 @@ impl IdCodec {
         {
             return None;
         }
-        let seen = super::Seen {
+        let times = BindingTimes {
             first: sealed.first_seen,
             last: sealed.last_seen,
         };
-        Some((std::borrow::Cow::Owned(sealed.id), Some(seen)))
+        Some((std::borrow::Cow::Owned(sealed.id), Some(times)))
     }
 
     /// The cookie value for `id`: the id itself when plain, else sealed for the codec's context
-    /// with the binding's first-seen time (`seen`, or `now` for a new binding) and `now` as last use.
-    pub fn seal(&self, id: &str, seen: Option<super::Seen>, now: u64) -> String {
-        let first = seen.map_or(now, |seen| seen.first);
+    /// with the binding's first-seen time (`times`, or `now` for a new binding) and `now` as last use.
+    pub fn seal(&self, id: &str, times: Option<BindingTimes>, now: u64) -> String {
+        let first = times.map_or(now, |times| times.first);
         self.sealer.seal(&self.context, id, first, now)
     }
 
     /// Whether a binding in use should be re-sealed so its last-use time moves: with
     /// `max_idle`, once a quarter of it has passed since the time the value carries.
-    pub fn refresh_due(&self, seen: Option<super::Seen>, now: u64) -> bool {
-        match (self.max_idle, seen) {
-            (Some(limit), Some(seen)) => now.saturating_sub(seen.last) >= (limit / 4).max(1),
+    pub fn refresh_due(&self, times: Option<BindingTimes>, now: u64) -> bool {
+        match (self.max_idle, times) {
+            (Some(limit), Some(times)) => now.saturating_sub(times.last) >= (limit / 4).max(1),
             _ => false,
         }
     }
@@ -598,7 +554,7 @@ pub fn unix_now() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use rand::rngs::StdRng;
@@ -620,7 +576,7 @@ mod tests {
     }
 
     /// The context of most tests: service `web`, cookie `SERVERID`.
-    fn ctx() -> SealContext {
+    pub(crate) fn ctx() -> SealContext {
         SealContext::new("web", "SERVERID")
     }
 
@@ -642,12 +598,12 @@ mod tests {
             .unwrap()
     }
 
-    fn sealer(mode: SealMode, keys: &[u8]) -> Sealer {
+    pub(crate) fn sealer(mode: SealMode, keys: &[u8]) -> Sealer {
         Sealer::new(mode, keys.iter().map(|&byte| key(byte)).collect()).unwrap()
     }
 
-    fn sealed(id: &str, first_seen: u64, last_seen: u64) -> Sealed {
-        Sealed {
+    pub(crate) fn sealed(id: &str, first_seen: u64, last_seen: u64) -> Opened {
+        Opened {
             id: id.to_string(),
             first_seen,
             last_seen,
@@ -982,7 +938,7 @@ mod tests {
     }
 
     fn hex_bytes(text: &str) -> Vec<u8> {
-        decode_hex(text).unwrap()
+        hex::decode(text).unwrap()
     }
 
     #[test]
@@ -1213,156 +1169,5 @@ mod tests {
             );
         }
         assert!(serde_json::from_str::<SealMode>("\"Signed\"").is_err());
-    }
-
-    /// A key file in the temp directory, removed on drop.
-    struct KeyFile(PathBuf);
-
-    impl KeyFile {
-        fn new(name: &str, contents: &str) -> KeyFile {
-            let path =
-                std::env::temp_dir().join(format!("stickyd-seal-{}-{name}", std::process::id()));
-            std::fs::write(&path, contents).unwrap();
-            KeyFile(path)
-        }
-    }
-
-    impl Drop for KeyFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-
-    fn read(name: &str, contents: &str) -> Result<Vec<Vec<u8>>, KeyError> {
-        let file = KeyFile::new(name, contents);
-        Sealer::read_key_file(&file.0)
-    }
-
-    #[test]
-    fn key_file_reads_standard_base64_padded_or_not() {
-        let key = vec![0xfbu8; 32];
-        let padded = base64::engine::general_purpose::STANDARD.encode(&key);
-        assert!(
-            padded.ends_with('=') && padded.contains(['+', '/']),
-            "{padded}"
-        );
-        let unpadded = padded.trim_end_matches('=');
-        assert_eq!(
-            read("std", &format!("{padded}\n{unpadded}\n")).unwrap(),
-            vec![key.clone(), key]
-        );
-    }
-
-    #[test]
-    fn key_file_reads_url_safe_base64_padded_or_not() {
-        let key = vec![0xfbu8; 32];
-        let padded = base64::engine::general_purpose::URL_SAFE.encode(&key);
-        assert!(
-            padded.ends_with('=') && padded.contains(['-', '_']),
-            "{padded}"
-        );
-        let unpadded = padded.trim_end_matches('=');
-        assert_eq!(
-            read("url", &format!("{unpadded}\n{padded}")).unwrap(),
-            vec![key.clone(), key]
-        );
-    }
-
-    #[test]
-    fn key_file_reads_hex_in_either_case() {
-        let key: Vec<u8> = (0..32u8).map(|n| n * 8 + 3).collect();
-        let lower: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        let upper = lower.to_uppercase();
-        assert_eq!(
-            read("hex", &format!("{lower}\n{upper}\n")).unwrap(),
-            vec![key.clone(), key]
-        );
-    }
-
-    #[test]
-    fn key_file_skips_comments_and_blank_lines_and_keeps_order() {
-        let first = vec![1u8; 32];
-        let second = vec![2u8; 40];
-        let contents = format!(
-            "# current key\n\n   \n{}\r\n  # previous key, remove after rotation\n\t{}  \n\n",
-            URL_SAFE_NO_PAD.encode(&first),
-            base64::engine::general_purpose::STANDARD.encode(&second),
-        );
-        assert_eq!(read("comments", &contents).unwrap(), vec![first, second]);
-    }
-
-    #[test]
-    fn key_file_names_the_line_of_a_too_short_key() {
-        let good = URL_SAFE_NO_PAD.encode([1u8; 32]);
-        let short = base64::engine::general_purpose::STANDARD.encode([2u8; 31]);
-        let contents = format!("# keys\n{good}\n\n{short}\n");
-        match read("short", &contents) {
-            Err(KeyError::TooShort { line: 4, len: 31 }) => {}
-            other => panic!("{other:?}"),
-        }
-        // Short hex too (16 bytes as hex would be 24 bytes as base64).
-        match read("short-hex", &format!("{}\n", "ab".repeat(16))) {
-            Err(error @ KeyError::TooShort { line: 1, len: 16 }) => {
-                assert_eq!(
-                    error.to_string(),
-                    "key on line 1 is 16 bytes, at least 32 needed"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn key_file_names_the_line_of_a_bad_encoding() {
-        let good = URL_SAFE_NO_PAD.encode([1u8; 32]);
-        for (name, bad) in [
-            ("bad-chars", "not a key!"),
-            ("bad-mixed", "ab+cd-efghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP"),
-            ("bad-space", "abcd efgh"),
-            (
-                "bad-inner-pad",
-                "AAAA=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-            ),
-        ] {
-            match read(name, &format!("{good}\n# old\n{bad}\n")) {
-                Err(error @ KeyError::BadEncoding { line: 3 }) => {
-                    assert_eq!(error.to_string(), "key on line 3 is neither base64 nor hex");
-                }
-                other => panic!("{name}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn key_file_without_keys_is_no_key() {
-        assert!(matches!(read("empty", ""), Err(KeyError::NoKey)));
-        assert!(matches!(
-            read("only-comments", "# nothing yet\n\n  \n"),
-            Err(KeyError::NoKey)
-        ));
-    }
-
-    #[test]
-    fn key_file_missing_is_unreadable_with_path() {
-        let path = std::env::temp_dir().join("stickyd-seal-does-not-exist/keys");
-        match Sealer::read_key_file(&path) {
-            Err(error @ KeyError::Unreadable { .. }) => {
-                assert!(error.to_string().contains("stickyd-seal-does-not-exist"))
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn key_file_keys_build_a_working_sealer() {
-        let contents = format!(
-            "{}\n{}\n",
-            "11".repeat(32),
-            URL_SAFE_NO_PAD.encode([2u8; 32])
-        );
-        let keys = read("sealer", &contents).unwrap();
-        let ring = Sealer::new(SealMode::Encrypted, keys).unwrap();
-        let value = sealer(SealMode::Encrypted, &[2]).seal(&ctx(), "s1", 3, 4);
-        assert_eq!(ring.open(&ctx(), &value), Some(sealed("s1", 3, 4)));
     }
 }

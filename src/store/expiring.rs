@@ -89,27 +89,27 @@ impl Key for u64 {
 type Shard<K> = Mutex<HashMap<<K as Key>::Owned, Binding>>;
 
 /// Session id (or other [`Key`]) -> backend id, bounded to `max_entries`.
-pub struct MemoryStore<K: Key + ?Sized = str> {
+pub struct ExpiringMap<K: Key + ?Sized = str> {
     shards: Box<[Shard<K>]>,
     per_shard: usize,
 }
 
-impl<K: Key + ?Sized> std::fmt::Debug for MemoryStore<K> {
+impl<K: Key + ?Sized> std::fmt::Debug for ExpiringMap<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore")
+        f.debug_struct("ExpiringMap")
             .field("entries", &self.entry_count())
             .finish()
     }
 }
 
-impl<K: Key + ?Sized> MemoryStore<K> {
+impl<K: Key + ?Sized> ExpiringMap<K> {
     /// An empty table holding at most `max_entries` bindings (plus fewer than one per shard,
     /// from rounding).
-    pub fn new(max_entries: u64) -> MemoryStore<K> {
+    pub fn new(max_entries: u64) -> ExpiringMap<K> {
         let max_entries = usize::try_from(max_entries).unwrap_or(usize::MAX).max(1);
         let shards = max_entries.min(SHARDS);
         let per_shard = max_entries.div_ceil(shards);
-        MemoryStore {
+        ExpiringMap {
             shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard,
         }
@@ -258,7 +258,7 @@ impl<K: Key + ?Sized> MemoryStore<K> {
     }
 }
 
-impl MemoryStore<str> {
+impl ExpiringMap<str> {
     /// Up to `limit` live entries as (session, backend id).
     pub fn entries(&self, limit: usize) -> Vec<(String, BackendId)> {
         let now = now_ms();
@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn reserve_keeps_the_first_binding_and_bind_replaces_it() {
-        let store: MemoryStore = MemoryStore::new(100);
+        let store: ExpiringMap = ExpiringMap::new(100);
         let minute = Duration::from_secs(60);
         assert_eq!(&*store.reserve("abc", &id("s1"), minute), "s1");
         assert_eq!(&*store.reserve("abc", &id("s2"), minute), "s1");
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn rebind_moves_a_session_but_keeps_its_lifetime() {
-        let store: MemoryStore = MemoryStore::new(100);
+        let store: ExpiringMap = ExpiringMap::new(100);
         let (short, long) = (Duration::from_millis(300), Duration::from_secs(60));
         store.reserve("reserved", &id("s1"), short);
         store.bind("confirmed", &id("s1"), long);
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn an_entry_expires_after_its_own_ttl_unless_read_in_time() {
-        let store: MemoryStore = MemoryStore::new(100);
+        let store: ExpiringMap = ExpiringMap::new(100);
         store.bind("short", &id("s1"), Duration::from_millis(300));
         store.bind("long", &id("s2"), Duration::from_secs(60));
         // Reads within the TTL keep the entry alive past its first deadline.
@@ -332,7 +332,7 @@ mod tests {
 
     #[test]
     fn retime_counts_the_new_lifetime_from_each_entry_s_last_use() {
-        let store: MemoryStore = MemoryStore::new(100);
+        let store: ExpiringMap = ExpiringMap::new(100);
         store.bind("idle", &id("s1"), Duration::from_secs(60));
         // Waiting is the behaviour under test: "idle" was last used this long ago.
         std::thread::sleep(Duration::from_millis(250));
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded_by_max_entries() {
-        let store: MemoryStore = MemoryStore::new(50);
+        let store: ExpiringMap = ExpiringMap::new(50);
         for n in 0..500 {
             store.bind(&format!("session-{n}"), &id("s1"), Duration::from_secs(60));
         }
@@ -368,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_full_table_evicts_the_least_recently_used_entry() {
-        let store: MemoryStore = MemoryStore::new(128);
+        let store: ExpiringMap = ExpiringMap::new(128);
         // Three sessions of one shard (two entries each): the one not read since is evicted.
         let same_shard: Vec<String> = (0..)
             .map(|n| format!("session-{n}"))

@@ -26,7 +26,7 @@ use moka::sync::Cache;
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::memory::MemoryStore;
+use super::expiring::ExpiringMap;
 use crate::clock::now_ms;
 use crate::pool::BackendId;
 
@@ -35,8 +35,8 @@ use crate::pool::BackendId;
 pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 /// Redis-backed stick table with a local table in front.
-pub struct RedisStore {
-    local: MemoryStore,
+pub struct SharedTable {
+    local: ExpiringMap,
     /// Sessions whose Redis TTL was refreshed within [`REFRESH_EVERY`], with when (ms of
     /// [`now_ms`]).
     refreshed: Cache<String, u64>,
@@ -48,9 +48,9 @@ pub struct RedisStore {
     reachable: Arc<AtomicBool>,
 }
 
-impl std::fmt::Debug for RedisStore {
+impl std::fmt::Debug for SharedTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
+        f.debug_struct("SharedTable")
             .field("namespace", &self.namespace)
             .field("local", &self.local)
             .finish()
@@ -59,19 +59,19 @@ impl std::fmt::Debug for RedisStore {
 
 /// Why a Redis stick table could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum RedisStoreError {
+pub enum SharedTableError {
     /// The URL is not a Redis URL the client understands.
     #[error("invalid redis_url: {0}")]
     Url(#[from] redis::RedisError),
 }
 
-impl RedisStore {
+impl SharedTable {
     /// A store for `service` on `url` (`redis://` or `rediss://`), keys under `key_prefix`,
     /// each call bounded by `timeout`, errors counted in `errors`. Connects lazily: Redis may be
     /// down at start. Must be called inside a tokio runtime.
     ///
     /// # Errors
-    /// [`RedisStoreError::Url`] for a URL the client cannot use.
+    /// [`SharedTableError::Url`] for a URL the client cannot use.
     pub fn new(
         url: &str,
         key_prefix: &str,
@@ -79,7 +79,7 @@ impl RedisStore {
         max_entries: u64,
         timeout: Duration,
         errors: Counter,
-    ) -> Result<RedisStore, RedisStoreError> {
+    ) -> Result<SharedTable, SharedTableError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
@@ -88,8 +88,8 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(100))
             .set_max_delay(Duration::from_secs(5));
         let redis = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(RedisStore {
-            local: MemoryStore::new(max_entries),
+        Ok(SharedTable {
+            local: ExpiringMap::new(max_entries),
             refreshed: Cache::builder()
                 .max_capacity(max_entries)
                 .time_to_live(REFRESH_EVERY)
@@ -138,7 +138,7 @@ impl RedisStore {
 
     /// Binds `session` to `backend` for `ttl` (the reservation lifetime) unless some instance
     /// already did; returns the binding that holds. A holder found in Redis is kept locally for
-    /// what is left of its TTL, as [`RedisStore::get_fresh`] does.
+    /// what is left of its TTL, as [`SharedTable::get_fresh`] does.
     pub async fn reserve(&self, session: &str, backend: &BackendId, ttl: Duration) -> BackendId {
         let key = self.key(session);
         let mut pipe = redis::pipe();
@@ -225,7 +225,7 @@ impl RedisStore {
     }
 
     /// This instance's table (what it has seen or learned).
-    pub fn local(&self) -> &MemoryStore {
+    pub fn local(&self) -> &ExpiringMap {
         &self.local
     }
 
