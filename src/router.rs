@@ -10,27 +10,16 @@ use crate::affinity::{
     Affinity, Binding, BindingTimes, KeyLimit, Outcome, SessionIdentity, Stickiness, TableUpdate,
 };
 use crate::balance::{Balancer, HashRing};
-use crate::config::{AffinityConfig, ServiceConfig, StoreConfig};
+use crate::config::{AffinityConfig, ServiceConfig};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::pool::{Pool, PoolPolicy};
-use crate::proxy::body::{ProxyBody, RequestBody};
-use crate::proxy::{self, HeadRules, Peer, Upstream, head};
+use crate::proxy::body::RequestBody;
+use crate::proxy::{HeadRules, Peer, head};
 use crate::store::StickTable;
 use crate::store::sessions::LiveSessions;
-
-/// The stick table of a service and the lifetimes of its bindings.
-#[derive(Debug)]
-struct Table {
-    store: Arc<StickTable>,
-    /// Lifetime of a binding confirmed without the app's cookie lifetime (an admin rebind).
-    ttl: Duration,
-    /// Lifetime of a binding reserved from an id only a client has carried, until a backend's
-    /// `Set-Cookie` confirms it.
-    reservation_ttl: Duration,
-    store_config: StoreConfig,
-    max_entries: u64,
-}
+use crate::upstream::body::ProxyBody;
+use crate::upstream::{self, Upstream};
 
 /// Everything one service needs to route a request.
 #[derive(Debug)]
@@ -40,7 +29,7 @@ pub struct Router {
     balancer: Balancer,
     ring: Option<HashRing>,
     affinity: Affinity,
-    table: Option<Table>,
+    table: Option<Arc<StickTable>>,
     upstream: Upstream,
     /// A 5xx counts as a failed request for passive ejection.
     passive_5xx: bool,
@@ -99,28 +88,11 @@ impl Router {
         let service_metrics = metrics.service(&config.name, &backend_names);
         let table = match &config.affinity {
             AffinityConfig::StickTable(table) => {
-                // Keep the entries across a reload unless the table itself was reconfigured.
-                let kept = previous
-                    .and_then(|router| router.table.as_ref())
-                    .filter(|old| {
-                        old.store_config == table.store && old.max_entries == table.max_entries
-                    });
-                let store = kept.map_or_else(
-                    || {
-                        Arc::new(StickTable::new(
-                            table,
-                            &config.name,
-                            service_metrics.redis_errors.clone(),
-                        ))
-                    },
-                    |old| Arc::clone(&old.store),
-                );
-                Some(Table {
-                    store,
-                    ttl: table.ttl,
-                    reservation_ttl: table.reservation_ttl,
-                    store_config: table.store.clone(),
-                    max_entries: table.max_entries,
+                let redis_errors = service_metrics.redis_errors.clone();
+                // A reload keeps the entries unless the table itself was reconfigured.
+                Some(match previous.and_then(|router| router.table.as_ref()) {
+                    Some(old) => old.reloaded(table, &config.name, redis_errors),
+                    None => Arc::new(StickTable::new(table, &config.name, redis_errors)),
                 })
             }
             _ => None,
@@ -180,14 +152,14 @@ impl Router {
 
     /// The stick table, for the stick-table strategy.
     pub fn stick_table(&self) -> Option<&StickTable> {
-        self.table.as_ref().map(|table| &*table.store)
+        self.table.as_deref()
     }
 
     /// Live sessions per backend id: stick-table entries, or bindings times within
     /// `session_idle` for the other strategies (empty for `none`).
     pub fn sessions_per_backend(&self) -> std::collections::HashMap<crate::pool::BackendId, u64> {
         match (&self.table, &self.sessions) {
-            (Some(table), _) => table.store.per_backend(),
+            (Some(table), _) => table.per_backend(),
             (None, Some(sessions)) => sessions.per_backend(),
             (None, None) => std::collections::HashMap::new(),
         }
@@ -205,7 +177,7 @@ impl Router {
     pub fn stick_ttl(&self) -> Duration {
         self.table
             .as_ref()
-            .map_or(Duration::ZERO, |table| table.ttl)
+            .map_or(Duration::ZERO, |table| table.ttl())
     }
 
     /// The affinity strategy.
@@ -236,7 +208,7 @@ impl Router {
         let request_line = tracing::enabled!(target: "stickyd::access", tracing::Level::INFO)
             .then(|| (head.method.clone(), head.uri.clone()));
         let (response, backend, outcome) = match head::check_request(&head, self.limits) {
-            Err(error) => (proxy::body::error_response(&error), None, Outcome::New),
+            Err(error) => (upstream::body::error_response(&error), None, Outcome::New),
             Ok(checked) => {
                 let stickiness =
                     self.affinity
@@ -267,7 +239,7 @@ impl Router {
                             started,
                             request_line,
                             client,
-                            proxy::body::error_response(&error),
+                            upstream::body::error_response(&error),
                             None,
                             Outcome::New,
                         );
@@ -279,7 +251,7 @@ impl Router {
                     Ok((response, backend)) => (response, Some(backend), outcome),
                     Err(error) => {
                         tracing::warn!(service = %self.name, %error, "request failed");
-                        (proxy::body::error_response(&error), None, outcome)
+                        (upstream::body::error_response(&error), None, outcome)
                     }
                 }
             }
@@ -351,7 +323,6 @@ impl Router {
                     .as_ref()
                     .expect("only the stick-table strategy looks up");
                 let mut bound = table
-                    .store
                     .get(&session)
                     .await
                     .and_then(|id| self.pool.find_id(&id));
@@ -359,7 +330,6 @@ impl Router {
                     // Before redispatching, see whether another instance already moved the
                     // session (a shared store): then every instance agrees on the new backend.
                     let fresh = table
-                        .store
                         .get_fresh(&session)
                         .await
                         .and_then(|id| self.pool.find_id(&id));
@@ -469,7 +439,7 @@ impl Router {
                         .await;
                     return (Ok((response, backend)), outcome);
                 }
-                Err(proxy::SendFailed {
+                Err(upstream::SendFailed {
                     error,
                     request: Some(unsent),
                 }) if error.is_retryable() => {
@@ -483,7 +453,7 @@ impl Router {
                     last_error = Some(error);
                     request = unsent;
                 }
-                Err(proxy::SendFailed { error, .. }) => return (Err(error), outcome),
+                Err(upstream::SendFailed { error, .. }) => return (Err(error), outcome),
             }
         }
     }
@@ -494,7 +464,7 @@ impl Router {
     /// lifetime (a reservation stays short until a backend's `Set-Cookie` confirms the id).
     async fn bind_session(
         &self,
-        table: &Table,
+        table: &StickTable,
         session: &str,
         backend: usize,
         outcome: Outcome,
@@ -504,22 +474,19 @@ impl Router {
         match outcome {
             Outcome::Hit => backend,
             Outcome::Redispatch => {
-                table.store.rebind(session, id, table.reservation_ttl).await;
+                table.rebind(session, id).await;
                 backend
             }
             Outcome::New | Outcome::Invalid if retry => {
-                table.store.rebind(session, id, table.reservation_ttl).await;
+                table.rebind(session, id).await;
                 backend
             }
             Outcome::New | Outcome::Invalid => {
-                let held = table
-                    .store
-                    .reserve(session, id, table.reservation_ttl)
-                    .await;
+                let held = table.reserve(session, id).await;
                 match self.pool.find_id(&held) {
                     Some(reserved) if self.pool.accepts_bound(reserved) => reserved,
                     _ => {
-                        table.store.rebind(session, id, table.reservation_ttl).await;
+                        table.rebind(session, id).await;
                         backend
                     }
                 }
@@ -551,12 +518,9 @@ impl Router {
         if let (Some(table), Some(update)) = (&self.table, update) {
             match update {
                 TableUpdate::Bind { key, ttl } => {
-                    table
-                        .store
-                        .bind(&key, &self.pool.get(backend).id, ttl)
-                        .await
+                    table.bind(&key, &self.pool.get(backend).id, ttl).await
                 }
-                TableUpdate::Forget(key) => table.store.forget(&key).await,
+                TableUpdate::Forget(key) => table.forget(&key).await,
             }
         }
     }

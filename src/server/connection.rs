@@ -47,10 +47,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Listener;
 use super::tunnel;
-use crate::proxy::body::{BodyWatcher, ProxyBody, RequestBody};
-use crate::proxy::{Peer, TunnelLoad};
+use crate::proxy::Peer;
+use crate::proxy::body::{BodyWatcher, RequestBody};
 use crate::proxy_protocol::{self, Prefixed};
 use crate::router::Router;
+use crate::upstream::TunnelLoad;
+use crate::upstream::body::ProxyBody;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

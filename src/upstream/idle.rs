@@ -1,7 +1,7 @@
 //! Keep-alive HTTP/1.1 connections to backends: one idle list per backend, most recently
 //! used last, and a reaper that closes idle connections on time.
 //!
-//! stickyd keeps its own pool rather than hyper-util's client so that a request whose
+//! stickyd keeps its own idle connections rather than hyper-util's client so that a request whose
 //! connection could not be opened is handed back unsent and can go to another backend.
 
 use std::io;
@@ -16,16 +16,16 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::body::RequestBody;
 use super::socket::Socket;
 use crate::pool::InFlight;
+use crate::proxy::body::RequestBody;
 
-/// An idle pooled connection is closed once idle this long, so stickyd does not race a backend
+/// An idle connection is closed once idle this long, so stickyd does not race a backend
 /// closing it: below Node.js's 5 s `keepAliveTimeout`, the shortest common one. The reaper
 /// closes it at most [`REAP_SLACK`] later.
-pub const POOLED_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// How late the reaper may close an expired idle connection: it wakes at most this often,
-/// so a pool whose connections expire one by one costs at most four wake-ups a second.
+/// so idle lists whose connections expire one by one costs at most four wake-ups a second.
 pub const REAP_SLACK: Duration = Duration::from_millis(250);
 /// Most idle connections kept per backend; more are closed when they become idle.
 pub const MAX_IDLE_PER_BACKEND: usize = 512;
@@ -70,47 +70,47 @@ impl Connection {
 
 struct Idle {
     sender: Sender,
-    /// Weak, so the socket closes when hyper's connection ends, whatever the pool holds.
+    /// Weak, so the socket closes when hyper's connection ends, whatever the idle list holds.
     socket: Weak<Socket>,
     since: Instant,
 }
 
 /// The idle connections of every backend of a service, by backend index.
-pub struct Connections {
+pub struct IdleConnections {
     idle: Vec<Mutex<Vec<Idle>>>,
     connect_timeout: Duration,
     reaper: tokio::task::JoinHandle<()>,
 }
 
-impl std::fmt::Debug for Connections {
+impl std::fmt::Debug for IdleConnections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connections")
+        f.debug_struct("IdleConnections")
             .field("backends", &self.idle.len())
             .finish()
     }
 }
 
-impl Drop for Connections {
+impl Drop for IdleConnections {
     fn drop(&mut self) {
         self.reaper.abort();
     }
 }
 
-impl Connections {
-    /// An empty pool for `backends` backends; new connections time out after `connect_timeout`.
-    /// Starts the pool's reaper task, which ends when the pool is dropped.
+impl IdleConnections {
+    /// No idle connection yet, for `backends` backends; new connections time out after `connect_timeout`.
+    /// Starts the reaper task, which ends when these are dropped.
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn new(backends: usize, connect_timeout: Duration) -> Arc<Connections> {
-        Arc::new_cyclic(|pool| Connections {
+    pub fn new(backends: usize, connect_timeout: Duration) -> Arc<IdleConnections> {
+        Arc::new_cyclic(|this| IdleConnections {
             idle: (0..backends).map(|_| Mutex::new(Vec::new())).collect(),
             connect_timeout,
-            reaper: tokio::spawn(reap(pool.clone())),
+            reaper: tokio::spawn(reap(this.clone())),
         })
     }
 
-    /// A connection to `backend` at `address`: an idle one when a live one is pooled, else a
+    /// A connection to `backend` at `address`: an idle one when a live one is idle, else a
     /// new one.
     ///
     /// # Errors
@@ -122,7 +122,7 @@ impl Connections {
                 continue;
             };
             let mut sender = idle.sender;
-            // The sender was pooled when its last response ended; `ready` resolves once the
+            // The sender went idle when its last response ended; `ready` resolves once the
             // connection task has seen that end. Then the socket itself says whether the backend
             // closed it since, which the connection task may not have seen yet.
             if sender.ready().await.is_ok() && socket.reuse() {
@@ -139,17 +139,17 @@ impl Connections {
     fn pop_idle(&self, backend: usize) -> Option<Idle> {
         let mut idle = self.idle[backend].lock().expect("idle list lock poisoned");
         while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() < POOLED_IDLE_TIMEOUT && !entry.sender.is_closed() {
+            if entry.since.elapsed() < IDLE_TIMEOUT && !entry.sender.is_closed() {
                 return Some(entry);
             }
         }
         None
     }
 
-    /// A new connection to `address`, never a pooled one.
+    /// A new connection to `address`, never an idle one.
     ///
     /// # Errors
-    /// As [`Connections::checkout`].
+    /// As [`IdleConnections::checkout`].
     pub async fn connect(&self, address: SocketAddr) -> io::Result<Connection> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
             .await
@@ -189,16 +189,16 @@ impl Connections {
         }
     }
 
-    /// Closes the connections idle for [`POOLED_IDLE_TIMEOUT`] at `now`; returns when the next
+    /// Closes the connections idle for [`IDLE_TIMEOUT`] at `now`; returns when the next
     /// one will be.
     fn close_expired(&self, now: Instant) -> Instant {
-        let mut next = now + POOLED_IDLE_TIMEOUT;
+        let mut next = now + IDLE_TIMEOUT;
         for idle in &self.idle {
             let expired: Vec<Idle> = {
                 let mut idle = idle.lock().expect("idle list lock poisoned");
-                let count = idle.partition_point(|entry| now - entry.since >= POOLED_IDLE_TIMEOUT);
+                let count = idle.partition_point(|entry| now - entry.since >= IDLE_TIMEOUT);
                 if let Some(oldest_kept) = idle.get(count) {
-                    next = next.min(oldest_kept.since + POOLED_IDLE_TIMEOUT);
+                    next = next.min(oldest_kept.since + IDLE_TIMEOUT);
                 }
                 idle.drain(..count).collect()
             };
@@ -211,10 +211,10 @@ impl Connections {
 
 /// The reaper of one pool: closes each idle connection when it expires, at most [`REAP_SLACK`]
 /// late, without a timer per connection. A connection checked in after a pass expires after
-/// that pass's `now + POOLED_IDLE_TIMEOUT`, so sleeping until the earliest expiry found, or a
+/// that pass's `now + IDLE_TIMEOUT`, so sleeping until the earliest expiry found, or a
 /// whole timeout when none is pooled, misses none. Ends when the pool is dropped.
-async fn reap(pool: Weak<Connections>) {
-    let mut wake = tokio::time::Instant::now() + POOLED_IDLE_TIMEOUT;
+async fn reap(pool: Weak<IdleConnections>) {
+    let mut wake = tokio::time::Instant::now() + IDLE_TIMEOUT;
     loop {
         tokio::time::sleep_until(wake).await;
         let Some(pool) = pool.upgrade() else {
@@ -229,7 +229,7 @@ async fn reap(pool: Weak<Connections>) {
 
 /// What a response body holds until it ends: the connection it came on and the in-flight count.
 pub struct Release {
-    connections: Arc<Connections>,
+    connections: Arc<IdleConnections>,
     backend: usize,
     sender: Sender,
     socket: Weak<Socket>,
@@ -247,7 +247,7 @@ impl std::fmt::Debug for Release {
 impl Release {
     /// Ties `connection` (and the in-flight count) to a response of `backend`.
     pub fn new(
-        connections: Arc<Connections>,
+        connections: Arc<IdleConnections>,
         backend: usize,
         connection: Connection,
         in_flight: InFlight,

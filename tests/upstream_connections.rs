@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Browser, TestBackend, config, start_proxy, within_timeout};
-use stickyd::proxy::connections::{POOLED_IDLE_TIMEOUT, REAP_SLACK};
+use stickyd::upstream::idle::{IDLE_TIMEOUT, REAP_SLACK};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// How late past [`POOLED_IDLE_TIMEOUT`] and [`REAP_SLACK`] an idle connection may close.
+/// How late past [`IDLE_TIMEOUT`] and [`REAP_SLACK`] an idle connection may close.
 const MARGIN: Duration = Duration::from_millis(500);
 
 #[tokio::test]
@@ -36,7 +36,7 @@ async fn idle_backend_connections_close_on_time_without_any_further_request() {
         let pooled = backend.open_connections();
         assert!(pooled > 0, "no connection was kept alive");
 
-        let limit = POOLED_IDLE_TIMEOUT + REAP_SLACK + MARGIN;
+        let limit = IDLE_TIMEOUT + REAP_SLACK + MARGIN;
         tokio::time::timeout(limit, backend.wait_open_connections(|&open| open == 0))
             .await
             .unwrap_or_else(|_| {
@@ -48,8 +48,8 @@ async fn idle_backend_connections_close_on_time_without_any_further_request() {
         let closed_after = last_response.elapsed();
         println!("{pooled} idle connections closed {closed_after:?} after the last response");
         assert!(
-            closed_after >= POOLED_IDLE_TIMEOUT - Duration::from_millis(100),
-            "idle connections closed after {closed_after:?}, before {POOLED_IDLE_TIMEOUT:?}"
+            closed_after >= IDLE_TIMEOUT - Duration::from_millis(100),
+            "idle connections closed after {closed_after:?}, before {IDLE_TIMEOUT:?}"
         );
     })
     .await;

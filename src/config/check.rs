@@ -1,0 +1,890 @@
+//! The checker: turns the raw file into a validated [`Config`], reading what it names (key,
+//! token and certificate files) and resolving backend addresses, and collects every problem
+//! with its place.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
+use toml::Spanned;
+
+use super::file::{self, RawAffinity, RawBackend, RawConfig, RawHealth, RawService, Strategy};
+use super::*;
+use crate::seal::Sealer;
+
+/// Validates config `text`; `origin` names it in problems.
+pub(super) fn check(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let mut checker = Checker {
+        text,
+        origin,
+        problems: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(error) => {
+            checker.report(error.span(), error.message().trim_end().to_string());
+            return Err(ConfigError::Invalid(checker.problems));
+        }
+    };
+    let config = checker.config(raw);
+    if checker.problems.is_empty() {
+        Ok(config)
+    } else {
+        checker
+            .problems
+            .sort_by_key(|problem| (problem.line, problem.column));
+        Err(ConfigError::Invalid(checker.problems))
+    }
+}
+
+/// Collects problems while turning the raw file into a [`Config`].
+struct Checker<'a> {
+    text: &'a str,
+    origin: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, span: Option<Range<usize>>, message: String) {
+        let offset = span.map_or(0, |span| span.start).min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+        let column = before[line_start..].chars().count() + 1;
+        self.problems.push(Problem {
+            origin: self.origin.to_string(),
+            line,
+            column,
+            message,
+        });
+    }
+
+    fn report_at<T>(&mut self, at: &Spanned<T>, message: String) {
+        self.report(Some(at.span()), message);
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        if raw.services.is_empty() {
+            self.report(
+                None,
+                "no service is configured: add a [[service]] table".into(),
+            );
+        }
+        let mut services: Vec<ServiceConfig> = Vec::new();
+        for raw_service in raw.services {
+            let span = raw_service.span();
+            let service = self.service(raw_service.into_inner(), span.clone());
+            if services.iter().any(|other| other.name == service.name) {
+                self.report(
+                    Some(span.clone()),
+                    format!(
+                        "service name {:?} is used twice: give each service its own name",
+                        service.name
+                    ),
+                );
+            }
+            for address in service.listeners.iter().map(|listener| &listener.address) {
+                let taken = services.iter().any(|other| {
+                    other
+                        .listeners
+                        .iter()
+                        .any(|listener| listener.address == *address)
+                });
+                if address.port() != 0 && taken {
+                    self.report(
+                        Some(span.clone()),
+                        format!("listen address {address} is used by two services: give each its own port"),
+                    );
+                }
+            }
+            services.push(service);
+        }
+        if let Some(level) = &raw.log_level {
+            if let Err(error) = tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+                self.report_at(level, format!(r#"invalid log_level: {error}: write "error", "warn", "info", "debug" or "trace""#));
+            }
+        }
+        Config {
+            log_level: raw
+                .log_level
+                .map_or_else(|| file::DEFAULT_LOG_LEVEL.to_string(), Spanned::into_inner),
+            shutdown_grace: raw
+                .shutdown_grace
+                .map_or(file::DEFAULT_SHUTDOWN_GRACE, |d| d.into_inner().0),
+            admin: raw.admin.map(|admin| self.admin(admin.into_inner())),
+            threads: raw.threads.map(|threads| {
+                if *threads.get_ref() == 0 {
+                    self.report_at(
+                        &threads,
+                        "threads must be at least 1 (or leave it out: one per core)".into(),
+                    );
+                }
+                threads.into_inner().max(1)
+            }),
+            pin_threads: raw.pin_threads.unwrap_or(false),
+            services,
+        }
+    }
+
+    fn service(&mut self, raw: RawService, span: Range<usize>) -> ServiceConfig {
+        self.check_token(&raw.name, "service name");
+        if raw.listen.get_ref().is_empty() {
+            self.report_at(
+                &raw.listen,
+                r#"listen is empty: add an address such as "0.0.0.0:8080""#.into(),
+            );
+        }
+        let backends = match raw.backends {
+            Some(backends) => self.backends(backends.into_inner()),
+            None => Vec::new(),
+        };
+        if backends.is_empty() {
+            self.report(
+                Some(span),
+                format!(
+                    "service {:?} has no backend: add a [[service.backend]] table",
+                    raw.name.get_ref()
+                ),
+            );
+        }
+        let tls: Vec<Arc<CertifiedKey>> = raw
+            .tls
+            .iter()
+            .filter_map(|entry| {
+                let entry = entry.get_ref();
+                crate::tls::load(
+                    Path::new(entry.cert.get_ref()),
+                    Path::new(entry.key.get_ref()),
+                )
+                .map_err(|message| self.report_at(&entry.cert, message))
+                .ok()
+            })
+            .collect();
+        let affinity = match raw.affinity {
+            Some(affinity) => self.affinity(affinity.into_inner(), !raw.tls.is_empty()),
+            None => AffinityConfig::None,
+        };
+        let trusted_proxies = match &raw.trusted_proxies {
+            Some(list) => self.networks(list.get_ref()),
+            None => Vec::new(),
+        };
+        ServiceConfig {
+            name: raw.name.into_inner(),
+            listeners: raw
+                .listen
+                .into_inner()
+                .into_iter()
+                .map(|listener| {
+                    let listener = listener.into_inner();
+                    ListenerConfig {
+                        address: listener.address,
+                        h2c: listener.h2c,
+                    }
+                })
+                .collect(),
+            balance: raw.balance,
+            trusted_proxies,
+            underscores_in_headers: raw.underscores_in_headers,
+            connect_timeout: raw
+                .connect_timeout
+                .map_or(file::DEFAULT_CONNECT_TIMEOUT, |d| d.into_inner().0),
+            response_timeout: raw
+                .response_timeout
+                .map_or(file::DEFAULT_RESPONSE_TIMEOUT, |d| d.into_inner().0),
+            ejection_time: raw
+                .ejection_time
+                .map_or(file::DEFAULT_EJECTION_TIME, |d| d.into_inner().0),
+            proxy_protocol: raw.proxy_protocol,
+            tls,
+            failback: raw.failback.unwrap_or(true),
+            debug_header: raw.debug_header,
+            session_idle: raw
+                .session_idle
+                .map_or(file::DEFAULT_SESSION_IDLE, |d| d.into_inner().0),
+            health: self.health(raw.health.map(Spanned::into_inner)),
+            limits: self.limits(raw.limits.map(Spanned::into_inner)),
+            affinity,
+            backends,
+        }
+    }
+
+    fn backends(&mut self, raw: Vec<Spanned<RawBackend>>) -> Vec<BackendConfig> {
+        let mut backends: Vec<BackendConfig> = Vec::with_capacity(raw.len());
+        for raw_backend in raw {
+            let raw_backend = raw_backend.into_inner();
+            self.check_token(&raw_backend.name, "backend name");
+            let id = raw_backend.id.as_ref().unwrap_or(&raw_backend.name);
+            if raw_backend.id.is_some() {
+                self.check_token(id, "backend id");
+            }
+            if backends
+                .iter()
+                .any(|other| &other.name == raw_backend.name.get_ref())
+            {
+                self.report_at(
+                    &raw_backend.name,
+                    "backend name is used twice in this service: give each backend its own name"
+                        .into(),
+                );
+            }
+            if backends.iter().any(|other| &other.id == id.get_ref()) {
+                self.report_at(
+                    id,
+                    format!(
+                        "backend id {:?} is used twice in this service: set a unique `id`",
+                        id.get_ref()
+                    ),
+                );
+            }
+            let weight = raw_backend
+                .weight
+                .as_ref()
+                .map_or(file::DEFAULT_WEIGHT, |w| *w.get_ref());
+            if !(1..=file::MAX_WEIGHT).contains(&weight) {
+                let at = raw_backend
+                    .weight
+                    .as_ref()
+                    .expect("a weight out of range was written");
+                self.report_at(at, format!("weight must be from 1 to {}", file::MAX_WEIGHT));
+            }
+            let address = self.resolve(&raw_backend.address);
+            backends.push(BackendConfig {
+                name: raw_backend.name.get_ref().clone(),
+                id: id.get_ref().clone(),
+                address,
+                weight,
+                state: raw_backend.state,
+                backup: raw_backend.backup,
+            });
+        }
+        backends
+    }
+
+    fn resolve(&mut self, address: &Spanned<String>) -> SocketAddr {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        match address
+            .get_ref()
+            .to_socket_addrs()
+            .map(|mut found| found.next())
+        {
+            Ok(Some(resolved)) => resolved,
+            Ok(None) | Err(_) => {
+                self.report_at(
+                    address,
+                    format!(r#"cannot resolve backend address {:?}: write "host:port", e.g. "127.0.0.1:3001""#, address.get_ref()),
+                );
+                unspecified
+            }
+        }
+    }
+
+    fn affinity(&mut self, raw: RawAffinity, tls: bool) -> AffinityConfig {
+        let strategy = *raw.strategy.get_ref();
+        let strategy_name = match strategy {
+            Strategy::Insert => "insert",
+            Strategy::Prefix => "prefix",
+            Strategy::StickTable => "stick-table",
+            Strategy::Hash => "hash",
+            Strategy::None => "none",
+        };
+        if let Some(list) = &raw.trusted_proxies {
+            self.report_at(
+                list,
+                "`trusted_proxies` is a [[service]] key (it also governs X-Forwarded-For and Forwarded): move it above [service.affinity]".into(),
+            );
+        }
+        let misplaced: [(Option<Range<usize>>, &str, &str); 23] = [
+            (span_of(&raw.path), "path", "insert"),
+            (span_of(&raw.domain), "domain", "insert"),
+            (span_of(&raw.max_age), "max_age", "insert"),
+            (span_of(&raw.http_only), "http_only", "insert"),
+            (span_of(&raw.secure), "secure", "insert"),
+            (span_of(&raw.same_site), "same_site", "insert"),
+            (span_of(&raw.indirect), "indirect", "insert"),
+            (span_of(&raw.nocache), "nocache", "insert"),
+            (span_of(&raw.delimiter), "delimiter", "prefix"),
+            (span_of(&raw.ttl), "ttl", "stick-table"),
+            (span_of(&raw.max_entries), "max_entries", "stick-table"),
+            (span_of(&raw.store), "store", "stick-table"),
+            (span_of(&raw.seal), "seal", "insert or prefix"),
+            (span_of(&raw.key_file), "key_file", "insert or prefix"),
+            (span_of(&raw.max_idle), "max_idle", "insert or prefix"),
+            (span_of(&raw.max_life), "max_life", "insert or prefix"),
+            (span_of(&raw.redis_url), "redis_url", "stick-table"),
+            (span_of(&raw.key_prefix), "key_prefix", "stick-table"),
+            (span_of(&raw.redis_timeout), "redis_timeout", "stick-table"),
+            (span_of(&raw.key), "key", "hash"),
+            (
+                span_of(&raw.reservation_ttl),
+                "reservation_ttl",
+                "stick-table",
+            ),
+            (span_of(&raw.fallback), "fallback", "hash"),
+            (span_of(&raw.balance_factor), "balance_factor", "hash"),
+        ];
+        for (span, key, owner) in misplaced {
+            if span.is_some() && !owner.split(" or ").any(|one| one == strategy_name) {
+                self.report(
+                    span,
+                    format!(r#"`{key}` applies only to strategy = "{owner}", not "{strategy_name}": remove it"#),
+                );
+            }
+        }
+        if matches!(strategy, Strategy::None | Strategy::Hash) {
+            if let Some(cookie) = &raw.cookie {
+                self.report_at(
+                    cookie,
+                    format!(r#"`cookie` has no use with strategy = "{strategy_name}": remove it (to hash a cookie, write key = "cookie:NAME")"#),
+                );
+            }
+            return match strategy {
+                Strategy::Hash => AffinityConfig::Hash(self.hash(raw)),
+                _ => AffinityConfig::None,
+            };
+        }
+        let cookie = match &raw.cookie {
+            Some(cookie) => {
+                self.check_token(cookie, "cookie name");
+                cookie.get_ref().clone()
+            }
+            None if strategy == Strategy::Insert => file::DEFAULT_INSERT_COOKIE.to_string(),
+            None => {
+                self.report_at(
+                    &raw.strategy,
+                    format!(r#"strategy "{strategy_name}" needs the app's session cookie: add cookie = "JSESSIONID" (or PHPSESSID, connect.sid, ...)"#),
+                );
+                String::new()
+            }
+        };
+        match strategy {
+            Strategy::Insert => AffinityConfig::Insert(self.insert(raw, cookie, tls)),
+            Strategy::Prefix => {
+                let delimiter = match &raw.delimiter {
+                    Some(text) => self.delimiter(text),
+                    None => file::DEFAULT_PREFIX_DELIMITER,
+                };
+                let seal = self.seal(&raw);
+                AffinityConfig::Prefix(PrefixConfig {
+                    cookie,
+                    delimiter,
+                    seal,
+                })
+            }
+            Strategy::StickTable => {
+                let max_entries = raw
+                    .max_entries
+                    .as_ref()
+                    .map_or(file::DEFAULT_STICK_MAX_ENTRIES, |n| *n.get_ref());
+                if max_entries == 0 {
+                    let at = raw.max_entries.as_ref().expect("zero was written");
+                    self.report_at(at, "max_entries must be at least 1".into());
+                }
+                let store = self.store(&raw);
+                let reservation_ttl = self.positive(
+                    raw.reservation_ttl.as_ref(),
+                    file::DEFAULT_RESERVATION_TTL,
+                    "reservation_ttl",
+                );
+                AffinityConfig::StickTable(StickTableConfig {
+                    cookie,
+                    ttl: raw
+                        .ttl
+                        .map_or(file::DEFAULT_STICK_TTL, |d| d.into_inner().0),
+                    max_entries,
+                    reservation_ttl,
+                    store,
+                })
+            }
+            Strategy::None | Strategy::Hash => unreachable!("handled above"),
+        }
+    }
+
+    fn store(&mut self, raw: &RawAffinity) -> StoreConfig {
+        let kind = raw
+            .store
+            .as_ref()
+            .map_or(file::StoreKind::Memory, |kind| *kind.get_ref());
+        let redis_keys = [
+            (span_of(&raw.redis_url), "redis_url"),
+            (span_of(&raw.key_prefix), "key_prefix"),
+            (span_of(&raw.redis_timeout), "redis_timeout"),
+        ];
+        if kind == file::StoreKind::Memory {
+            for (span, key) in redis_keys {
+                if span.is_some() {
+                    self.report(span, format!(r#"`{key}` applies only to store = "redis": remove it or set store = "redis""#));
+                }
+            }
+            return StoreConfig::Memory;
+        }
+        let url = match &raw.redis_url {
+            Some(url) => {
+                if let Err(error) = redis::Client::open(url.get_ref().as_str()) {
+                    self.report_at(url, format!(r#"invalid redis_url: {error}: write e.g. "redis://127.0.0.1:6379/0" or "rediss://host:6380""#));
+                }
+                url.get_ref().clone()
+            }
+            None => {
+                let at = raw.store.as_ref().expect("store = redis was written");
+                self.report_at(at, r#"store = "redis" needs redis_url, e.g. redis_url = "redis://127.0.0.1:6379/0""#.into());
+                String::new()
+            }
+        };
+        StoreConfig::Redis {
+            url,
+            key_prefix: raw.key_prefix.as_ref().map_or_else(
+                || file::DEFAULT_KEY_PREFIX.to_string(),
+                |p| p.get_ref().clone(),
+            ),
+            timeout: raw
+                .redis_timeout
+                .as_ref()
+                .map_or(file::DEFAULT_REDIS_TIMEOUT, |d| d.get_ref().0),
+        }
+    }
+
+    fn insert(&mut self, raw: RawAffinity, cookie: String, tls: bool) -> InsertConfig {
+        let seal = self.seal(&raw);
+        for attribute in [&raw.path, &raw.domain].into_iter().flatten() {
+            if attribute
+                .get_ref()
+                .bytes()
+                .any(|b| b == b';' || b.is_ascii_control())
+            {
+                self.report_at(
+                    attribute,
+                    "cookie attributes cannot contain ';' or control characters".into(),
+                );
+            }
+        }
+        let flag = |value: &Option<Spanned<bool>>, default: bool| {
+            value.as_ref().map_or(default, |v| *v.get_ref())
+        };
+        let secure = flag(&raw.secure, tls);
+        let same_site = raw
+            .same_site
+            .as_ref()
+            .map_or(SameSite::Lax, |s| *s.get_ref());
+        if same_site == SameSite::None && !secure {
+            let at = raw
+                .same_site
+                .as_ref()
+                .expect("same_site = none was written");
+            self.report_at(
+                at,
+                r#"same_site = "none" is refused by browsers without Secure: add secure = true"#
+                    .into(),
+            );
+        }
+        InsertConfig {
+            cookie,
+            path: raw.path.map_or_else(
+                || file::DEFAULT_COOKIE_PATH.to_string(),
+                Spanned::into_inner,
+            ),
+            domain: raw.domain.map(Spanned::into_inner),
+            max_age: raw.max_age.map(|d| d.into_inner().0),
+            http_only: flag(&raw.http_only, true),
+            secure,
+            same_site,
+            indirect: flag(&raw.indirect, true),
+            nocache: flag(&raw.nocache, true),
+            seal,
+        }
+    }
+
+    fn seal(&mut self, raw: &RawAffinity) -> SealConfig {
+        let mode = raw
+            .seal
+            .as_ref()
+            .map_or(SealMode::Plain, |mode| *mode.get_ref());
+        let duration =
+            |value: &Option<Spanned<file::DurationValue>>| value.as_ref().map(|d| d.get_ref().0);
+        let (max_idle, max_life) = (duration(&raw.max_idle), duration(&raw.max_life));
+        if mode == SealMode::Plain {
+            for (span, key) in [
+                (span_of(&raw.key_file), "key_file"),
+                (span_of(&raw.max_idle), "max_idle"),
+                (span_of(&raw.max_life), "max_life"),
+            ] {
+                if span.is_some() {
+                    self.report(
+                        span,
+                        format!(r#"`{key}` needs sealed ids (the times travel in the sealed value): set seal = "signed" or "encrypted""#),
+                    );
+                }
+            }
+            return SealConfig {
+                sealer: Sealer::plain(),
+                max_idle: None,
+                max_life: None,
+            };
+        }
+        let keys = match &raw.key_file {
+            None => {
+                let at = raw.seal.as_ref().expect("a sealed mode was written");
+                self.report_at(at, r#"sealed ids need key_file = "/etc/stickyd/keys" (one key of 32+ bytes per line, base64 or hex)"#.into());
+                Vec::new()
+            }
+            Some(path) => match crate::seal::key_file::read(Path::new(path.get_ref())) {
+                Ok(keys) => keys,
+                Err(error) => {
+                    self.report_at(path, format!("{error}: write one key of at least 32 bytes per line, base64 or hex (e.g. `openssl rand -base64 32`)"));
+                    Vec::new()
+                }
+            },
+        };
+        let sealer = if keys.is_empty() {
+            Sealer::plain()
+        } else {
+            Sealer::new(mode, keys).unwrap_or_else(|_| Sealer::plain())
+        };
+        SealConfig {
+            sealer,
+            max_idle,
+            max_life,
+        }
+    }
+
+    fn limits(&mut self, raw: Option<file::RawLimits>) -> LimitsConfig {
+        let raw = raw.unwrap_or(file::RawLimits {
+            head_timeout: None,
+            keepalive_timeout: None,
+            handshake_timeout: None,
+            body_timeout: None,
+            tunnel_timeout: None,
+            max_header_bytes: None,
+            max_headers: None,
+            max_connections: None,
+            max_body: None,
+            max_key_bytes: None,
+            http2_max_concurrent_streams: None,
+            http2_max_pending_resets: None,
+            http2_max_local_resets: None,
+        });
+        if let Some(bytes) = raw
+            .max_header_bytes
+            .as_ref()
+            .filter(|bytes| bytes.get_ref().0 < file::MIN_HEADER_BYTES)
+        {
+            self.report_at(bytes, r#"max_header_bytes must be at least "8KiB""#.into());
+        }
+        let count = |checker: &mut Self, value: &Option<Spanned<usize>>, default: usize| {
+            value.as_ref().map_or(default, |count| {
+                if *count.get_ref() == 0 {
+                    checker.report_at(count, "must be at least 1".into());
+                }
+                (*count.get_ref()).max(1)
+            })
+        };
+        let max_headers = count(self, &raw.max_headers, file::DEFAULT_MAX_HEADERS);
+        let max_connections = count(self, &raw.max_connections, file::DEFAULT_MAX_CONNECTIONS);
+        let max_key_bytes = count(self, &raw.max_key_bytes, file::DEFAULT_MAX_KEY_BYTES);
+        let http2_max_pending_resets = count(
+            self,
+            &raw.http2_max_pending_resets,
+            file::DEFAULT_HTTP2_MAX_PENDING_RESETS,
+        );
+        let http2_max_local_resets = count(
+            self,
+            &raw.http2_max_local_resets,
+            file::DEFAULT_HTTP2_MAX_LOCAL_RESETS,
+        );
+        let http2_max_concurrent_streams = raw.http2_max_concurrent_streams.as_ref().map_or(
+            file::DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+            |streams| {
+                if *streams.get_ref() == 0 {
+                    self.report_at(streams, "must be at least 1".into());
+                }
+                (*streams.get_ref()).max(1)
+            },
+        );
+        LimitsConfig {
+            head_timeout: self.positive(
+                raw.head_timeout.as_ref(),
+                file::DEFAULT_HEAD_TIMEOUT,
+                "head_timeout",
+            ),
+            keepalive_timeout: self.positive(
+                raw.keepalive_timeout.as_ref(),
+                file::DEFAULT_KEEPALIVE_TIMEOUT,
+                "keepalive_timeout",
+            ),
+            handshake_timeout: self.positive(
+                raw.handshake_timeout.as_ref(),
+                file::DEFAULT_HANDSHAKE_TIMEOUT,
+                "handshake_timeout",
+            ),
+            body_timeout: self.positive(
+                raw.body_timeout.as_ref(),
+                file::DEFAULT_BODY_TIMEOUT,
+                "body_timeout",
+            ),
+            tunnel_timeout: self.positive(
+                raw.tunnel_timeout.as_ref(),
+                file::DEFAULT_TUNNEL_TIMEOUT,
+                "tunnel_timeout",
+            ),
+            max_header_bytes: raw
+                .max_header_bytes
+                .map_or(file::DEFAULT_MAX_HEADER_BYTES, |s| {
+                    s.into_inner().0.max(file::MIN_HEADER_BYTES)
+                }),
+            max_headers,
+            max_connections,
+            max_body: raw.max_body.map(|s| s.into_inner().0 as u64),
+            max_key_bytes,
+            http2_max_concurrent_streams,
+            http2_max_pending_resets,
+            http2_max_local_resets,
+        }
+    }
+
+    /// A duration that must be above zero (a zero deadline would close everything at once).
+    fn positive(
+        &mut self,
+        value: Option<&Spanned<file::DurationValue>>,
+        default: Duration,
+        key: &str,
+    ) -> Duration {
+        match value {
+            None => default,
+            Some(duration) if duration.get_ref().0.is_zero() => {
+                self.report_at(
+                    duration,
+                    format!(
+                        r#"{key} must be above zero, such as "{}s""#,
+                        default.as_secs().max(1)
+                    ),
+                );
+                default
+            }
+            Some(duration) => duration.get_ref().0,
+        }
+    }
+
+    fn health(&mut self, raw: Option<RawHealth>) -> HealthConfig {
+        let raw = raw.unwrap_or(RawHealth {
+            path: None,
+            interval: None,
+            timeout: None,
+            rise: None,
+            fall: None,
+            expect: None,
+            passive_failures: None,
+            passive_5xx: false,
+        });
+        if let Some(path) = &raw.path {
+            if !path.get_ref().starts_with('/')
+                || path.get_ref().parse::<http::uri::PathAndQuery>().is_err()
+            {
+                self.report_at(
+                    path,
+                    r#"health check path must be an absolute path such as "/health""#.into(),
+                );
+            }
+        }
+        for threshold in [&raw.rise, &raw.fall].into_iter().flatten() {
+            if *threshold.get_ref() == 0 {
+                self.report_at(threshold, "rise and fall must be at least 1".into());
+            }
+        }
+        let expect = match &raw.expect {
+            None => file::DEFAULT_EXPECT,
+            Some(text) => match parse_status_range(text.get_ref()) {
+                Some(range) => range,
+                None => {
+                    self.report_at(
+                        text,
+                        r#"expect must be a status or a range such as "200" or "200-399""#.into(),
+                    );
+                    file::DEFAULT_EXPECT
+                }
+            },
+        };
+        let duration = |value: &Option<Spanned<file::DurationValue>>, default| {
+            value.as_ref().map_or(default, |d| d.get_ref().0)
+        };
+        let count = |value: &Option<Spanned<u32>>, default| {
+            value.as_ref().map_or(default, |n| *n.get_ref())
+        };
+        HealthConfig {
+            path: raw.path.as_ref().map(|path| path.get_ref().clone()),
+            interval: duration(&raw.interval, file::DEFAULT_HEALTH_INTERVAL),
+            timeout: duration(&raw.timeout, file::DEFAULT_HEALTH_TIMEOUT),
+            rise: count(&raw.rise, file::DEFAULT_RISE),
+            fall: count(&raw.fall, file::DEFAULT_FALL),
+            expect,
+            passive_failures: count(&raw.passive_failures, file::DEFAULT_PASSIVE_FAILURES),
+            passive_5xx: raw.passive_5xx,
+        }
+    }
+
+    fn admin(&mut self, raw: file::RawAdmin) -> AdminConfig {
+        let token = raw.token_file.as_ref().and_then(|path| {
+            match std::fs::read_to_string(path.get_ref()) {
+                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+                Ok(_) => {
+                    self.report_at(
+                        path,
+                        format!(
+                            "admin token file {:?} is empty: write a token in it",
+                            path.get_ref()
+                        ),
+                    );
+                    None
+                }
+                Err(error) => {
+                    self.report_at(
+                        path,
+                        format!("cannot read admin token file {:?}: {error}", path.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
+        let default_bind = file::DEFAULT_ADMIN_BIND
+            .parse()
+            .expect("a valid default address");
+        let max_connections =
+            raw.max_connections
+                .as_ref()
+                .map_or(file::DEFAULT_ADMIN_MAX_CONNECTIONS, |count| {
+                    if *count.get_ref() == 0 {
+                        self.report_at(count, "must be at least 1".into());
+                    }
+                    (*count.get_ref()).max(1)
+                });
+        AdminConfig {
+            bind: raw.bind.map_or(default_bind, Spanned::into_inner),
+            token,
+            head_timeout: self.positive(
+                raw.head_timeout.as_ref(),
+                file::DEFAULT_HEAD_TIMEOUT,
+                "head_timeout",
+            ),
+            max_connections,
+        }
+    }
+
+    fn hash(&mut self, raw: RawAffinity) -> HashConfig {
+        let key = match &raw.key {
+            None => HashKey::SourceIp,
+            Some(text) => self.hash_key(text),
+        };
+        let balance_factor = raw.balance_factor.as_ref().map(|factor| {
+            let value = *factor.get_ref();
+            if !(value > 1.0 && value.is_finite()) {
+                self.report_at(factor, "balance_factor must be a number above 1.0, such as 1.25 (HAProxy hash-balance-factor 125)".into());
+            }
+            value
+        });
+        HashConfig {
+            key,
+            fallback: raw
+                .fallback
+                .as_ref()
+                .map_or(Fallback::SourceIp, |f| *f.get_ref()),
+            balance_factor,
+        }
+    }
+
+    fn hash_key(&mut self, text: &Spanned<String>) -> HashKey {
+        let value = text.get_ref();
+        let hint = r#"write key = "source-ip", "header:NAME", "query:NAME" or "cookie:NAME""#;
+        let key = match value.split_once(':') {
+            None if value == "source-ip" => Some(HashKey::SourceIp),
+            Some(("header", name)) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) if name == "x-forwarded-for" => Some(HashKey::ForwardedFor),
+                Ok(name) if name == http::header::FORWARDED => Some(HashKey::Forwarded),
+                Ok(name) => Some(HashKey::Header(name)),
+                Err(_) => None,
+            },
+            Some(("query", name)) if !name.is_empty() && !name.contains(['&', '=', '#']) => {
+                Some(HashKey::Query(name.to_string()))
+            }
+            Some(("cookie", name)) if !name.is_empty() && name.chars().all(is_token_char) => {
+                Some(HashKey::Cookie(name.to_string()))
+            }
+            _ => None,
+        };
+        key.unwrap_or_else(|| {
+            self.report_at(text, format!("invalid hash key {value:?}: {hint}"));
+            HashKey::SourceIp
+        })
+    }
+
+    /// A list of addresses and CIDR networks (`trusted_proxies`).
+    fn networks(&mut self, list: &[Spanned<String>]) -> Vec<ipnet::IpNet> {
+        let mut networks = Vec::with_capacity(list.len());
+        for entry in list {
+            match parse_network(entry.get_ref()) {
+                Some(network) => networks.push(network),
+                None => self.report_at(
+                    entry,
+                    format!(r#"{:?} is not an address or CIDR network: write e.g. "10.0.0.0/8", "192.0.2.7" or "2001:db8::/32""#, entry.get_ref()),
+                ),
+            }
+        }
+        networks
+    }
+
+    fn delimiter(&mut self, text: &Spanned<String>) -> char {
+        let mut chars = text.get_ref().chars();
+        match (chars.next(), chars.next()) {
+            // A cookie-octet (RFC 6265 §4.1.1) that cannot occur in a backend id.
+            (Some(c), None) if "!#$%&'()*+/:<>?@[]^`{|}~".contains(c) => c,
+            _ => {
+                self.report_at(
+                    text,
+                    r#"delimiter must be one of the characters !#$%&'()*+/:<>?@[]^`{|}~, such as "~""#.into(),
+                );
+                file::DEFAULT_PREFIX_DELIMITER
+            }
+        }
+    }
+
+    /// Names and ids travel in cookies and logs: letters, digits, `.`, `_`, `-` only.
+    fn check_token(&mut self, value: &Spanned<String>, what: &str) {
+        let text = value.get_ref();
+        if text.is_empty() || !text.chars().all(is_token_char) {
+            self.report_at(value, format!("{what} {text:?} must be non-empty and use only letters, digits, '.', '_' and '-'"));
+        } else if text.len() > file::MAX_ID_BYTES {
+            self.report_at(
+                value,
+                format!(
+                    "{what} {text:?} is longer than {} bytes: shorten it",
+                    file::MAX_ID_BYTES
+                ),
+            );
+        }
+    }
+}
+
+/// `"200"` or `"200-399"`, within 100..=599.
+fn parse_status_range(text: &str) -> Option<(u16, u16)> {
+    let (low, high) = text.split_once('-').unwrap_or((text, text));
+    let (low, high): (u16, u16) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    (100 <= low && low <= high && high <= 599).then_some((low, high))
+}
+
+/// `"10.0.0.0/8"`, or a bare address as a single-host network.
+fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Where in the file `value` was written, if it was.
+fn span_of<T>(value: &Option<Spanned<T>>) -> Option<Range<usize>> {
+    value.as_ref().map(Spanned::span)
+}
