@@ -32,9 +32,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::affinity::{Affinity, Stickiness, hash};
+use crate::affinity::{Affinity, Outcome, Stickiness, hash};
 use crate::config::{AdminConfig, AdminState, HashKey};
-use crate::router::Router;
+use crate::router::{Intent, Router};
 use crate::runtime::Services;
 
 /// Largest request body the admin API reads (a state name, a backend name).
@@ -398,68 +398,71 @@ async fn resolve(router: &Router, query: &str) -> AdminResponse {
             );
         }
     };
-    let describe = |index: usize| {
+    let why = match &stickiness {
+        Stickiness::Pinned(..) => Some("the cookie names it"),
+        Stickiness::Lookup(_) => Some("the stick table binds the session to it"),
+        _ => None,
+    };
+    let lookup = matches!(stickiness, Stickiness::Lookup(_));
+    let decision = router.route(stickiness, Intent::Peek).await;
+    let name = |index: usize| pool.get(index).name.clone();
+    let state = |index: usize| {
         let backend = pool.get(index);
-        (
-            backend.name.clone(),
+        format!(
+            "state {}, up {}",
             backend.admin_state().as_str(),
-            backend.is_healthy() && !backend.is_ejected(),
+            backend.is_healthy() && !backend.is_ejected()
         )
     };
-    let verdict = match stickiness {
-        Stickiness::Pinned(index, _) => {
-            bound_verdict(router, index, "the cookie names it", describe(index))
-        }
-        Stickiness::Lookup(session) => {
-            let table = router.stick_table().expect("only the stick table looks up");
-            match table.get(&session).await.and_then(|id| pool.find_id(&id)) {
-                Some(index) => bound_verdict(
-                    router,
-                    index,
-                    "the stick table binds the session to it",
-                    describe(index),
-                ),
-                None => {
-                    json!({ "backend": null, "outcome": "new", "reason": "no stick-table entry for this session: it would be balanced and the binding reserved" })
-                }
-            }
-        }
-        Stickiness::Hash(key) => match router.hash_choice(key) {
-            Some((index, true)) => {
-                json!({ "backend": describe(index).0, "outcome": "hit", "reason": "the key's first choice on the hash ring" })
-            }
-            Some((index, false)) => {
-                json!({ "backend": describe(index).0, "outcome": "redispatch", "reason": "the key's first choice cannot take it now; this is its next usable choice" })
-            }
-            None => {
-                json!({ "backend": null, "outcome": "none", "reason": "no backend can take new requests" })
-            }
-        },
-        Stickiness::New => {
-            json!({ "backend": null, "outcome": "new", "reason": "no affinity value: it would be balanced as a new session" })
-        }
-        Stickiness::Invalid => {
-            json!({ "backend": null, "outcome": "invalid", "reason": "the value names no backend of this service (forged, stale or garbled): it would be balanced as a new session" })
-        }
+    let verdict = match (decision.outcome, decision.bound, decision.backend) {
+        (Outcome::Hit, Some(bound), _) => json!({
+            "backend": name(bound),
+            "outcome": "hit",
+            "reason": format!("{}; {}", why.unwrap_or("bound"), state(bound)),
+        }),
+        (Outcome::Redispatch, Some(bound), target) => json!({
+            "backend": target.map(name),
+            "bound": name(bound),
+            "outcome": "redispatch",
+            "reason": format!(
+                "{}, but it cannot take the session now ({}): the request would go to {} and the binding move",
+                why.unwrap_or("bound"),
+                state(bound),
+                target.map_or_else(|| "the balancer's pick".to_string(), name),
+            ),
+        }),
+        (Outcome::Hit, None, Some(backend)) => json!({
+            "backend": name(backend),
+            "outcome": "hit",
+            "reason": "the key's first choice on the hash ring",
+        }),
+        (Outcome::Redispatch, None, Some(backend)) => json!({
+            "backend": name(backend),
+            "outcome": "redispatch",
+            "reason": "the key's first choice cannot take it now; this is its next usable choice",
+        }),
+        (Outcome::Hit | Outcome::Redispatch, None, None) => json!({
+            "backend": null,
+            "outcome": "none",
+            "reason": "no backend can take new requests",
+        }),
+        (Outcome::New, ..) if lookup => json!({
+            "backend": null,
+            "outcome": "new",
+            "reason": "no stick-table entry for this session: it would be balanced and the binding reserved",
+        }),
+        (Outcome::New, ..) => json!({
+            "backend": null,
+            "outcome": "new",
+            "reason": "no affinity value: it would be balanced as a new session",
+        }),
+        (Outcome::Invalid, ..) => json!({
+            "backend": null,
+            "outcome": "invalid",
+            "reason": "the value names no backend of this service (forged, stale or garbled): it would be balanced as a new session",
+        }),
     };
     json_response(StatusCode::OK, verdict)
-}
-
-fn bound_verdict(
-    router: &Router,
-    index: usize,
-    why: &str,
-    (name, state, up): (String, &str, bool),
-) -> Value {
-    if router.pool().accepts_bound(index) {
-        json!({ "backend": name, "outcome": "hit", "reason": format!("{why}; state {state}, up") })
-    } else {
-        json!({
-            "backend": name,
-            "outcome": "redispatch",
-            "reason": format!("{why}, but it cannot take the session now (state {state}, up {up}): the request would go to another backend and the binding move"),
-        })
-    }
 }
 
 fn hash_key(key: &HashKey, value: &str) -> u64 {

@@ -312,18 +312,27 @@ pub struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    /// Records one answered request.
-    pub fn record(&self, backend: Option<usize>, status: u16, outcome: Outcome, elapsed: Duration) {
+    /// Records one answered request; `outcome` is `None` for a request refused before any
+    /// routing (a 400), which has no affinity outcome.
+    pub fn record(
+        &self,
+        backend: Option<usize>,
+        status: u16,
+        outcome: Option<Outcome>,
+        elapsed: Duration,
+    ) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         let by_class = backend.map_or(&self.own_answers, |index| &self.requests[index]);
         by_class[class].inc();
-        let outcome = match outcome {
-            Outcome::Hit => 0,
-            Outcome::New => 1,
-            Outcome::Redispatch => 2,
-            Outcome::Invalid => 3,
-        };
-        self.outcomes[outcome].inc();
+        if let Some(outcome) = outcome {
+            let index = match outcome {
+                Outcome::Hit => 0,
+                Outcome::New => 1,
+                Outcome::Redispatch => 2,
+                Outcome::Invalid => 3,
+            };
+            self.outcomes[index].inc();
+        }
         self.latency.observe(elapsed.as_secs_f64());
     }
 }

@@ -48,6 +48,29 @@ pub struct Router {
 /// is on: `x-stickyd: backend=app2; affinity=hit`.
 pub const DEBUG_HEADER: http::HeaderName = http::HeaderName::from_static("x-stickyd");
 
+/// Whether a routing decision may change anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// A request: a stick-table read restarts its entry's lifetime and the balancer takes its
+    /// turn.
+    Route,
+    /// The admin resolver: nothing changes. A request that the balancer would place gets no
+    /// backend, since placing it would take the balancer's turn.
+    Peek,
+}
+
+/// What the routing decision says about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Where the request goes; `None` when no backend can take it, or (peeking) when the
+    /// balancer would choose.
+    pub backend: Option<usize>,
+    /// How it was chosen.
+    pub outcome: Outcome,
+    /// The backend the request's binding named (its cookie, or the stick table), if any.
+    pub bound: Option<usize>,
+}
+
 /// The backend a request is bound to before it is sent, and how it came to be.
 struct Choice {
     backend: Option<usize>,
@@ -165,13 +188,6 @@ impl Router {
         }
     }
 
-    /// Where hash key `key` goes now among backends taking new sessions, and whether that is
-    /// its first choice; `None` without a hash ring or a usable backend. Changes nothing.
-    pub fn hash_choice(&self, key: u64) -> Option<(usize, bool)> {
-        let ring = self.ring.as_ref()?;
-        ring.pick(&self.pool, key, |index| self.pool.accepts_new(index))
-    }
-
     /// Full lifetime of a stick-table binding made without the app's cookie lifetime (an
     /// operator's binding through the admin API); a reservation lives `reservation_ttl`.
     pub fn stick_ttl(&self) -> Duration {
@@ -208,7 +224,8 @@ impl Router {
         let request_line = tracing::enabled!(target: "stickyd::access", tracing::Level::INFO)
             .then(|| (head.method.clone(), head.uri.clone()));
         let (response, backend, outcome) = match head::check_request(&head, self.limits) {
-            Err(error) => (upstream::body::error_response(&error), None, Outcome::New),
+            // Refused before any routing: no affinity outcome.
+            Err(error) => (upstream::body::error_response(&error), None, None),
             Ok(checked) => {
                 let stickiness =
                     self.affinity
@@ -226,7 +243,7 @@ impl Router {
                 let choice = Choice {
                     reissue,
                     identity,
-                    ..self.resolve(stickiness).await
+                    ..self.lookup(stickiness, Intent::Route).await
                 };
                 let upgrade = head::is_upgrade(&head);
                 match head::prepare_request(&mut head, client, upgrade, checked, self.rules) {
@@ -241,17 +258,17 @@ impl Router {
                             client,
                             upstream::body::error_response(&error),
                             None,
-                            Outcome::New,
+                            None,
                         );
                     }
                 }
                 let request = Request::from_parts(head, body);
                 let (result, outcome) = self.forward(request, choice, upgrade).await;
                 match result {
-                    Ok((response, backend)) => (response, Some(backend), outcome),
+                    Ok((response, backend)) => (response, Some(backend), Some(outcome)),
                     Err(error) => {
                         tracing::warn!(service = %self.name, %error, "request failed");
-                        (upstream::body::error_response(&error), None, outcome)
+                        (upstream::body::error_response(&error), None, Some(outcome))
                     }
                 }
             }
@@ -267,14 +284,17 @@ impl Router {
         client: &Peer,
         mut response: Response<ProxyBody>,
         backend: Option<usize>,
-        outcome: Outcome,
+        outcome: Option<Outcome>,
     ) -> Response<ProxyBody> {
         let elapsed = started.elapsed();
         self.metrics
             .record(backend, response.status().as_u16(), outcome, elapsed);
         if self.debug_header {
             let name = backend.map_or("-", |index| self.pool.get(index).name.as_str());
-            let value = format!("backend={name}; affinity={}", outcome.as_str());
+            let value = format!(
+                "backend={name}; affinity={}",
+                outcome.map_or("-", Outcome::as_str)
+            );
             if let Ok(value) = http::HeaderValue::from_str(&value) {
                 response.headers_mut().insert(DEBUG_HEADER, value);
             }
@@ -288,15 +308,25 @@ impl Router {
                 status = response.status().as_u16(),
                 service = %self.name,
                 backend = %backend.map_or("-", |index| self.pool.get(index).name.as_str()),
-                affinity = %outcome.as_str(),
+                affinity = %outcome.map_or("-", Outcome::as_str),
                 ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
             );
         }
         response
     }
 
-    /// Turns what the request said into a backend to try first.
-    async fn resolve(&self, stickiness: Stickiness) -> Choice {
+    /// Where a request that says `stickiness` goes now, and why: the one routing decision
+    /// ([`Router::lookup`] then [`Router::decide`]) the request path makes, for the admin
+    /// resolver. With [`Intent::Peek`] it changes nothing.
+    pub async fn route(&self, stickiness: Stickiness, intent: Intent) -> Decision {
+        let choice = self.lookup(stickiness, intent).await;
+        self.decide(&choice, &[], intent)
+    }
+
+    /// Turns what the request said into the binding it names: a pinned backend, or the stick
+    /// table's entry for its session (read again from the shared store when the entry's
+    /// backend cannot take it, since another instance may have moved the session).
+    async fn lookup(&self, stickiness: Stickiness, intent: Intent) -> Choice {
         let choice = |backend, outcome| Choice {
             backend,
             outcome,
@@ -322,17 +352,21 @@ impl Router {
                     .table
                     .as_ref()
                     .expect("only the stick-table strategy looks up");
-                let mut bound = table
-                    .get(&session)
-                    .await
-                    .and_then(|id| self.pool.find_id(&id));
+                let key = session.as_str();
+                let read = |fresh| async move {
+                    let session = key;
+                    let found = match (intent, fresh) {
+                        (Intent::Route, false) => table.get(session).await,
+                        (Intent::Route, true) => table.get_fresh(session).await,
+                        (Intent::Peek, fresh) => table.peek(session, fresh).await,
+                    };
+                    found.and_then(|id| self.pool.find_id(&id))
+                };
+                let mut bound = read(false).await;
                 if bound.is_some_and(|backend| !self.pool.accepts_bound(backend)) {
                     // Before redispatching, see whether another instance already moved the
                     // session (a shared store): then every instance agrees on the new backend.
-                    let fresh = table
-                        .get_fresh(&session)
-                        .await
-                        .and_then(|id| self.pool.find_id(&id));
+                    let fresh = read(true).await;
                     if fresh.is_some_and(|backend| self.pool.accepts_bound(backend)) {
                         bound = fresh;
                     }
@@ -350,16 +384,38 @@ impl Router {
         }
     }
 
-    /// A backend for a request without a usable binding: the key's place on the hash ring
-    /// when it has a hash key, else the balancer's pick. Also says whether it is the first
-    /// choice (always so for the balancer).
-    fn pick(&self, hash: Option<u64>, accept: impl Fn(usize) -> bool) -> Option<(usize, bool)> {
-        match (hash, &self.ring) {
-            (Some(key), Some(ring)) => ring.pick(&self.pool, key, accept),
-            _ => self
-                .balancer
-                .pick(&self.pool, accept)
-                .map(|backend| (backend, true)),
+    /// The routing decision for a request whose binding is `choice`, `failed` backends aside
+    /// (they refused this request): the bound backend when it can take the session (a hit),
+    /// else a redispatch to the key's next choice on the hash ring or the balancer's pick; a
+    /// request with no binding goes where the hash ring or the balancer puts it.
+    fn decide(&self, choice: &Choice, failed: &[usize], intent: Intent) -> Decision {
+        let usable = |index: usize| self.pool.accepts_new(index) && !failed.contains(&index);
+        let place = |outcome| {
+            let placed = match (choice.hash, &self.ring, intent) {
+                (Some(key), Some(ring), _) => ring.pick(&self.pool, key, usable),
+                (_, _, Intent::Peek) => None,
+                (_, _, Intent::Route) => self
+                    .balancer
+                    .pick(&self.pool, usable)
+                    .map(|backend| (backend, true)),
+            };
+            match placed {
+                Some((backend, true)) => (Some(backend), outcome),
+                Some((backend, false)) => (Some(backend), Outcome::Redispatch),
+                None => (None, outcome),
+            }
+        };
+        let (backend, outcome) = match choice.backend {
+            Some(bound) if self.pool.accepts_bound(bound) && !failed.contains(&bound) => {
+                (Some(bound), choice.outcome)
+            }
+            Some(_) => place(Outcome::Redispatch),
+            None => place(choice.outcome),
+        };
+        Decision {
+            backend,
+            outcome,
+            bound: choice.backend,
         }
     }
 
@@ -371,43 +427,26 @@ impl Router {
         choice: Choice,
         upgrade: bool,
     ) -> (Result<(Response<ProxyBody>, usize), ProxyError>, Outcome) {
-        let Choice {
-            backend: mut preferred,
-            mut outcome,
-            session,
-            hash,
-            times,
-            mut reissue,
-            identity,
-        } = choice;
+        let mut choice = choice;
         let mut failed: Vec<usize> = Vec::new();
         let mut last_error: Option<ProxyError> = None;
         loop {
-            let usable = |index: usize| self.pool.accepts_new(index) && !failed.contains(&index);
-            let backend = match preferred.take() {
-                Some(bound) if self.pool.accepts_bound(bound) && !failed.contains(&bound) => {
-                    Some(bound)
-                }
-                Some(_) => {
-                    outcome = Outcome::Redispatch;
-                    reissue =
-                        reissue.or_else(|| self.affinity.session_to_reissue(request.headers()));
-                    self.pick(hash, usable).map(|(backend, _)| backend)
-                }
-                None => self.pick(hash, usable).map(|(backend, first_choice)| {
-                    if !first_choice {
-                        outcome = Outcome::Redispatch;
-                    }
-                    backend
-                }),
-            };
-            let Some(mut backend) = backend else {
+            let decision = self.decide(&choice, &failed, Intent::Route);
+            let moved = decision.outcome == Outcome::Redispatch && decision.bound.is_some();
+            if moved && choice.reissue.is_none() {
+                choice.reissue = self.affinity.session_to_reissue(request.headers());
+            }
+            // The binding is left once: a retry starts from the backend it went to.
+            choice.backend = None;
+            choice.outcome = decision.outcome;
+            let outcome = decision.outcome;
+            let Some(mut backend) = decision.backend else {
                 let error = last_error.unwrap_or_else(|| ProxyError::NoUsableBackend {
                     service: self.name.clone(),
                 });
                 return (Err(error), outcome);
             };
-            if let (Some(table), Some(session)) = (&self.table, &session) {
+            if let (Some(table), Some(session)) = (&self.table, &choice.session) {
                 backend = self
                     .bind_session(table, session, backend, outcome, !failed.is_empty())
                     .await;
@@ -428,14 +467,18 @@ impl Router {
                     } else {
                         self.pool.record_success(backend);
                     }
-                    let session = session.as_deref().map(str::as_bytes).or(reissue.as_deref());
+                    let session = choice
+                        .session
+                        .as_deref()
+                        .map(str::as_bytes)
+                        .or(choice.reissue.as_deref());
                     let binding = Binding {
                         backend,
                         outcome,
                         session,
-                        times,
+                        times: choice.times,
                     };
-                    self.record(&binding, identity.as_ref(), &mut response)
+                    self.record(&binding, choice.identity.as_ref(), &mut response)
                         .await;
                     return (Ok((response, backend)), outcome);
                 }
@@ -447,8 +490,8 @@ impl Router {
                     tracing::warn!(service = %self.name, %error, ejected, "redispatching");
                     failed.push(backend);
                     if outcome == Outcome::Hit {
-                        outcome = Outcome::Redispatch;
-                        reissue = self.affinity.session_to_reissue(unsent.headers());
+                        choice.outcome = Outcome::Redispatch;
+                        choice.reissue = self.affinity.session_to_reissue(unsent.headers());
                     }
                     last_error = Some(error);
                     request = unsent;

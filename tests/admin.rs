@@ -668,3 +668,66 @@ async fn resolve_reads_cookie_bytes_as_the_proxy_does() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_changes_nothing_and_a_refused_request_has_no_outcome() {
+    within_timeout(async {
+        let backends = spawn_backends(2).await;
+        let admin = Admin::start(
+            &backends,
+            "[service.affinity]\nstrategy = \"stick-table\"\ncookie = \"sid\"\n",
+        )
+        .await;
+        // The app binds sid=short for one second.
+        let set = common::encode("sid=short; Max-Age=1");
+        let bound = Browser::new()
+            .get(&format!("{}/?set-cookie={set}", admin.proxy))
+            .await
+            .backend()
+            .to_string();
+        let started = std::time::Instant::now();
+        // Asking the resolver again and again must not keep the entry alive.
+        let outcome = loop {
+            let (_, answer) = admin
+                .json(Method::GET, "/services/web/resolve?cookie=sid%3Dshort", "")
+                .await;
+            if answer["outcome"] != "hit" {
+                break answer;
+            }
+            assert_eq!(answer["backend"], bound.as_str(), "{answer}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(3),
+                "the resolver kept a one-second entry alive: {answer}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(outcome["outcome"], "new", "{outcome}");
+        // A request refused with 400 before any routing counts no affinity outcome.
+        let before = outcome_count(&admin, "new").await;
+        let mut stream = tokio::net::TcpStream::connect(admin.proxy.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 400"));
+        assert_eq!(outcome_count(&admin, "new").await, before);
+        admin.stop().await;
+    })
+    .await;
+}
+
+/// The `stickyd_affinity_outcomes_total` count for `outcome` of service `web`.
+async fn outcome_count(admin: &Admin, outcome: &str) -> f64 {
+    let (_, metrics) = admin.call(Method::GET, "/metrics", "").await;
+    let line =
+        format!("stickyd_affinity_outcomes_total{{service=\"web\",affinity=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|candidate| candidate.strip_prefix(&line)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -120,6 +120,14 @@ impl<K: Key + ?Sized> ExpiringMap<K> {
         self.get_with_ttl(session).map(|(backend, _)| backend)
     }
 
+    /// The backend bound to `session`, changing nothing: the entry's TTL is not restarted.
+    pub fn peek(&self, session: &K) -> Option<BackendId> {
+        let now = now_ms();
+        let shard = self.shard(session);
+        let binding = shard.get(session).filter(|binding| binding.is_live(now))?;
+        Some(BackendId::clone(&binding.backend))
+    }
+
     /// The backend bound to `session` and the binding's lifetime; the read restarts it.
     pub fn get_with_ttl(&self, session: &K) -> Option<(BackendId, Duration)> {
         let now = now_ms();

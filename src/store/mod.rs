@@ -117,6 +117,16 @@ impl StickTable {
         }
     }
 
+    /// The backend bound to `session`, changing nothing (the admin resolver): no lifetime is
+    /// restarted, nothing is cached. With `fresh`, the shared store is asked even when this
+    /// instance knows the session, as [`StickTable::get_fresh`] does.
+    pub async fn peek(&self, session: &str, fresh: bool) -> Option<BackendId> {
+        match &*self.backing {
+            Backing::Memory(memory) => memory.peek(session),
+            Backing::Redis(redis) => redis.peek(session, fresh).await,
+        }
+    }
+
     /// Binds `session` to `backend` for `reservation_ttl` (until a backend confirms the id)
     /// unless it is bound already, and returns the binding that holds: so concurrent first
     /// requests of one session agree on one backend (across instances too, with Redis).

@@ -113,6 +113,23 @@ impl SharedTable {
         }
     }
 
+    /// The backend bound to `session`, changing nothing: no TTL restarted or refreshed, nothing
+    /// kept locally. With `fresh`, Redis is asked even when the local table knows the session.
+    pub async fn peek(&self, session: &str, fresh: bool) -> Option<BackendId> {
+        if !fresh && let Some(backend) = self.local.peek(session) {
+            return Some(backend);
+        }
+        let mut command = redis::cmd("GET");
+        command.arg(self.key(session));
+        let answer: Option<Option<String>> = self
+            .call(command.query_async(&mut self.redis.clone()))
+            .await;
+        match answer {
+            Some(id) => id.map(|id| BackendId::from(id.as_str())),
+            None => self.local.peek(session),
+        }
+    }
+
     /// The binding Redis holds for `session`, bypassing the local table (another instance may
     /// have rebound it); kept locally. Falls back to the local table when Redis fails.
     pub async fn get_fresh(&self, session: &str) -> Option<BackendId> {
