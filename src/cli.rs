@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/stickyd/stickyd.toml";
 
-/// stickyd: a reverse-proxy load balancer for sticky HTTP sessions.
+/// stickyd: a reverse-proxy load balancer for sticky HTTP sessions: insert, prefix,
+/// stick-table or hash affinity.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {

@@ -1,6 +1,7 @@
 //! Hash: a request key (client address, header, query parameter or cookie) picks the backend
 //! on a consistent hash, so clients that cannot keep a cookie (socket.io long polling,
-//! WebSocket and API clients) stay on one backend (seeds 001-003).
+//! WebSocket and API clients) stay on one backend, as the npm package `sticky-session` does for
+//! Node.js clusters and socket.io's "Using multiple nodes" guide asks of a balancer.
 //!
 //! This part only finds and hashes the key; [`crate::balance::HashRing`] maps the hash to a
 //! backend. The hash is XXH3-64 (seed 0), whose output is specified and stable across

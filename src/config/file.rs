@@ -226,7 +226,8 @@ pub const DEFAULT_KEY_PREFIX: &str = "stickyd:";
 /// Time one Redis call may take before the local table answers instead. Default: 50 ms.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// What the hash strategy does with a request that lacks its key (seed 003's
+/// What the hash strategy does with a request that lacks its key (the npm package
+/// `socketio-sticky-session`'s
 /// `ignoreMissingHeader`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
