@@ -22,12 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use moka::sync::Cache;
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::expiring::ExpiringMap;
-use crate::clock::now_ms;
 use crate::pool::BackendId;
 
 /// Longest time between two Redis TTL refreshes of one session on local hits (an entry whose
@@ -37,9 +35,9 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// Redis-backed stick table with a local table in front.
 pub struct SharedTable {
     local: ExpiringMap,
-    /// Sessions whose Redis TTL was refreshed within [`REFRESH_EVERY`], with when (ms of
-    /// [`now_ms`]).
-    refreshed: Cache<String, u64>,
+    /// Sessions whose Redis TTL was refreshed lately: each entry lives for the throttle
+    /// window ([`REFRESH_EVERY`], or half a short lifetime) from its refresh.
+    refreshed: ExpiringMap,
     redis: ConnectionManager,
     /// `<key_prefix><service>:`
     namespace: String,
@@ -90,10 +88,7 @@ impl SharedTable {
         let redis = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(SharedTable {
             local: ExpiringMap::new(max_entries),
-            refreshed: Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_live(REFRESH_EVERY)
-                .build(),
+            refreshed: ExpiringMap::new(max_entries),
             redis,
             namespace: format!("{key_prefix}{service}:"),
             timeout,
@@ -106,7 +101,7 @@ impl SharedTable {
     pub async fn get(&self, session: &str) -> Option<BackendId> {
         match self.local.get_with_ttl(session) {
             Some((backend, ttl)) => {
-                self.refresh_later(session, ttl);
+                self.refresh_later(session, &backend, ttl);
                 Some(backend)
             }
             None => self.get_fresh(session).await,
@@ -250,17 +245,12 @@ impl SharedTable {
     /// at least twice per `ttl`, without making the request wait. `GT`: a refresh never
     /// shortens a key (another instance may have confirmed a session this one holds as a
     /// reservation).
-    fn refresh_later(&self, session: &str, ttl: Duration) {
-        let now = now_ms();
-        let every = u64::try_from(REFRESH_EVERY.min(ttl / 2).as_millis()).unwrap_or(u64::MAX);
-        if self
-            .refreshed
-            .get(session)
-            .is_some_and(|at| now.saturating_sub(at) < every)
-        {
+    fn refresh_later(&self, session: &str, backend: &BackendId, ttl: Duration) {
+        if self.refreshed.peek(session).is_some() {
             return;
         }
-        self.refreshed.insert(session.to_string(), now);
+        self.refreshed
+            .bind(session, backend, REFRESH_EVERY.min(ttl / 2));
         let (mut redis, key, timeout) = (self.redis.clone(), self.key(session), self.timeout);
         let (errors, reachable) = (self.errors.clone(), Arc::clone(&self.reachable));
         tokio::spawn(async move {
