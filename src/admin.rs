@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -153,7 +154,8 @@ fn authorized(token: Option<&str>, request: &Request<Incoming>) -> bool {
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given, token))
+        // Constant time, so the answer's timing tells nothing of the token.
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
 }
 
 async fn answer(services: &Services, request: Request<Incoming>) -> AdminResponse {
@@ -303,7 +305,7 @@ fn list_table(router: &Router, query: &str) -> AdminResponse {
     let Some(table) = router.stick_table() else {
         return error(StatusCode::NOT_FOUND, "this service has no stick table");
     };
-    let limit = match query_param(query, "limit").map(str::parse::<usize>) {
+    let limit = match hash::query_value(query, "limit").map(str::parse::<usize>) {
         None => DEFAULT_LIMIT,
         Some(Ok(limit)) => limit,
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "limit must be a whole number"),
@@ -363,10 +365,13 @@ async fn forget(router: &Router, session: &str) -> AdminResponse {
 async fn resolve(router: &Router, query: &str) -> AdminResponse {
     let pool = router.pool();
     let affinity = router.affinity();
-    let stickiness = match (query_param(query, "cookie"), query_param(query, "key")) {
+    let stickiness = match (
+        hash::query_value(query, "cookie"),
+        hash::query_value(query, "key"),
+    ) {
         (Some(cookie), None) => {
             // Bytes, not text: a browser's cookies may hold bytes >= 0x80 (RFC 6265 §5.4).
-            let Ok(value) = header::HeaderValue::from_bytes(&percent_decode_bytes(cookie)) else {
+            let Ok(value) = header::HeaderValue::from_bytes(&form_decode(cookie)) else {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "the cookie is not a valid header value",
@@ -381,9 +386,10 @@ async fn resolve(router: &Router, query: &str) -> AdminResponse {
             affinity.on_request(&mut head, IpAddr::V4(Ipv4Addr::UNSPECIFIED), pool)
         }
         (None, Some(key)) => match affinity {
-            Affinity::Hash(strategy) => {
-                Stickiness::Hash(hash_key(strategy.key(), &percent_decode(key)))
-            }
+            Affinity::Hash(strategy) => Stickiness::Hash(hash_key(
+                strategy.key(),
+                &String::from_utf8_lossy(&form_decode(key)),
+            )),
             _ => {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -503,52 +509,11 @@ fn body_value(body: &str, field: &str) -> String {
     }
 }
 
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then_some(value)
-    })
-}
-
-fn percent_decode(text: &str) -> String {
-    String::from_utf8_lossy(&percent_decode_bytes(text)).into_owned()
-}
-
-/// `text` with `%XX` escapes and `+` decoded, as bytes.
-fn percent_decode_bytes(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let escaped = (bytes[index] == b'%')
-            .then(|| std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok())
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match (escaped, bytes[index]) {
-            (Some(byte), _) => {
-                decoded.push(byte);
-                index += 3;
-            }
-            (None, b'+') => {
-                decoded.push(b' ');
-                index += 1;
-            }
-            (None, byte) => {
-                decoded.push(byte);
-                index += 1;
-            }
-        }
-    }
-    decoded
-}
-
-fn constant_time_eq(given: &str, expected: &str) -> bool {
-    given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+/// A query value with `+` and `%XX` escapes decoded (the `application/x-www-form-urlencoded`
+/// rules of the WHATWG URL standard), as bytes: `SERVERID%3Dapp2%3B+lang%3Den` is
+/// `SERVERID=app2; lang=en`. A `%` not followed by two hex digits stays as it is.
+fn form_decode(raw: &str) -> Vec<u8> {
+    percent_encoding::percent_decode_str(&raw.replace('+', " ")).collect()
 }
 
 fn json_response(status: StatusCode, value: Value) -> AdminResponse {
@@ -579,20 +544,14 @@ mod tests {
     #[test]
     fn queries_are_read_and_decoded() {
         assert_eq!(
-            query_param("a=1&cookie=SERVERID%3Dapp2", "cookie"),
+            hash::query_value("a=1&cookie=SERVERID%3Dapp2", "cookie"),
             Some("SERVERID%3Dapp2")
         );
         assert_eq!(
-            percent_decode("SERVERID%3Dapp2%3B+lang%3Den"),
-            "SERVERID=app2; lang=en"
+            form_decode("SERVERID%3Dapp2%3B+lang%3Den"),
+            b"SERVERID=app2; lang=en"
         );
-        assert_eq!(percent_decode("100%"), "100%");
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq("secret", "secret"));
-        assert!(!constant_time_eq("secre", "secret"));
-        assert!(!constant_time_eq("secreT", "secret"));
+        assert_eq!(form_decode("100%"), b"100%");
+        assert_eq!(form_decode("caf%C3%A9%FF"), b"caf\xC3\xA9\xFF");
     }
 }

@@ -525,6 +525,19 @@ async fn bad_tokens_unknown_names_and_wrong_methods_get_json_errors() {
                 StatusCode::UNAUTHORIZED,
             ),
             (
+                // A prefix of the token, and the token with one byte changed.
+                admin
+                    .call_with(Method::GET, "/status", "", Some(&TOKEN[..TOKEN.len() - 1]))
+                    .await,
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                admin
+                    .call_with(Method::GET, "/status", "", Some(&TOKEN.replace('s', "S")))
+                    .await,
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
                 admin
                     .call(Method::GET, "/services/nope/resolve?cookie=a%3Db", "")
                     .await,

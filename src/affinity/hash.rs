@@ -168,8 +168,9 @@ fn parse_forwarded_for(element: &str) -> Option<IpAddr> {
     }
 }
 
-/// The raw (not percent-decoded) value of the first query parameter called `name`.
-fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+/// The raw (not percent-decoded) value of the first query parameter called `name` in
+/// `query` (the part after `?`, `&`-separated `name=value` pairs; a bare `name` has value `""`).
+pub fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then_some(value)

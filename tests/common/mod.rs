@@ -423,48 +423,15 @@ fn full(text: impl Into<Bytes>) -> TestBody {
     http_body_util::Full::new(text.into()).boxed()
 }
 
-/// `key=value` pairs of a query string, percent-decoded.
+/// `key=value` pairs of a query string, `+` and `%XX` decoded.
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        Some((percent_decode(key), percent_decode(value)))
-    })
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'%' if index + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).unwrap();
-                out.push(u8::from_str_radix(hex, 16).unwrap());
-                index += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                index += 1;
-            }
-            byte => {
-                out.push(byte);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
-/// Percent-encodes `text` for a query value.
+/// `text` encoded for a query value (`application/x-www-form-urlencoded`).
 pub fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// A client with its own cookie jar, like `curl -c jar -b jar`, on keep-alive connections.
