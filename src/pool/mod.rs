@@ -357,9 +357,13 @@ pub(crate) mod tests {
         assert!(!pool.accepts_new(0) && pool.accepts_bound(0));
         changes.mark_unchanged();
         pool.set_admin_state(0, AdminState::Maint);
+        assert!(changes.has_changed().unwrap());
         assert!(!pool.accepts_new(0) && !pool.accepts_bound(0));
+        changes.mark_unchanged();
+        // Setting the state a backend already has is no change: watchers are not woken.
         pool.set_admin_state(0, AdminState::Maint);
-        assert!(!changes.has_changed().unwrap() || pool.get(0).admin_state() == AdminState::Maint);
+        assert!(!changes.has_changed().unwrap());
+        assert_eq!(pool.get(0).admin_state(), AdminState::Maint);
     }
 
     #[test]
