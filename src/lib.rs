@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line (`run`, `check`, `demo`).
-//! - [`config`]: the TOML file, raw ([`config::file`]) and validated ([`config::Config`]).
+//! - [`config`]: the TOML file, read and validated into [`config::Config`].
 //! - [`daemon`]: the daemon under systemd: notify, SIGHUP reload, SIGTERM stop.
 //! - [`server`]: accept loops over bound listeners, graceful shutdown.
 //! - [`runtime`]: the running services behind swappable slots; reload.

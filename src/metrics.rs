@@ -21,13 +21,16 @@ use crate::affinity::Outcome;
 /// Labels of a per-service series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
+    /// The service's name.
     pub service: String,
 }
 
 /// Labels of a per-backend series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
+    /// The service's name.
     pub service: String,
+    /// The backend's id (`-` where no backend answered).
     pub backend: String,
 }
 
@@ -35,29 +38,38 @@ pub struct BackendLabels {
 /// own answers (400, 502, 503, 504 with no backend response).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// The service's name.
     pub service: String,
+    /// The backend's id (`-` where no backend answered).
     pub backend: String,
+    /// The status class: `1xx` to `5xx`.
     pub class: String,
 }
 
 /// Labels of the affinity outcome counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
+    /// The service's name.
     pub service: String,
+    /// The affinity outcome: `new`, `hit`, `redispatch` and so on.
     pub affinity: String,
 }
 
 /// Labels of the admin-state gauge: one series per state, 1 for the current one.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
+    /// The service's name.
     pub service: String,
+    /// The backend's id (`-` where no backend answered).
     pub backend: String,
+    /// An admin state: `ready`, `drain` or `maint`.
     pub state: String,
 }
 
 /// Labels of the reload counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
+    /// `ok` or `failed`.
     pub result: String,
 }
 

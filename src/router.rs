@@ -316,7 +316,7 @@ impl Router {
     }
 
     /// Where a request that says `stickiness` goes now, and why: the one routing decision
-    /// ([`Router::lookup`] then [`Router::decide`]) the request path makes, for the admin
+    /// (`lookup` then `decide`) the request path makes, for the admin
     /// resolver. With [`Intent::Peek`] it changes nothing.
     pub async fn route(&self, stickiness: Stickiness, intent: Intent) -> Decision {
         let choice = self.lookup(stickiness, intent).await;

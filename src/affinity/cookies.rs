@@ -213,8 +213,11 @@ impl KeptCookies {
 /// name and value (bytes, blanks trimmed) and its lifetime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetCookie<'a> {
+    /// The cookie's name, bytes as sent.
     pub name: &'a [u8],
+    /// The cookie's value, blanks trimmed.
     pub value: &'a [u8],
+    /// How long the user agent keeps it.
     pub lifetime: Lifetime,
 }
 

@@ -96,7 +96,9 @@ pub enum SessionIdentity {
     Prefix(Option<u64>),
     /// Insert: the client address's hash and the request's cookie fields.
     Insert {
+        /// The hash of the client's address.
         client: u64,
+        /// The request's cookie pairs.
         cookies: cookies::KeptCookies,
     },
 }
@@ -134,7 +136,12 @@ fn next_cookies(request: &cookies::KeptCookies, response: &HeaderMap, ours: &[u8
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableUpdate {
     /// Bind this session id to the backend that answered, for `ttl`.
-    Bind { key: String, ttl: Duration },
+    Bind {
+        /// The app's session id.
+        key: String,
+        /// The entry's lifetime: the cookie's own `Max-Age`/`Expires`, else `ttl`.
+        ttl: Duration,
+    },
     /// The app expired its cookie: drop this session id.
     Forget(String),
 }

@@ -243,9 +243,12 @@ pub enum Fallback {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SameSite {
+    /// `SameSite=Lax`: sent on top-level navigations from other sites (the default).
     #[default]
     Lax,
+    /// `SameSite=Strict`: sent only on same-site requests.
     Strict,
+    /// `SameSite=None`: sent on every request; browsers require `Secure` with it.
     None,
 }
 

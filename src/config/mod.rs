@@ -1,12 +1,12 @@
 //! The validated configuration: typed durations, resolved addresses, one affinity enum.
 //!
-//! [`Config::load`] reads the TOML file ([`mod@file`] holds its raw shape); the checker (`check.rs`,
+//! [`Config::load`] reads the TOML file (`file.rs` holds its raw shape); the checker (`check.rs`,
 //! which also reads key, token and certificate files and resolves backend names) checks
 //! everything a service needs to run and reports each problem as `PATH:LINE:COL: what is wrong
 //! and what to write instead`. This file is the validated model.
 
 mod check;
-pub mod file;
+pub(crate) mod file;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -388,7 +388,9 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("{path}: cannot read the config file: {source}")]
     Read {
+        /// The path as given.
         path: String,
+        /// What the operating system said.
         source: std::io::Error,
     },
     /// The file was read but has problems; each names its place.

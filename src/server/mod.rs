@@ -52,8 +52,11 @@ pub enum ServerError {
         "service {service}: cannot listen on {address}: {source} (is another process using it?)"
     )]
     Bind {
+        /// The service's name.
         service: String,
+        /// The address of the listener.
         address: SocketAddr,
+        /// What the operating system said.
         source: std::io::Error,
     },
     /// SIGTERM / SIGINT / SIGHUP handlers could not be installed.
