@@ -1,14 +1,17 @@
-//! Bad inputs, raw bytes over TCP: every case of `/work/shared/acceptance/bad_inputs.md` that
-//! one request can show, with the status a trustworthy proxy answers (or the connection closed)
-//! and what may reach a backend. Each case encodes the expected behaviour of the acceptance
-//! file, not what stickyd happens to do; the case numbers (`#11`) are the file's.
+//! Bad inputs, raw bytes over TCP: every case of the team's acceptance list of malformed and
+//! hostile requests (`shared/acceptance/bad_inputs.md`, kept beside this repository) that one
+//! request can show, with the status a trustworthy proxy answers (or the connection closed)
+//! and what may reach a backend. Each case encodes the expected behaviour of that list, not
+//! what stickyd happens to do, and says its rule in its name; the case numbers (`#11`) are the
+//! list's.
 //!
 //! Every group prints one line per case (`cargo test --test bad_inputs -- --nocapture`) and
 //! fails once, listing every case that went wrong.
 //!
-//! Not covered here: section F (slowloris, idle connection, slow body: the request-head timeout
-//! is a fixed 30 s, the whole test budget) and cases 49, 56 and 57 (WebSocket, all backends
-//! down and reload are covered by `socketio.rs`, `redispatch.rs` and `operations.rs`).
+//! Not here: section F (slowloris, idle connection, slow body), which needs a short
+//! `head_timeout` and `body_timeout` of its own and is covered by `edge_trust.rs`; and cases 49,
+//! 56 and 57 (WebSocket, all backends down and reload), covered by `socketio.rs`,
+//! `redispatch.rs` and `operations.rs`.
 
 mod common;
 

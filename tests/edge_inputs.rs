@@ -1,7 +1,8 @@
-//! Edge inputs, raw bytes over TCP: the request-head classes of section H of
-//! `/work/shared/acceptance/bad_inputs.md` (#63 to #70) that a review of stickyd found, each
-//! tested as a class with several spellings, end to end through a live stickyd in front of
-//! backends that record what they received. The case numbers (`#63`) are the file's.
+//! Edge inputs, raw bytes over TCP: the request-head classes of section H of the team's
+//! acceptance list (`shared/acceptance/bad_inputs.md`, beside this repository; #63 to #70)
+//! that a review of stickyd found, each tested as a class with several spellings, end to end
+//! through a live stickyd in front of backends that record what they received. The case
+//! numbers (`#63`) are the list's.
 //!
 //! stickyd runs on a runtime thread of its own ([`Stickyd`]): a panic inside it is caught by
 //! a panic hook and fails the test with its message, instead of passing for a closed
