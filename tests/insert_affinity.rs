@@ -29,7 +29,7 @@ async fn the_cookie_is_set_once_with_its_attributes_and_hidden_from_the_backend(
         let first = browser.get(&proxy.url("/")).await;
         assert_eq!(
             first.set_cookies(),
-            ["SERVERID=b1; Path=/; HttpOnly; SameSite=Lax"]
+            ["SERVERID=b1; HttpOnly; SameSite=Lax; Path=/"]
         );
         assert_eq!(first.headers["cache-control"], "private");
         let second = browser.get(&proxy.url("/")).await;

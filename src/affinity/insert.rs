@@ -1,6 +1,7 @@
 //! Insert: stickyd sets its own cookie naming the backend (HAProxy `cookie SRV insert
 //! indirect nocache`, configuration manual §4.2 "cookie").
 
+use cookie::Cookie;
 use http::header::{CACHE_CONTROL, HeaderMap, HeaderValue, SET_COOKIE};
 
 use super::{Binding, Outcome, Stickiness, cookies};
@@ -16,7 +17,8 @@ pub struct Insert {
     indirect: bool,
     nocache: bool,
     codec: IdCodec,
-    /// `; Path=/; HttpOnly; ...`
+    /// `; HttpOnly; SameSite=Lax; Path=/ ...`: the attributes, as the `cookie` crate writes
+    /// them, that follow `name=value`.
     attributes: String,
     /// Plain `Set-Cookie` value per backend index.
     set_cookie: Vec<HeaderValue>,
@@ -26,25 +28,7 @@ impl Insert {
     /// Builds the strategy of the service called `service` and the `Set-Cookie` value of each
     /// backend in `pool`. Opened values are bound to `service` and the cookie name.
     pub fn new(config: &InsertConfig, service: &str, pool: &Pool) -> Insert {
-        let mut attributes = format!("; Path={}", config.path);
-        if let Some(domain) = &config.domain {
-            attributes.push_str("; Domain=");
-            attributes.push_str(domain);
-        }
-        if let Some(max_age) = config.max_age {
-            attributes.push_str(&format!("; Max-Age={}", max_age.as_secs()));
-        }
-        if config.http_only {
-            attributes.push_str("; HttpOnly");
-        }
-        if config.secure {
-            attributes.push_str("; Secure");
-        }
-        attributes.push_str(match config.same_site {
-            SameSite::Lax => "; SameSite=Lax",
-            SameSite::Strict => "; SameSite=Strict",
-            SameSite::None => "; SameSite=None",
-        });
+        let attributes = attributes(config);
         let set_cookie = pool
             .backends()
             .iter()
@@ -110,6 +94,29 @@ impl Insert {
             mark_private(headers);
         }
     }
+}
+
+/// The `Set-Cookie` attributes of `config` (RFC 6265 §4.1.1) after `name=value`, built once
+/// with the `cookie` crate: `; HttpOnly; SameSite=Lax; Path=/` for the defaults.
+fn attributes(config: &InsertConfig) -> String {
+    let mut cookie = Cookie::build((config.cookie.as_str(), ""))
+        .path(config.path.as_str())
+        .http_only(config.http_only)
+        .secure(config.secure)
+        .same_site(match config.same_site {
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::None => cookie::SameSite::None,
+        });
+    if let Some(domain) = &config.domain {
+        cookie = cookie.domain(domain.as_str());
+    }
+    if let Some(max_age) = config.max_age {
+        let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+        cookie = cookie.max_age(cookie::time::Duration::seconds(seconds));
+    }
+    let text = cookie.build().to_string();
+    text[config.cookie.len() + 1..].to_string()
 }
 
 fn mark_private(headers: &mut HeaderMap) {
@@ -253,7 +260,7 @@ mod tests {
         insert.on_response(&pool, &binding(1, Outcome::Redispatch, None), &mut changed);
         assert_eq!(
             changed.get(SET_COOKIE).unwrap(),
-            "SERVERID=s2; Path=/; Domain=example.com; Max-Age=3600; HttpOnly; Secure; SameSite=Strict"
+            "SERVERID=s2; HttpOnly; SameSite=Strict; Secure; Path=/; Domain=example.com; Max-Age=3600"
         );
         assert_eq!(changed.get(CACHE_CONTROL).unwrap(), "max-age=60, private");
     }
