@@ -233,17 +233,18 @@ mod tests {
     use crate::config::BackendConfig;
     use crate::pool::PoolPolicy;
 
+    /// Backend `b<index>` (its id too).
+    fn backend(index: usize) -> BackendConfig {
+        BackendConfig::new(&format!("b{index}"), "127.0.0.1:1".parse().unwrap())
+    }
+
     fn pool(weights: &[u32]) -> Arc<Pool> {
         let backends: Vec<BackendConfig> = weights
             .iter()
             .enumerate()
             .map(|(index, &weight)| BackendConfig {
-                name: format!("b{index}"),
-                id: format!("b{index}"),
-                address: "127.0.0.1:1".parse().unwrap(),
                 weight,
-                state: crate::config::AdminState::Ready,
-                backup: false,
+                ..backend(index)
             })
             .collect();
         Arc::new(Pool::new(&backends, PoolPolicy::default(), None))
@@ -447,17 +448,8 @@ mod tests {
     fn removing_a_backend_moves_only_its_own_keys() {
         let before = placement(&pool(&[1, 1, 1, 1, 1]), KEYS);
         // Remove b2: the remaining ids keep their weights, so build the four-backend pool by id.
-        let remaining: Vec<BackendConfig> = [0, 1, 3, 4]
-            .iter()
-            .map(|&index| BackendConfig {
-                name: format!("b{index}"),
-                id: format!("b{index}"),
-                address: "127.0.0.1:1".parse().unwrap(),
-                weight: 1,
-                state: crate::config::AdminState::Ready,
-                backup: false,
-            })
-            .collect();
+        let remaining: Vec<BackendConfig> =
+            [0, 1, 3, 4].iter().map(|&index| backend(index)).collect();
         let after = placement(&Pool::new(&remaining, PoolPolicy::default(), None), KEYS);
         let moved_keys = moved(&before, &after);
         let owned = before.iter().filter(|id| *id == "b2").count();

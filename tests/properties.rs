@@ -77,12 +77,8 @@ fn cookie_headers(fields: &[Vec<u8>]) -> HeaderMap {
 
 fn pool() -> Pool {
     let backend = |n: usize| BackendConfig {
-        name: format!("app{n}"),
         id: format!("s{n}"),
-        address: "127.0.0.1:1".parse().unwrap(),
-        weight: 1,
-        state: stickyd::config::AdminState::Ready,
-        backup: false,
+        ..BackendConfig::new(&format!("app{n}"), "127.0.0.1:1".parse().unwrap())
     };
     Pool::new(&[backend(1), backend(2)], PoolPolicy::default(), None)
 }

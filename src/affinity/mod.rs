@@ -450,12 +450,11 @@ pub(crate) mod tests {
     pub fn pool() -> Pool {
         let backends: Vec<BackendConfig> = (1..=3)
             .map(|n| BackendConfig {
-                name: format!("app{n}"),
                 id: format!("s{n}"),
-                address: format!("127.0.0.1:{}", 3000 + n).parse().unwrap(),
-                weight: 1,
-                state: crate::config::AdminState::Ready,
-                backup: false,
+                ..BackendConfig::new(
+                    &format!("app{n}"),
+                    format!("127.0.0.1:{}", 3000 + n).parse().unwrap(),
+                )
             })
             .collect();
         Pool::new(&backends, crate::pool::PoolPolicy::default(), None)

@@ -192,6 +192,22 @@ pub struct BackendConfig {
     pub backup: bool,
 }
 
+impl BackendConfig {
+    /// Backend `name` at `address` with every default: id `name`, weight 1, ready, not a
+    /// backup. Change a field with struct update syntax:
+    /// `BackendConfig { id: "s1".into(), ..BackendConfig::new("app1", address) }`.
+    pub fn new(name: &str, address: SocketAddr) -> BackendConfig {
+        BackendConfig {
+            name: name.to_string(),
+            id: name.to_string(),
+            address,
+            weight: file::DEFAULT_WEIGHT,
+            state: AdminState::Ready,
+            backup: false,
+        }
+    }
+}
+
 /// Limits on what a client may send and hold, per service (each of its listeners). Every
 /// state a client connection can be in has a deadline here (see `docs/SECURITY.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -300,12 +300,8 @@ pub(crate) mod tests {
     /// A config for backend `name` (id `id-<name>`).
     pub fn backend(name: &str) -> BackendConfig {
         BackendConfig {
-            name: name.into(),
             id: format!("id-{name}"),
-            address: "127.0.0.1:1".parse().unwrap(),
-            weight: 1,
-            state: AdminState::Ready,
-            backup: false,
+            ..BackendConfig::new(name, "127.0.0.1:1".parse().unwrap())
         }
     }
 
