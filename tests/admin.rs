@@ -16,6 +16,7 @@ use stickyd::runtime::Services;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use common::raw::RawConn;
 use common::{
     Browser, TestBackend, config, get_with_cookie_fields, spawn_backends, within_timeout,
 };
@@ -717,17 +718,19 @@ async fn resolve_changes_nothing_and_a_refused_request_has_no_outcome() {
         assert_eq!(outcome["outcome"], "new", "{outcome}");
         // A request refused with 400 before any routing counts no affinity outcome.
         let before = outcome_count(&admin, "new").await;
-        let mut stream = tokio::net::TcpStream::connect(admin.proxy.trim_start_matches("http://"))
+        let mut conn =
+            RawConn::open(admin.proxy.trim_start_matches("http://").parse().unwrap()).await;
+        conn.send(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
             .await
             .unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.unwrap();
-        assert!(answer.starts_with(b"HTTP/1.1 400"));
+        let answer = conn.answer_until_closed().await;
+        assert!(!answer.reset, "reset: {}", answer.summary());
+        assert_eq!(
+            answer.status_line().as_deref(),
+            Some("HTTP/1.1 400"),
+            "{}",
+            answer.summary()
+        );
         assert_eq!(outcome_count(&admin, "new").await, before);
         admin.stop().await;
     })

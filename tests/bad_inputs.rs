@@ -15,223 +15,31 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use common::{Proxy, Seen, TestBackend, proxy_over, spawn_backends, within_timeout};
+use common::raw::{Answer, Reply, exchange};
+use common::{
+    Proxy, RawBackend, Report, Seen, SeenSince, Step, TestBackend, describe, proxy_over,
+    spawn_backends, verdict, within_timeout,
+};
 
 const INSERT: &str = "[service.affinity]\nstrategy = \"insert\"\ncookie = \"SERVERID\"\n";
 
-/// How long a case waits for the proxy to answer or close.
-const ANSWER_BOUND: Duration = Duration::from_secs(3);
-/// After the expected responses, how long to wait for the proxy to close the connection.
+/// After the expected responses, how long to wait for the proxy to close the connection (the
+/// answer itself is awaited for [`common::raw::ANSWER_BOUND`]).
 const CLOSE_BOUND: Duration = Duration::from_millis(400);
 
-// ---------------------------------------------------------------------------------------------
-// The raw client
-// ---------------------------------------------------------------------------------------------
-
-/// One response as read off the wire.
-#[derive(Debug, Clone)]
-struct Reply {
-    status: u16,
-    /// Lower-cased names.
-    headers: Vec<(String, String)>,
-    #[allow(dead_code)] // kept for debugging a failing case
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// The backend that answered, "" for stickyd's own responses.
-    fn backend(&self) -> &str {
-        self.header("x-backend").unwrap_or("")
-    }
-
-    /// The value of the `SERVERID` cookie this response sets, if any.
-    fn sticky_cookie(&self) -> Option<String> {
-        self.all("set-cookie").into_iter().find_map(|field| {
-            let pair = field.split(';').next()?;
-            let (name, value) = pair.split_once('=')?;
-            (name.trim() == "SERVERID").then(|| value.trim().to_string())
-        })
-    }
-}
-
-/// Everything a raw exchange produced.
-#[derive(Debug)]
-struct Answer {
-    replies: Vec<Reply>,
-    /// The proxy closed the connection (EOF or reset) within the bounds.
-    closed: bool,
-    /// Bytes after the last complete response that did not parse as one.
-    trailing: Vec<u8>,
-}
-
-impl Answer {
-    fn statuses(&self) -> Vec<u16> {
-        self.replies.iter().map(|reply| reply.status).collect()
-    }
-
-    /// "400+close", "200,200 open", "closed, no response"...
-    fn summary(&self) -> String {
-        let mut text = if self.replies.is_empty() {
-            "no response".to_string()
-        } else {
-            self.replies
-                .iter()
-                .map(|reply| {
-                    if reply.backend().is_empty() {
-                        reply.status.to_string()
-                    } else {
-                        format!("{}({})", reply.status, reply.backend())
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        text.push_str(if self.closed { " +close" } else { " open" });
-        if !self.trailing.is_empty() {
-            text.push_str(&format!(
-                " +{} unparsed bytes {:?}",
-                self.trailing.len(),
-                String::from_utf8_lossy(&self.trailing[..self.trailing.len().min(40)])
-            ));
-        }
-        text
-    }
-}
-
-/// Parses one complete response at the start of `buffer`: the reply and its length, `None`
-/// when more bytes are needed (or, with `eof`, when the rest is no response).
-fn parse_reply(buffer: &[u8], eof: bool) -> Option<(Reply, usize)> {
-    let end = buffer.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next()?;
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/") {
-        return None;
-    }
-    let status: u16 = parts.next()?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body_start = end + 4;
-    let rest = &buffer[body_start..];
-    let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-    let (body, used) = if status == 101 || status == 204 || status == 304 {
-        (Vec::new(), 0)
-    } else if find("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
-        let mut body = Vec::new();
-        let mut at = 0;
-        loop {
-            let line_end = rest[at..].windows(2).position(|w| w == b"\r\n")? + at;
-            let size_text = String::from_utf8_lossy(&rest[at..line_end]).into_owned();
-            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-            at = line_end + 2;
-            if size == 0 {
-                // No trailers from stickyd: the final CRLF.
-                if rest.len() < at + 2 {
-                    return None;
-                }
-                at += 2;
-                break;
-            }
-            if rest.len() < at + size + 2 {
-                return None;
-            }
-            body.extend_from_slice(&rest[at..at + size]);
-            at += size + 2;
-        }
-        (body, at)
-    } else if let Some(length) = find("content-length") {
-        let length: usize = length.parse().ok()?;
-        if rest.len() < length {
-            return None;
-        }
-        (rest[..length].to_vec(), length)
-    } else if eof {
-        (rest.to_vec(), rest.len())
-    } else {
-        return None;
-    };
-    Some((
-        Reply {
-            status,
-            headers,
-            body,
-        },
-        body_start + used,
-    ))
-}
-
-/// Sends `bytes` in one write to `addr`, then reads until the proxy closes, or `want` complete
-/// responses arrived and the proxy stayed open for [`CLOSE_BOUND`], all within [`ANSWER_BOUND`].
-async fn exchange(addr: SocketAddr, bytes: &[u8], want: usize) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to stickyd");
-    // The proxy may answer and close before it read everything (a rejected oversized head):
-    // a failed write is not the case's verdict, the response is.
-    let _ = stream.write_all(bytes).await;
-    let mut buffer = Vec::new();
-    let mut replies = Vec::new();
-    let mut closed = false;
-    let deadline = tokio::time::Instant::now() + ANSWER_BOUND;
-    loop {
-        while let Some((reply, used)) = parse_reply(&buffer, false) {
-            replies.push(reply);
-            buffer.drain(..used);
-        }
-        let wait_until = if replies.len() >= want {
-            (tokio::time::Instant::now() + CLOSE_BOUND).min(deadline)
-        } else {
-            deadline
-        };
-        let mut chunk = [0u8; 16384];
-        match tokio::time::timeout_at(wait_until, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                closed = true;
-                break;
-            }
-            Ok(Ok(n)) => buffer.extend_from_slice(&chunk[..n]),
-            Err(_elapsed) => break,
-        }
-    }
-    if closed {
-        while let Some((reply, used)) = parse_reply(&buffer, true) {
-            replies.push(reply);
-            buffer.drain(..used);
-            if buffer.is_empty() {
-                break;
-            }
-        }
-    }
-    Answer {
-        replies,
-        closed,
-        trailing: buffer,
-    }
+/// The value of the `SERVERID` cookie `reply` sets, if any.
+fn sticky_cookie(reply: &Reply) -> Option<String> {
+    reply.all("set-cookie").into_iter().find_map(|field| {
+        let pair = field.split(';').next()?;
+        let (name, value) = pair.split_once('=')?;
+        (name.trim() == "SERVERID").then(|| value.trim().to_string())
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -362,90 +170,30 @@ fn rejected_check(answer: &Answer, seen: &[Seen], statuses: &[u16]) -> Result<()
     verdict(problems)
 }
 
-fn verdict(problems: Vec<String>) -> Result<(), String> {
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
-}
-
-fn describe(seen: &[Seen]) -> String {
-    seen.iter()
-        .map(|s| {
-            let body = String::from_utf8_lossy(&s.body);
-            let headers: Vec<String> = s
-                .headers
-                .iter()
-                .filter(|(name, _)| !name.as_str().starts_with("x-forwarded"))
-                .map(|(name, value)| {
-                    let value = String::from_utf8_lossy(value.as_bytes());
-                    let value: String = value.chars().take(40).collect();
-                    format!("{name}: {value}")
-                })
-                .collect();
-            format!(
-                "[{} {} {{{}}} body {:?}]",
-                s.method,
-                s.uri,
-                headers.join(", "),
-                body.chars().take(40).collect::<String>()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Runs every case against `proxy`, one fresh connection each, prints one report line per
 /// case, and fails listing every case whose check failed.
 async fn run(group: &str, proxy: &Proxy, backends: &[&TestBackend], cases: Vec<Case>) {
-    let mut failures = Vec::new();
-    println!("\n== {group}");
+    let mut report = Report::new(group);
     for case in cases {
-        let before: Vec<usize> = backends.iter().map(|b| b.count()).collect();
-        let answer = exchange(proxy.addr, &case.bytes, case.want).await;
-        // A request whose body failed mid-stream lands at the backend a moment later.
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        let seen: Vec<Seen> = backends
-            .iter()
-            .zip(&before)
-            .flat_map(|(backend, &from)| backend.seen().into_iter().skip(from))
-            .collect();
-        let result = (case.check)(&answer, &seen);
+        let since = SeenSince::now(backends);
+        let answer = exchange(proxy.addr, &case.bytes, case.want, Some(CLOSE_BOUND)).await;
+        // A request whose body failed mid-stream lands at the backend after the proxy's answer:
+        // wait until every backend has taken in what was sent to it.
+        let seen = since.settled().await;
         let reached = if seen.is_empty() {
             "backend: nothing".to_string()
         } else {
             format!("backend: {} request(s)", seen.len())
         };
-        match &result {
-            Ok(()) => println!(
-                "PASS {:<58} expected {:<40} got {:<24} {reached}",
-                case.name,
-                case.expected,
-                answer.summary()
-            ),
-            Err(problem) => {
-                println!(
-                    "FAIL {:<58} expected {:<40} got {:<24} {reached}\n     -> {problem}",
-                    case.name,
-                    case.expected,
-                    answer.summary()
-                );
-                failures.push(format!(
-                    "{}: expected {}, got {} ({problem})",
-                    case.name,
-                    case.expected,
-                    answer.summary()
-                ));
-            }
-        }
+        report.case(
+            &case.name,
+            &case.expected,
+            &answer.summary(),
+            &reached,
+            (case.check)(&answer, &seen),
+        );
     }
-    assert!(
-        failures.is_empty(),
-        "{group}: {} case(s) failed:\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
+    report.finish();
 }
 
 fn get(extra_headers: &str) -> Vec<u8> {
@@ -515,7 +263,7 @@ fn new_session(answer: &Answer, seen: &[Seen]) -> Vec<String> {
             if reply.status != 200 {
                 problems.push(format!("status {}", reply.status));
             }
-            match reply.sticky_cookie() {
+            match sticky_cookie(reply) {
                 Some(id) if ["b1", "b2", "b3"].contains(&id.as_str()) && id == reply.backend() => {}
                 Some(id) => problems.push(format!(
                     "Set-Cookie SERVERID={id} from backend {}",
@@ -620,7 +368,7 @@ async fn forged_garbled_or_stale_affinity_cookies_start_a_new_session_and_never_
                     let mut problems = no_sticky_cookie_forwarded(seen);
                     match answer.replies.first() {
                         Some(r) if r.status == 200 && r.backend() == "b2" => {
-                            if r.sticky_cookie().is_some() {
+                            if sticky_cookie(r).is_some() {
                                 problems.push("Set-Cookie on a hit".into());
                             }
                         }
@@ -1276,7 +1024,7 @@ async fn oversized_heads_are_refused_whole_with_431_or_414_and_never_truncated()
         ];
         run("C. oversized heads", &proxy, &refs(&backends), cases).await;
         // No crash: the next normal request on a new connection gets 200.
-        let after = exchange(proxy.addr, &get(""), 1).await;
+        let after = exchange(proxy.addr, &get(""), 1, Some(CLOSE_BOUND)).await;
         assert_eq!(
             after.statuses(),
             [200],
@@ -1354,7 +1102,7 @@ async fn host_and_request_line_violations_are_rejected_before_any_backend() {
                 let mut problems = Vec::new();
                 match answer.replies.first() {
                     Some(r) if r.status == 200 && !r.backend().is_empty() => {
-                        if r.sticky_cookie().is_none() {
+                        if sticky_cookie(r).is_none() {
                             problems.push("no Set-Cookie SERVERID".to_string());
                         }
                     }
@@ -1501,34 +1249,6 @@ async fn pipelined_requests_are_routed_one_by_one_and_garbage_after_them_is_reje
 // G. Backend-side: a response with ambiguous framing
 // ---------------------------------------------------------------------------------------------
 
-/// A backend that answers every connection with `response` once it read a request head, then
-/// closes. Counts the requests it got.
-async fn raw_backend(response: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&count);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let counter = Arc::clone(&counter);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut byte).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&byte[..n]),
-                    }
-                }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let _ = stream.write_all(response).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    (addr, count)
-}
-
 #[tokio::test]
 async fn a_backend_response_with_ambiguous_framing_becomes_502() {
     within_timeout(async {
@@ -1553,13 +1273,15 @@ async fn a_backend_response_with_ambiguous_framing_becomes_502() {
         let mut failures = Vec::new();
         println!("\n== G. backend responses");
         for (name, response) in responses {
-            let (addr, count) = raw_backend(response).await;
+            // Answers every connection with `response` once it read a request, then closes.
+            let backend = RawBackend::spawn(&[Step::Read, Step::Write(response)]).await;
             let proxy = common::start_proxy(&format!(
-                "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n{INSERT}\n[[service.backend]]\nname = \"raw\"\naddress = \"{addr}\"\n"
+                "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n{INSERT}\n{}",
+                backend.toml()
             ))
             .await;
-            let answer = exchange(proxy.addr, &get(""), 1).await;
-            let reached = count.load(Ordering::SeqCst);
+            let answer = exchange(proxy.addr, &get(""), 1, Some(CLOSE_BOUND)).await;
+            let reached = backend.requests().len();
             let ok = answer.statuses() == [502];
             println!(
                 "{} {name:<58} expected {:<40} got {:<24} backend: {reached} request(s)",

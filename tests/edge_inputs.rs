@@ -19,24 +19,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
 
 use stickyd::runtime::Services;
 
-use common::{Seen, TestBackend, config, spawn_backends, within_timeout};
+use common::raw::{ANSWER_BOUND, Answer, RawConn};
+use common::{
+    RawBackend, Report, Seen, SeenSince, Step, TestBackend, config, describe, spawn_backends,
+    verdict, within_timeout,
+};
 
 /// The `Host` every request names.
 const HOST: &str = "app.example";
-/// How long a case waits for the answers it wants (or for the close).
-const ANSWER_BOUND: Duration = Duration::from_secs(3);
 /// The forwarding fields stickyd writes for a client at 127.0.0.1 over cleartext.
 const OWN_FOR: &str = "127.0.0.1";
 const OWN_FORWARDED: &str = "for=127.0.0.1;proto=http";
@@ -168,299 +163,6 @@ impl Drop for Stickyd {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The raw client, parsing responses with httparse
-// ---------------------------------------------------------------------------------------------
-
-/// One response as read off the wire.
-#[derive(Debug, Clone)]
-struct Reply {
-    status: u16,
-    /// Lower-cased names, values as bytes.
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
-    }
-
-    /// The backend that answered (`x-backend`), "" for stickyd's own responses.
-    fn backend(&self) -> String {
-        self.header("x-backend").unwrap_or_default()
-    }
-}
-
-/// Everything one exchange produced.
-#[derive(Debug, Default)]
-struct Answer {
-    replies: Vec<Reply>,
-    /// The proxy closed the connection (EOF or reset) while the client read.
-    closed: bool,
-    /// What did not parse as a response (httparse's error and the first bytes).
-    garbage: Option<String>,
-}
-
-impl Answer {
-    fn first(&self) -> Option<&Reply> {
-        self.replies.first()
-    }
-
-    fn statuses(&self) -> Vec<u16> {
-        self.replies.iter().map(|reply| reply.status).collect()
-    }
-
-    /// "400 +close", "200(b1),200(b1) open", "no response +close"...
-    fn summary(&self) -> String {
-        let mut text = if self.replies.is_empty() {
-            "no response".to_string()
-        } else {
-            self.replies
-                .iter()
-                .map(|reply| match reply.backend() {
-                    backend if backend.is_empty() => reply.status.to_string(),
-                    backend => format!("{}({backend})", reply.status),
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        text.push_str(if self.closed { " +close" } else { " open" });
-        if let Some(garbage) = &self.garbage {
-            text.push_str(&format!(" +garbage {garbage}"));
-        }
-        text
-    }
-}
-
-/// What the start of a buffer holds.
-enum Parsed {
-    /// A complete response and the bytes it took.
-    Reply(Reply, usize),
-    /// The start of a response: more bytes are needed.
-    Partial,
-    /// No response.
-    Garbage(String),
-}
-
-/// Parses one response at the start of `buffer` with httparse; `eof` says no more bytes will
-/// come (a response framed by the close takes the rest).
-fn parse_reply(buffer: &[u8], eof: bool) -> Parsed {
-    let garbage = |what: String| {
-        Parsed::Garbage(format!(
-            "{what}: {:?}",
-            String::from_utf8_lossy(&buffer[..buffer.len().min(60)])
-        ))
-    };
-    let mut fields = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut fields);
-    let head = match response.parse(buffer) {
-        Ok(httparse::Status::Complete(head)) => head,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(error) => return garbage(error.to_string()),
-    };
-    let status = response.code.unwrap_or_default();
-    let headers: Vec<(String, Vec<u8>)> = response
-        .headers
-        .iter()
-        .map(|field| (field.name.to_ascii_lowercase(), field.value.to_vec()))
-        .collect();
-    let field = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| value.as_slice())
-    };
-    let rest = &buffer[head..];
-    let used = if (100..200).contains(&status) || status == 204 || status == 304 {
-        0
-    } else if field("transfer-encoding").is_some_and(|coding| coding == b"chunked") {
-        match dechunk(rest) {
-            Ok(Some(length)) => length,
-            Ok(None) => return Parsed::Partial,
-            Err(error) => return garbage(error),
-        }
-    } else if let Some(length) = field("content-length") {
-        let Some(length) = std::str::from_utf8(length)
-            .ok()
-            .and_then(|length| length.parse::<usize>().ok())
-        else {
-            return garbage("invalid Content-Length".into());
-        };
-        if rest.len() < length {
-            return Parsed::Partial;
-        }
-        length
-    } else if eof {
-        rest.len()
-    } else {
-        return Parsed::Partial;
-    };
-    Parsed::Reply(Reply { status, headers }, head + used)
-}
-
-/// The length of the chunked body at the start of `rest` (httparse's chunk-size and trailer
-/// parsers), `None` when incomplete.
-fn dechunk(rest: &[u8]) -> Result<Option<usize>, String> {
-    let mut at = 0;
-    loop {
-        let (start, size) = match httparse::parse_chunk_size(&rest[at..]) {
-            Ok(httparse::Status::Complete(chunk)) => chunk,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::InvalidChunkSize) => return Err("invalid chunk size".into()),
-        };
-        at += start;
-        if size == 0 {
-            let mut trailers = [httparse::EMPTY_HEADER; 16];
-            return match httparse::parse_headers(&rest[at..], &mut trailers) {
-                Ok(httparse::Status::Complete((length, _))) => Ok(Some(at + length)),
-                Ok(httparse::Status::Partial) => Ok(None),
-                Err(error) => Err(format!("trailers: {error}")),
-            };
-        }
-        let size = usize::try_from(size).map_err(|_| "a chunk over usize".to_string())?;
-        if rest.len() < at + size + 2 {
-            return Ok(None);
-        }
-        if &rest[at + size..at + size + 2] != b"\r\n" {
-            return Err("chunk data not followed by CRLF".into());
-        }
-        at += size + 2;
-    }
-}
-
-/// A client connection to stickyd that writes raw bytes and reads responses.
-struct Conn {
-    stream: TcpStream,
-    /// Bytes read and not yet taken as a response.
-    buffer: Vec<u8>,
-    eof: bool,
-}
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).await.expect("connect to stickyd");
-        Conn::over(stream)
-    }
-
-    /// A connection from the local address `source` (any 127.0.0.0/8 address is this host).
-    async fn open_from(source: Ipv4Addr, addr: SocketAddr) -> Conn {
-        let socket = TcpSocket::new_v4().expect("an IPv4 socket");
-        socket
-            .bind(SocketAddr::from((source, 0)))
-            .unwrap_or_else(|error| panic!("bind the client to {source}: {error}"));
-        let stream = socket
-            .connect(addr)
-            .await
-            .unwrap_or_else(|error| panic!("connect from {source} to {addr}: {error}"));
-        Conn::over(stream)
-    }
-
-    fn over(stream: TcpStream) -> Conn {
-        Conn {
-            stream,
-            buffer: Vec::new(),
-            eof: false,
-        }
-    }
-
-    /// Writes `bytes`. The proxy may answer and close before it read everything: a failed
-    /// write is not a case's verdict, the answer is.
-    async fn send(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-    }
-
-    /// Reads more bytes before `deadline`; false at EOF, on an error or at the deadline.
-    async fn read_more(&mut self, deadline: tokio::time::Instant) -> bool {
-        if self.eof {
-            return false;
-        }
-        let mut chunk = [0u8; 16384];
-        match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                self.eof = true;
-                false
-            }
-            Ok(Ok(read)) => {
-                self.buffer.extend_from_slice(&chunk[..read]);
-                true
-            }
-            Err(_elapsed) => false,
-        }
-    }
-
-    /// Reads until `want` responses are complete (and then, with `until_close`, until the
-    /// proxy closes), until the proxy closes, or for [`ANSWER_BOUND`].
-    async fn answer(&mut self, want: usize, until_close: bool) -> Answer {
-        let deadline = tokio::time::Instant::now() + ANSWER_BOUND;
-        let mut answer = Answer::default();
-        loop {
-            match parse_reply(&self.buffer, self.eof) {
-                Parsed::Reply(reply, used) => {
-                    answer.replies.push(reply);
-                    self.buffer.drain(..used);
-                    continue;
-                }
-                Parsed::Garbage(garbage) => {
-                    answer.garbage = Some(garbage);
-                    break;
-                }
-                Parsed::Partial => {}
-            }
-            if answer.replies.len() >= want && !until_close {
-                break;
-            }
-            if !self.read_more(deadline).await {
-                if self.eof && !self.buffer.is_empty() {
-                    if let Parsed::Reply(reply, used) = parse_reply(&self.buffer, true) {
-                        answer.replies.push(reply);
-                        self.buffer.drain(..used);
-                        continue;
-                    }
-                    answer.garbage = Some(format!(
-                        "{} unparsed bytes {:?}",
-                        self.buffer.len(),
-                        String::from_utf8_lossy(&self.buffer[..self.buffer.len().min(60)])
-                    ));
-                }
-                break;
-            }
-        }
-        answer.closed = self.eof;
-        answer
-    }
-
-    /// Sends `text` as one masked WebSocket text frame (RFC 6455 §5.2) and returns the text of
-    /// the frame that comes back.
-    async fn websocket_echo(&mut self, text: &str) -> Result<String, String> {
-        assert!(text.len() < 126, "one short frame");
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        let mut frame = vec![0x81, 0x80 | text.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(text.bytes().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-        self.send(&frame).await;
-        let deadline = tokio::time::Instant::now() + ANSWER_BOUND;
-        loop {
-            if self.buffer.len() >= 2 {
-                let length = usize::from(self.buffer[1] & 0x7f);
-                if self.buffer[0] != 0x81 || self.buffer[1] & 0x80 != 0 || length >= 126 {
-                    return Err(format!("not a short text frame: {:?}", self.buffer));
-                }
-                if self.buffer.len() >= 2 + length {
-                    let echo = String::from_utf8_lossy(&self.buffer[2..2 + length]).into_owned();
-                    self.buffer.drain(..2 + length);
-                    return Ok(echo);
-                }
-            }
-            if !self.read_more(deadline).await {
-                return Err("no frame came back through the tunnel".into());
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Cases
 // ---------------------------------------------------------------------------------------------
 
@@ -579,41 +281,6 @@ impl Case {
     }
 }
 
-fn verdict(problems: Vec<String>) -> Result<(), String> {
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
-}
-
-/// What backends saw, shortened for a report line.
-fn describe(seen: &[Seen]) -> String {
-    seen.iter()
-        .map(|s| {
-            let headers: Vec<String> = s
-                .headers
-                .iter()
-                .map(|(name, value)| {
-                    let value = String::from_utf8_lossy(value.as_bytes());
-                    format!("{name}: {}", value.chars().take(50).collect::<String>())
-                })
-                .collect();
-            format!(
-                "[{} {} {{{}}} body {:?}]",
-                s.method,
-                s.uri,
-                headers.join(", "),
-                String::from_utf8_lossy(&s.body)
-                    .chars()
-                    .take(40)
-                    .collect::<String>()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Runs every case against `addr` of `stickyd`, one fresh connection each, prints one report
 /// line per case, and fails listing every case that went wrong (a stickyd panic included).
 async fn run(
@@ -623,20 +290,19 @@ async fn run(
     backends: &[&TestBackend],
     cases: Vec<Case>,
 ) {
-    let mut failures = Vec::new();
-    println!("\n== {group}");
+    let mut report = Report::new(group);
     for case in cases {
-        let before: Vec<usize> = backends.iter().map(|backend| backend.count()).collect();
+        let since = SeenSince::now(backends);
         let panics = stickyd.panics().len();
         let dropped = stickyd.dropped_fields();
-        let mut conn = Conn::open(addr).await;
-        conn.send(&case.bytes).await;
-        let answer = conn.answer(case.want, case.until_close).await;
-        let seen: Vec<Seen> = backends
-            .iter()
-            .zip(&before)
-            .flat_map(|(backend, &from)| backend.seen().into_iter().skip(from))
-            .collect();
+        let mut conn = RawConn::open(addr).await;
+        // The proxy may answer and close before it read everything: a failed write is not a
+        // case's verdict, the answer is.
+        let _ = conn.send(&case.bytes).await;
+        let answer = conn
+            .answer(case.want, case.until_close.then_some(ANSWER_BOUND))
+            .await;
+        let seen = since.settled().await;
         let mut problems = Vec::new();
         if let Err(problem) = (case.check)(&answer, &seen) {
             problems.push(problem);
@@ -665,36 +331,15 @@ async fn run(
                 .skip(panics)
                 .map(|panic| format!("stickyd panicked: {panic}")),
         );
-        let reached = format!("backend: {} request(s)", seen.len());
-        if problems.is_empty() {
-            println!(
-                "PASS {:<64} expected {:<44} got {:<22} {reached}",
-                case.name,
-                case.expected,
-                answer.summary()
-            );
-        } else {
-            let problem = problems.join("; ");
-            println!(
-                "FAIL {:<64} expected {:<44} got {:<22} {reached}\n     -> {problem}",
-                case.name,
-                case.expected,
-                answer.summary()
-            );
-            failures.push(format!(
-                "{}: expected {}, got {} ({problem})",
-                case.name,
-                case.expected,
-                answer.summary()
-            ));
-        }
+        report.case(
+            &case.name,
+            &case.expected,
+            &answer.summary(),
+            &format!("backend: {} request(s)", seen.len()),
+            verdict(problems),
+        );
     }
-    assert!(
-        failures.is_empty(),
-        "{group}: {} case(s) failed:\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
+    report.finish();
 }
 
 /// `GET /` naming [`HOST`], with `fields` (one `name: value` each).
@@ -1201,65 +846,16 @@ async fn h2c_in_an_upgrade_request_never_reaches_the_backend() {
 
 /// A backend driven by hand: to every connection it answers `response` once it read a
 /// request head, then records what else arrives on the connection until it closes.
-struct SwitchingBackend {
-    addr: SocketAddr,
-    /// The request heads it read.
-    heads: Arc<Mutex<Vec<String>>>,
-    /// Bytes that arrived after a head: what a tunnel carried.
-    after: watch::Sender<Vec<u8>>,
-    /// Connections closed by stickyd.
-    closed: watch::Sender<usize>,
+async fn switching_backend(response: &'static [u8]) -> RawBackend {
+    RawBackend::spawn(&[Step::Read, Step::Write(response), Step::Drain]).await
 }
 
-impl SwitchingBackend {
-    async fn spawn(response: &'static [u8]) -> SwitchingBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let backend = SwitchingBackend {
-            addr: listener.local_addr().expect("bound"),
-            heads: Arc::default(),
-            after: watch::Sender::new(Vec::new()),
-            closed: watch::Sender::new(0),
-        };
-        let (heads, after, closed) = (
-            Arc::clone(&backend.heads),
-            backend.after.clone(),
-            backend.closed.clone(),
-        );
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let (heads, after, closed) = (Arc::clone(&heads), after.clone(), closed.clone());
-                tokio::spawn(async move {
-                    let mut read = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let end = loop {
-                        if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break end + 4;
-                        }
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => read.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    heads
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&read[..end]).into_owned());
-                    after.send_modify(|bytes| bytes.extend_from_slice(&read[end..]));
-                    let _ = stream.write_all(response).await;
-                    loop {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                after.send_modify(|bytes| bytes.extend_from_slice(&chunk[..n]))
-                            }
-                        }
-                    }
-                    closed.send_modify(|count| *count += 1);
-                });
-            }
-        });
-        backend
-    }
+/// A service `web` over `backend` alone.
+fn raw_service(backend: &RawBackend) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n\n{}",
+        backend.toml()
+    )
 }
 
 const PROBE: &[u8] = b"bytes a tunnel would carry";
@@ -1297,37 +893,30 @@ async fn a_switch_to_a_protocol_not_asked_for_is_a_502_not_a_tunnel() {
         let mut failures = Vec::new();
         println!("\n== #65 101 from the backend");
         for (name, request, response) in cases {
-            let backend = SwitchingBackend::spawn(response).await;
-            let stickyd = Stickyd::start(&format!(
-                "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n\n[[service.backend]]\nname = \"raw\"\naddress = \"{}\"\n",
-                backend.addr
-            ))
-            .await;
-            let mut conn = Conn::open(stickyd.addr()).await;
-            conn.send(&request).await;
-            let answer = conn.answer(1, false).await;
-            conn.send(PROBE).await;
+            let backend = switching_backend(response).await;
+            let stickyd = Stickyd::start(&raw_service(&backend)).await;
+            let mut conn = RawConn::open(stickyd.addr()).await;
+            let _ = conn.send(&request).await;
+            let answer = conn.answer(1, None).await;
+            let _ = conn.send(PROBE).await;
             let mut problems = Vec::new();
             if answer.statuses() != [502] {
                 problems.push(format!("statuses {:?}", answer.statuses()));
             }
             // A switched backend connection cannot be reused: stickyd closes it. Only then is
             // it sure that the probe never crossed.
-            let closed = tokio::time::timeout(
-                ANSWER_BOUND,
-                backend.closed.subscribe().wait_for(|count| *count >= 1),
-            )
-            .await
-            .is_ok();
+            let closed = tokio::time::timeout(ANSWER_BOUND, backend.wait_closed(1))
+                .await
+                .is_ok();
             if !closed {
                 problems.push("the backend connection was left open".into());
             }
-            let after = backend.after.borrow().clone();
+            let after = backend.after();
             if after.windows(PROBE.len()).any(|w| w == PROBE) {
                 problems.push("the client's bytes crossed a tunnel to the backend".into());
             }
-            let heads = backend.heads.lock().unwrap().clone();
-            for head in &heads {
+            for request in backend.requests() {
+                let head = request.head;
                 let lower = head.to_ascii_lowercase();
                 if lower.contains("h2c") || lower.contains("http2-settings") {
                     problems.push(format!("the backend saw {head:?}"));
@@ -1347,20 +936,16 @@ async fn a_switch_to_a_protocol_not_asked_for_is_a_502_not_a_tunnel() {
         }
         // The control: a backend that switches to the websocket asked for opens a tunnel, and
         // this test sees the probe cross it.
-        let backend = SwitchingBackend::spawn(TO_WEBSOCKET).await;
-        let stickyd = Stickyd::start(&format!(
-            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n\n[[service.backend]]\nname = \"raw\"\naddress = \"{}\"\n",
-            backend.addr
-        ))
-        .await;
-        let mut conn = Conn::open(stickyd.addr()).await;
-        conn.send(&websocket).await;
-        let answer = conn.answer(1, false).await;
+        let backend = switching_backend(TO_WEBSOCKET).await;
+        let stickyd = Stickyd::start(&raw_service(&backend)).await;
+        let mut conn = RawConn::open(stickyd.addr()).await;
+        let _ = conn.send(&websocket).await;
+        let answer = conn.answer(1, None).await;
         assert_eq!(answer.statuses(), [101], "control: {}", answer.summary());
-        conn.send(PROBE).await;
+        let _ = conn.send(PROBE).await;
         let crossed = tokio::time::timeout(
             ANSWER_BOUND,
-            backend.after.subscribe().wait_for(|bytes| bytes.windows(PROBE.len()).any(|w| w == PROBE)),
+            backend.wait_after(|bytes| bytes.windows(PROBE.len()).any(|w| w == PROBE)),
         )
         .await
         .is_ok();
@@ -1512,6 +1097,7 @@ async fn ipv4_peers_on_a_dual_stack_listener_are_their_ipv4_address() {
     within_timeout(async {
         require_dual_stack();
         let backends = spawn_backends(4).await;
+        let refs: Vec<&TestBackend> = backends.iter().collect();
         let service = |name: &str, listen: &str| {
             let mut text = format!(
                 "[[service]]\nname = \"{name}\"\nlisten = [\"{listen}\"]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[service.affinity]\nstrategy = \"hash\"\nkey = \"source-ip\"\n\n"
@@ -1550,19 +1136,15 @@ async fn ipv4_peers_on_a_dual_stack_listener_are_their_ipv4_address() {
             };
             let mut landed = Vec::new();
             for (listener, addr) in [("[::]", dual), ("127.0.0.1", ipv4)] {
-                let before: Vec<usize> = backends.iter().map(|b| b.count()).collect();
-                let mut conn = Conn::open_from(client, addr).await;
-                conn.send(&request).await;
-                let answer = conn.answer(1, false).await;
-                let seen: Vec<Seen> = backends
-                    .iter()
-                    .zip(&before)
-                    .flat_map(|(backend, &from)| backend.seen().into_iter().skip(from))
-                    .collect();
+                let since = SeenSince::now(&refs);
+                let mut conn = RawConn::open_from(client, addr).await;
+                let _ = conn.send(&request).await;
+                let answer = conn.answer(1, None).await;
+                let seen = since.settled().await;
                 let mut problems = Vec::new();
                 match (answer.first(), seen.as_slice()) {
                     (Some(reply), [one]) if reply.status == 200 => {
-                        landed.push(reply.backend());
+                        landed.push(reply.backend().to_string());
                         problems.extend(expect_elements(one, "x-forwarded-for", &xff));
                         problems.extend(expect_elements(one, "forwarded", &forwarded));
                     }
@@ -1705,29 +1287,6 @@ async fn absolute_form_targets_with_an_empty_path_get_an_answer_on_a_kept_connec
 // ---------------------------------------------------------------------------------------------
 // Any target, any head line: an HTTP answer
 // ---------------------------------------------------------------------------------------------
-
-/// A backend that answers 200 to anything, for the property test (the recording
-/// [`TestBackend`] decodes queries and would panic on some of them).
-async fn plain_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("bound");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|_request| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        Bytes::from_static(b"ok"),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 /// The bytes of a token (RFC 9110 §5.6.2), `_` included: what field names are made of.
 const TCHAR: &[u8] =
@@ -1888,50 +1447,18 @@ impl std::fmt::Debug for RawRequest {
     }
 }
 
-/// Sends `request` on a fresh connection and returns the status line's code, or what
-/// happened instead.
-async fn status_of(addr: SocketAddr, request: &[u8]) -> Result<u16, String> {
-    let mut conn = Conn::open(addr).await;
-    conn.send(request).await;
-    let deadline = tokio::time::Instant::now() + ANSWER_BOUND;
-    loop {
-        let mut fields = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut fields);
-        match response.parse(&conn.buffer) {
-            Ok(httparse::Status::Complete(_)) => return Ok(response.code.unwrap_or_default()),
-            Ok(httparse::Status::Partial) => {}
-            Err(error) => {
-                return Err(format!(
-                    "no HTTP response ({error}): {:?}",
-                    String::from_utf8_lossy(&conn.buffer[..conn.buffer.len().min(60)])
-                ));
-            }
-        }
-        if !conn.read_more(deadline).await {
-            return Err(if conn.eof {
-                format!(
-                    "closed after {} bytes and no status line",
-                    conn.buffer.len()
-                )
-            } else {
-                format!("no status line within {ANSWER_BOUND:?}")
-            });
-        }
-    }
-}
-
 #[test]
 fn arbitrary_targets_and_head_lines_always_get_an_http_status_line() {
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a client runtime");
-    let stickyd = client.block_on(async {
-        let backend = plain_backend().await;
-        Stickyd::start(&format!(
-            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n\n[[service.backend]]\nname = \"ok\"\naddress = \"{backend}\"\n"
-        ))
-        .await
+    // A backend that answers 200 to anything: the usual paths and queries would panic or hang
+    // on some of the targets.
+    let (_backend, stickyd) = client.block_on(async {
+        let backend = TestBackend::builder("ok").plain().spawn().await;
+        let stickyd = Stickyd::start(&config(&[&backend], "")).await;
+        (backend, stickyd)
     });
     let addr = stickyd.addr();
     let started = std::time::Instant::now();
@@ -1943,7 +1470,11 @@ fn arbitrary_targets_and_head_lines_always_get_an_http_status_line() {
     });
     let result = runner.run(&arbitrary_request(), |request| {
         let before = stickyd.panics().len();
-        let status = client.block_on(status_of(addr, &request.0));
+        let status = client.block_on(async {
+            let mut conn = RawConn::open(addr).await;
+            let _ = conn.send(&request.0).await;
+            conn.status().await
+        });
         // Only this case's: a panic inside stickyd is recorded before its socket closes.
         let panics: Vec<String> = stickyd.panics().into_iter().skip(before).collect();
         prop_assert!(

@@ -18,10 +18,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use stickyd::config::Config;
 use stickyd::runtime::Services;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use common::raw::{self, RawConn};
 use common::{TestBackend, config, within_timeout};
 
 /// stickyd over `backends` with `extra` in its `[[service]]` table; its runtime (for metrics and
@@ -40,70 +41,12 @@ async fn start_text(text: &str) -> (Arc<Services>, Vec<SocketAddr>) {
     (Services::start(config, listeners), addresses)
 }
 
-/// Reads until the peer closes (EOF or reset) and returns everything read and how long the
-/// close took from `since`.
-async fn until_closed(
-    stream: &mut (impl AsyncRead + Unpin),
-    since: Instant,
-) -> (Vec<u8>, Duration) {
-    let mut read = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return (read, since.elapsed()),
-            Ok(count) => read.extend_from_slice(&chunk[..count]),
-        }
-    }
-}
-
 /// Asserts that a close after `timeout` came neither early nor much late.
 fn closed_at(took: Duration, timeout: Duration, what: &str) {
     assert!(
         took >= timeout.mul_f32(0.8) && took < timeout + Duration::from_secs(5),
         "{what}: closed after {took:?}, the deadline was {timeout:?}"
     );
-}
-
-/// One HTTP/1.1 exchange on `stream`; returns the status and the body.
-async fn get_on(stream: &mut TcpStream, path: &str) -> (u16, String) {
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    read_response(stream).await
-}
-
-/// Reads exactly one response with a `Content-Length` body, and nothing past it (pipelined
-/// responses arrive together).
-async fn read_response(stream: &mut TcpStream) -> (u16, String) {
-    let mut buffer = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        let count = stream.read(&mut byte).await.unwrap();
-        assert!(
-            count > 0,
-            "closed before a whole response: {:?}",
-            String::from_utf8_lossy(&buffer)
-        );
-        buffer.push(byte[0]);
-        if buffer.ends_with(b"\r\n\r\n") {
-            break;
-        }
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    assert!(response.parse(&buffer).unwrap().is_complete());
-    let length: usize = response
-        .headers
-        .iter()
-        .find(|header| header.name.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |header| {
-            std::str::from_utf8(header.value).unwrap().parse().unwrap()
-        });
-    let status = response.code.unwrap();
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await.unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The value of metric line `name{labels}` in `metrics`.
@@ -138,9 +81,9 @@ async fn connections_that_never_complete_a_head_are_closed_at_the_head_timeout()
         for address in &addresses {
             for start in starts {
                 closes.push(async move {
-                    let mut stream = TcpStream::connect(address).await.unwrap();
-                    stream.write_all(start).await.unwrap();
-                    let (read, took) = until_closed(&mut stream, Instant::now()).await;
+                    let mut stream = RawConn::open(*address).await;
+                    stream.send(start).await.unwrap();
+                    let (read, took) = stream.until_closed(Instant::now()).await;
                     (address, start, read, took)
                 });
             }
@@ -152,8 +95,12 @@ async fn connections_that_never_complete_a_head_are_closed_at_the_head_timeout()
                 // yet, so head_timeout) ends it with a GOAWAY.
                 assert!(!read.is_empty(), "{what}: no SETTINGS and GOAWAY");
             } else {
+                let refused = |read: &[u8]| match raw::parse_reply(read, true) {
+                    raw::Parsed::Reply(reply, _) => reply.status_line().starts_with("HTTP/1.1 4"),
+                    _ => false,
+                };
                 assert!(
-                    read.is_empty() || read.starts_with(b"HTTP/1.1 4"),
+                    read.is_empty() || refused(&read),
                     "{what}: got {:?}",
                     String::from_utf8_lossy(&read)
                 );
@@ -182,7 +129,7 @@ async fn a_silent_connection_frees_its_slot_at_the_head_timeout() {
         )
         .await;
         let started = Instant::now();
-        let mut silent = TcpStream::connect(addresses[0]).await.unwrap();
+        let mut silent = RawConn::open(addresses[0]).await;
         // The silent one holds the slot (counted as open) before the next client arrives.
         while metric(
             &runtime.encode_metrics(),
@@ -192,14 +139,13 @@ async fn a_silent_connection_frees_its_slot_at_the_head_timeout() {
             tokio::task::yield_now().await;
         }
         let next = tokio::spawn(async move {
-            let mut stream = TcpStream::connect(addresses[0]).await.unwrap();
-            let answer = get_on(&mut stream, "/").await;
+            let answer = RawConn::open(addresses[0]).await.get("/").await;
             (answer, started.elapsed())
         });
-        let (_, took) = until_closed(&mut silent, started).await;
+        let (_, took) = silent.until_closed(started).await;
         closed_at(took, SHORT, "the silent connection");
-        let ((status, body), served_after) = next.await.unwrap();
-        assert_eq!((status, body.as_str()), (200, "b1"));
+        let (answer, served_after) = next.await.unwrap();
+        assert_eq!((answer.status, answer.body.as_slice()), (200, &b"b1"[..]));
         assert!(
             served_after >= SHORT.mul_f32(0.8),
             "served after {served_after:?}: no cap"
@@ -285,11 +231,11 @@ async fn a_tls_connection_that_stalls_is_closed_at_its_deadline() {
         )
         .await;
         // Half a ClientHello: a record header announcing more than is sent.
-        let mut half = TcpStream::connect(addresses[0]).await.unwrap();
-        half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        let mut half = RawConn::open(addresses[0]).await;
+        half.send(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
             .await
             .unwrap();
-        let (_, took) = until_closed(&mut half, Instant::now()).await;
+        let (_, took) = half.until_closed(Instant::now()).await;
         closed_at(took, SHORT, "half a ClientHello");
         // A whole handshake, then silence.
         let mut roots = rustls::RootCertStore::empty();
@@ -302,11 +248,11 @@ async fn a_tls_connection_that_stalls_is_closed_at_its_deadline() {
             .with_no_client_auth();
         let tcp = TcpStream::connect(addresses[0]).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(client))
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(client))
             .connect(name, tcp)
             .await
             .unwrap();
-        let (_, took) = until_closed(&mut stream, Instant::now()).await;
+        let (_, took) = RawConn::over(stream).until_closed(Instant::now()).await;
         closed_at(took, Duration::from_millis(700), "TLS, then silence");
         assert_eq!(backend.count(), 0);
     })
@@ -325,27 +271,27 @@ async fn a_parked_connection_serves_its_next_requests_and_closes_at_the_keepaliv
             "[service.limits]\nhead_timeout = \"5s\"\nkeepalive_timeout = \"600ms\"\n",
         )
         .await;
-        let mut stream = TcpStream::connect(addresses[0]).await.unwrap();
-        assert_eq!(get_on(&mut stream, "/one").await.0, 200);
+        let mut stream = RawConn::open(addresses[0]).await;
+        assert_eq!(stream.get("/one").await.status, 200);
         // Idle for less than the keep-alive timeout: parked, then served again.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(get_on(&mut stream, "/two").await.0, 200);
+        assert_eq!(stream.get("/two").await.status, 200);
         // Three pipelined requests in one write; the first response is still being written
         // when the others are read.
         stream
-            .write_all(b"GET /p1 HTTP/1.1\r\nHost: a\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a\r\n\r\nGET /p3 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .send(b"GET /p1 HTTP/1.1\r\nHost: a\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a\r\n\r\nGET /p3 HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
         for _ in 0..3 {
-            assert_eq!(read_response(&mut stream).await.0, 200);
+            assert_eq!(stream.response().await.status, 200);
         }
         // A pipelined request cut in two writes, the second after the first was parked.
-        stream.write_all(b"GET /split HTTP/1.1\r\nHo").await.unwrap();
+        stream.send(b"GET /split HTTP/1.1\r\nHo").await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        stream.write_all(b"st: a\r\n\r\n").await.unwrap();
-        assert_eq!(read_response(&mut stream).await.0, 200);
+        stream.send(b"st: a\r\n\r\n").await.unwrap();
+        assert_eq!(stream.response().await.status, 200);
         let idle_since = Instant::now();
-        let (_, took) = until_closed(&mut stream, idle_since).await;
+        let (_, took) = stream.until_closed(idle_since).await;
         closed_at(took, Duration::from_millis(600), "the idle keep-alive connection");
         let paths: Vec<String> = backend.seen().iter().map(|seen| seen.uri.to_string()).collect();
         assert_eq!(paths, ["/one", "/two", "/p1", "/p2", "/p3", "/split"]);
@@ -364,10 +310,10 @@ async fn a_trickled_second_head_is_cut_at_the_head_timeout() {
             "[service.limits]\nhead_timeout = \"500ms\"\nkeepalive_timeout = \"10s\"\n",
         )
         .await;
-        let mut stream = TcpStream::connect(addresses[0]).await.unwrap();
-        assert_eq!(get_on(&mut stream, "/").await.0, 200);
+        let mut stream = RawConn::open(addresses[0]).await;
+        assert_eq!(stream.get("/").await.status, 200);
         let started = Instant::now();
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = stream.into_inner().into_split();
         let trickle = tokio::spawn(async move {
             for byte in b"GET /slow HTTP/1.1\r\nX-Slow: "
                 .iter()
@@ -379,7 +325,7 @@ async fn a_trickled_second_head_is_cut_at_the_head_timeout() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        let (_, took) = until_closed(&mut reader, started).await;
+        let (_, took) = RawConn::over(reader).until_closed(started).await;
         closed_at(took, Duration::from_millis(500), "the trickled head");
         trickle.abort();
         assert_eq!(backend.count(), 1);
@@ -440,8 +386,7 @@ async fn a_reset_flood_ends_in_goaway_and_other_clients_are_served() {
             async move {
                 let mut served = 0u32;
                 while !stop.is_cancelled() {
-                    let mut stream = TcpStream::connect(address).await.unwrap();
-                    let (status, _) = get_on(&mut stream, "/").await;
+                    let status = RawConn::open(address).await.get("/").await.status;
                     assert_eq!(status, 200, "a client beside the flood was refused");
                     served += 1;
                 }
@@ -523,8 +468,8 @@ async fn a_tunnel_holds_a_connection_slot_and_closes_when_idle() {
         // The tunnel is the listener's one connection: the next client waits for it.
         let started = Instant::now();
         let next = tokio::spawn(async move {
-            let mut stream = TcpStream::connect(addresses[0]).await.unwrap();
-            (get_on(&mut stream, "/").await.0, started.elapsed())
+            let status = RawConn::open(addresses[0]).await.get("/").await.status;
+            (status, started.elapsed())
         });
         // Traffic every 200 ms for over a second keeps the tunnel open past its idle time.
         for round in 0..6 {
@@ -603,19 +548,19 @@ async fn a_stalled_request_body_gets_408_and_is_not_held_against_the_backend() {
             b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
         ];
         for stall in stalls {
-            let mut stream = TcpStream::connect(addresses[0]).await.unwrap();
-            stream.write_all(stall).await.unwrap();
+            let mut stream = RawConn::open(addresses[0]).await;
+            stream.send(stall).await.unwrap();
             let started = Instant::now();
-            let (status, _) = read_response(&mut stream).await;
+            let status = stream.response().await.status;
             let took = started.elapsed();
             let what = String::from_utf8_lossy(stall);
             assert_eq!(status, 408, "{what}");
             closed_at(took, Duration::from_millis(500), &what);
-            let (_, closed) = until_closed(&mut stream, Instant::now()).await;
+            let (_, closed) = stream.until_closed(Instant::now()).await;
             assert!(closed < Duration::from_secs(5), "{what}: left open");
             // Not ejected: with passive_failures = 1 a failure would leave no backend (503).
-            let mut next = TcpStream::connect(addresses[0]).await.unwrap();
-            assert_eq!(get_on(&mut next, "/after").await, (200, "b1".to_string()), "{what}");
+            let after = RawConn::open(addresses[0]).await.get("/after").await;
+            assert_eq!((after.status, after.body.as_slice()), (200, &b"b1"[..]), "{what}");
         }
     })
     .await;
@@ -645,9 +590,9 @@ async fn the_admin_listener_closes_stalled_connections_and_caps_them() {
         ));
         for start in [&b""[..], b"GET /status HTTP/1.1\r\nHo"] {
             let started = Instant::now();
-            let mut stream = TcpStream::connect(address).await.unwrap();
-            stream.write_all(start).await.unwrap();
-            let (_, took) = until_closed(&mut stream, started).await;
+            let mut stream = RawConn::open(address).await;
+            stream.send(start).await.unwrap();
+            let (_, took) = stream.until_closed(started).await;
             closed_at(
                 took,
                 SHORT,
@@ -657,8 +602,7 @@ async fn the_admin_listener_closes_stalled_connections_and_caps_them() {
         // One connection at a time: the second is answered once the first is closed.
         let started = Instant::now();
         let _silent = TcpStream::connect(address).await.unwrap();
-        let mut second = TcpStream::connect(address).await.unwrap();
-        let (status, _) = get_on(&mut second, "/status").await;
+        let status = RawConn::open(address).await.get("/status").await.status;
         assert_eq!(status, 200);
         assert!(
             started.elapsed() >= SHORT.mul_f32(0.8),

@@ -11,23 +11,17 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, header};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use http::{Request, header};
+use http_body_util::{BodyExt, Empty};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
-use common::{start_proxy, within_timeout};
+use common::{TestBackend, config, start_proxy, within_timeout};
 
 const REQUESTS: usize = 5_000;
 const CLIENTS: usize = 50;
@@ -42,151 +36,8 @@ const INSERT: &str = "[service.affinity]\nstrategy = \"insert\"\n";
 const RUNNING: u8 = 0;
 /// The backend is being stopped (held, then stopped): it may or may not still answer.
 const STOPPING: u8 = 1;
-/// `stop` returned: the backend's listener and every connection of it are closed.
+/// `stop_and_wait` returned: the backend's listener and every connection of it are closed.
 const STOPPED: u8 = 2;
-
-/// A backend on 127.0.0.1:0 that answers every request after [`BACKEND_DELAY`] with
-/// `x-backend: <name>`, and that can be stopped for good, awaiting the close of its listener
-/// and of every open connection.
-struct DelayedBackend {
-    name: String,
-    addr: SocketAddr,
-    stop: CancellationToken,
-    closed: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
-    /// Responses the handler produced.
-    answered: Arc<AtomicUsize>,
-    /// Requests the handler had received but not answered when the backend was stopped.
-    killed: Arc<AtomicUsize>,
-    /// The hold: see [`DelayedBackend::hold`].
-    hold: Arc<Hold>,
-}
-
-/// Once `on`, the backend's handlers stop answering after their delay and wait to be killed;
-/// `held` counts them.
-#[derive(Default)]
-struct Hold {
-    on: AtomicBool,
-    held: watch::Sender<usize>,
-}
-
-/// Counts a request in the handler as killed unless it was answered.
-struct InHandler {
-    answered: bool,
-    killed: Arc<AtomicUsize>,
-}
-
-impl Drop for InHandler {
-    fn drop(&mut self) {
-        if !self.answered {
-            self.killed.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-impl DelayedBackend {
-    async fn spawn(name: &str) -> DelayedBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let (closed_tx, closed_rx) = oneshot::channel();
-        let answered = Arc::new(AtomicUsize::new(0));
-        let killed = Arc::new(AtomicUsize::new(0));
-        let hold = Arc::new(Hold::default());
-        let backend = DelayedBackend {
-            name: name.to_string(),
-            addr,
-            stop: stop.clone(),
-            closed: tokio::sync::Mutex::new(Some(closed_rx)),
-            answered: Arc::clone(&answered),
-            killed: Arc::clone(&killed),
-            hold: Arc::clone(&hold),
-        };
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => break,
-                    accepted = listener.accept() => {
-                        let (stream, _) = accepted.unwrap();
-                        let _ = stream.set_nodelay(true);
-                        connections.spawn(serve(
-                            stream,
-                            name.clone(),
-                            Arc::clone(&answered),
-                            Arc::clone(&killed),
-                            Arc::clone(&hold),
-                        ));
-                    }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
-            }
-            drop(listener);
-            // Aborts every connection task and waits until each is dropped: its socket closed,
-            // its unanswered requests counted as killed.
-            connections.shutdown().await;
-            let _ = closed_tx.send(());
-        });
-        backend
-    }
-
-    /// From now on, requests that have had their delay are not answered but held in flight
-    /// until the stop kills them; returns once at least one is held. Makes sure some requests
-    /// are in flight on the backend when it stops, however the scheduler runs the tasks.
-    async fn hold(&self) {
-        self.hold.on.store(true, Ordering::SeqCst);
-        self.hold
-            .held
-            .subscribe()
-            .wait_for(|&held| held > 0)
-            .await
-            .unwrap();
-    }
-
-    /// Closes the listener and every open connection, and returns once all are closed.
-    async fn stop(&self) {
-        self.stop.cancel();
-        if let Some(closed) = self.closed.lock().await.take() {
-            closed.await.expect("the backend task ended");
-        }
-    }
-}
-
-/// Serves one backend connection: each request is answered after [`BACKEND_DELAY`].
-async fn serve(
-    stream: tokio::net::TcpStream,
-    name: String,
-    answered: Arc<AtomicUsize>,
-    killed: Arc<AtomicUsize>,
-    hold: Arc<Hold>,
-) {
-    let service = service_fn(move |_request: Request<hyper::body::Incoming>| {
-        let (name, answered) = (name.clone(), Arc::clone(&answered));
-        let (killed, hold) = (Arc::clone(&killed), Arc::clone(&hold));
-        async move {
-            let mut guard = InHandler {
-                answered: false,
-                killed,
-            };
-            tokio::time::sleep(BACKEND_DELAY).await;
-            if hold.on.load(Ordering::SeqCst) {
-                hold.held.send_modify(|held| *held += 1);
-                std::future::pending::<()>().await;
-            }
-            let mut response = Response::new(Full::new(Bytes::from(name.clone())));
-            response
-                .headers_mut()
-                .insert("x-backend", name.parse().unwrap());
-            guard.answered = true;
-            answered.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, Infallible>(response)
-        }
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
-}
 
 /// What one client task saw of one request.
 #[derive(Debug)]
@@ -277,19 +128,11 @@ impl Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backend_stopped_under_load_costs_only_its_in_flight_requests() {
     within_timeout(async {
-        let backends = vec![
-            DelayedBackend::spawn("b1").await,
-            DelayedBackend::spawn("b2").await,
-            DelayedBackend::spawn("b3").await,
-        ];
-        let mut toml = format!("[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n{INSERT}\n");
-        for backend in &backends {
-            toml.push_str(&format!(
-                "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\n",
-                backend.name, backend.addr
-            ));
+        let mut backends = Vec::new();
+        for name in ["b1", "b2", "b3"] {
+            backends.push(TestBackend::builder(name).delay(BACKEND_DELAY).spawn().await);
         }
-        let proxy = start_proxy(&toml).await;
+        let proxy = start_proxy(&config(&backends.iter().collect::<Vec<_>>(), INSERT)).await;
         let url = proxy.url("/");
         let dead = &backends[1];
 
@@ -333,7 +176,7 @@ async fn a_backend_stopped_under_load_costs_only_its_in_flight_requests() {
         let done_at_stop = *progress_seen.borrow();
         phase.store(STOPPING, Ordering::SeqCst);
         dead.hold().await;
-        dead.stop().await;
+        dead.stop_and_wait().await;
         phase.store(STOPPED, Ordering::SeqCst);
 
         let mut sessions = Vec::new();
@@ -497,9 +340,9 @@ async fn a_backend_stopped_under_load_costs_only_its_in_flight_requests() {
             "backend side: answered {:?}; killed in the handler by the stop: {}",
             backends
                 .iter()
-                .map(|backend| (backend.name.as_str(), backend.answered.load(Ordering::SeqCst)))
+                .map(|backend| (backend.name.as_str(), backend.answered()))
                 .collect::<Vec<_>>(),
-            dead.killed.load(Ordering::SeqCst)
+            dead.killed()
         );
         println!(
             "502: {bad_gateway}; requests sent before the backend was dead and completed after its stop began: {outstanding_at_stop}"
@@ -536,7 +379,7 @@ async fn a_backend_stopped_under_load_costs_only_its_in_flight_requests() {
             "the stopped backend answered after the stop: {answered_by_dead_after_stop:#?}"
         );
         assert!(
-            dead.killed.load(Ordering::SeqCst) > 0,
+            dead.killed() > 0,
             "no request was in flight on {} when it stopped",
             dead.name
         );

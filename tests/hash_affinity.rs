@@ -5,31 +5,29 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
+use common::raw::{Answer, RawConn, Reply};
 use common::{Browser, Proxy, TestBackend, proxy_over, spawn_backends, within_timeout};
 
 fn hash(key: &str, more: &str) -> String {
     format!("[service.affinity]\nstrategy = \"hash\"\nkey = \"{key}\"\n{more}")
 }
 
-/// Sends one raw request (optionally after a PROXY header) and returns the response text.
-async fn raw(proxy: &Proxy, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    String::from_utf8_lossy(&response).into_owned()
+/// Sends one raw request (optionally after a PROXY header) and reads every response until
+/// stickyd closes the connection, which must not be a reset.
+async fn raw(proxy: &Proxy, bytes: &[u8]) -> Answer {
+    let mut conn = RawConn::open(proxy.addr).await;
+    conn.send(bytes).await.unwrap();
+    let answer = conn.answer_until_closed().await;
+    assert!(!answer.reset, "reset: {}", answer.summary());
+    answer
 }
 
-/// The backend that answered a raw response (its `x-backend` header).
-fn backend_of(response: &str) -> String {
-    let line = response
-        .lines()
-        .find(|line| line.starts_with("x-backend:"))
-        .unwrap_or_else(|| panic!("no backend answered: {response}"));
-    line["x-backend:".len()..].trim().to_string()
+/// The backend that answered a raw request (its `x-backend` header).
+fn backend_of(answer: &Answer) -> String {
+    match answer.first().map(Reply::backend) {
+        Some(backend) if !backend.is_empty() => backend.to_string(),
+        _ => panic!("no backend answered: {}", answer.summary()),
+    }
 }
 
 /// The backend that answers a GET carrying `name: value`.
@@ -162,7 +160,10 @@ async fn proxy_protocol_v2_names_the_client() {
             0x21, 0x11, 0x00, 0x0c, 203, 0, 113, 9, 127, 0, 0, 1, 0x12, 0x67, 0x00, 0x50,
         ]);
         bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
-        assert!(raw(&proxy, &bytes).await.starts_with("HTTP/1.1 200"));
+        assert_eq!(
+            raw(&proxy, &bytes).await.status_line().as_deref(),
+            Some("HTTP/1.1 200")
+        );
         assert_eq!(backend.seen()[0].headers["x-forwarded-for"], "203.0.113.9");
     })
     .await;
@@ -177,11 +178,12 @@ async fn a_missing_or_malformed_proxy_header_closes_the_connection_and_reaches_n
             &b"GET / HTTP/1.1\r\nHost: app\r\n\r\n"[..],
             b"PROXY TCP4 not-an-ip 127.0.0.1 1 2\r\nGET / HTTP/1.1\r\n\r\n",
         ] {
-            assert_eq!(
-                raw(&proxy, bytes).await,
-                "",
-                "stickyd answered {:?}",
-                String::from_utf8_lossy(bytes)
+            let answer = raw(&proxy, bytes).await;
+            assert!(
+                answer.replies.is_empty() && answer.trailing.is_empty(),
+                "stickyd answered {:?}: {}",
+                String::from_utf8_lossy(bytes),
+                answer.summary()
             );
         }
         assert_eq!(backend.count(), 0);
@@ -194,8 +196,13 @@ async fn a_proxy_header_on_an_ordinary_listener_is_a_bad_request() {
     within_timeout(async {
         let backend = TestBackend::spawn("b1").await;
         let proxy = proxy_over(std::slice::from_ref(&backend), "").await;
-        let response = raw(&proxy, &proxied_get("198.51.100.1", "/")).await;
-        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+        let answer = raw(&proxy, &proxied_get("198.51.100.1", "/")).await;
+        assert_eq!(
+            answer.status_line().as_deref(),
+            Some("HTTP/1.1 400"),
+            "{}",
+            answer.summary()
+        );
         assert_eq!(backend.count(), 0);
     })
     .await;

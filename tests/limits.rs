@@ -8,24 +8,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::raw::RawConn;
 use common::{Browser, TestBackend, proxy_over, within_timeout};
 
-async fn answer(stream: &mut TcpStream) -> String {
-    let mut response = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !response.windows(4).any(|window| window == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(read) => response.extend_from_slice(&chunk[..read]),
-        }
-    }
-    String::from_utf8_lossy(&response).into_owned()
-}
-
+/// Sends `bytes` on a new connection to `address` and returns the status line of the response.
 async fn send(address: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    answer(&mut stream).await
+    let mut conn = RawConn::open(address).await;
+    conn.send(bytes).await.unwrap();
+    conn.response().await.status_line()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,18 +88,16 @@ async fn an_oversized_head_or_too_many_headers_get_431_and_reach_no_backend() {
             "GET / HTTP/1.1\r\nHost: a\r\nCookie: {}\r\n\r\n",
             "c".repeat(10 * 1024)
         );
-        assert!(
-            send(proxy.addr, big.as_bytes())
-                .await
-                .starts_with("HTTP/1.1 431"),
+        assert_eq!(
+            send(proxy.addr, big.as_bytes()).await,
+            "HTTP/1.1 431",
             "oversized head"
         );
         let many: String = (0..30).map(|n| format!("X-H{n}: {n}\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
-        assert!(
-            send(proxy.addr, many.as_bytes())
-                .await
-                .starts_with("HTTP/1.1 431"),
+        assert_eq!(
+            send(proxy.addr, many.as_bytes()).await,
+            "HTTP/1.1 431",
             "too many headers"
         );
         assert_eq!(backend.count(), 0);
@@ -130,20 +118,12 @@ async fn a_declared_body_over_max_body_gets_413_before_anything_is_forwarded() {
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2048\r\n\r\n{}",
             "x".repeat(2048)
         );
-        assert!(
-            send(proxy.addr, large.as_bytes())
-                .await
-                .starts_with("HTTP/1.1 413")
-        );
+        assert_eq!(send(proxy.addr, large.as_bytes()).await, "HTTP/1.1 413");
         let small = format!(
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 512\r\nConnection: close\r\n\r\n{}",
             "x".repeat(512)
         );
-        assert!(
-            send(proxy.addr, small.as_bytes())
-                .await
-                .starts_with("HTTP/1.1 200")
-        );
+        assert_eq!(send(proxy.addr, small.as_bytes()).await, "HTTP/1.1 200");
         assert_eq!(
             backend.count(),
             1,
@@ -165,23 +145,24 @@ async fn connections_past_max_connections_wait_until_one_closes() {
         let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         let mut held = Vec::new();
         for _ in 0..2 {
-            let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-            stream.write_all(request).await.unwrap();
-            assert!(answer(&mut stream).await.starts_with("HTTP/1.1 200"));
-            held.push(stream);
+            let mut conn = RawConn::open(proxy.addr).await;
+            conn.send(request).await.unwrap();
+            assert_eq!(conn.response().await.status_line(), "HTTP/1.1 200");
+            held.push(conn);
         }
-        let mut waiting = TcpStream::connect(proxy.addr).await.unwrap();
-        waiting.write_all(request).await.unwrap();
+        let mut waiting = RawConn::open(proxy.addr).await;
+        waiting.send(request).await.unwrap();
         // While both slots are held, the third connection is not served (a bounded wait: the
         // absence of an answer can only be observed over time).
-        let early = tokio::time::timeout(Duration::from_millis(300), answer(&mut waiting)).await;
+        let early = tokio::time::timeout(Duration::from_millis(300), waiting.response()).await;
         assert!(
             early.is_err(),
             "a third connection was served past max_connections"
         );
         drop(held.pop());
-        assert!(
-            answer(&mut waiting).await.starts_with("HTTP/1.1 200"),
+        assert_eq!(
+            waiting.response().await.status_line(),
+            "HTTP/1.1 200",
             "the waiting connection was not served after a slot freed"
         );
     })

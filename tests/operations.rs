@@ -8,18 +8,15 @@
 mod common;
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use common::raw::RawConn;
 use common::{Browser, Page, TestBackend, within_timeout};
-use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioExecutor;
 use stickyd::config::{AdminState, Config};
 use stickyd::pool::Pool;
 use stickyd::runtime::Services;
@@ -105,12 +102,14 @@ fn service(name: &str, settings: &str, backends: &[(&str, SocketAddr, &str)]) ->
     text
 }
 
-/// `(name, address, "")` for each of `backends`.
+/// `(name, address, "")` for `backend`.
+fn entry(backend: &TestBackend) -> (&str, SocketAddr, &str) {
+    (backend.name.as_str(), backend.addr, "")
+}
+
+/// [`entry`] for each of `backends`.
 fn plain(backends: &[TestBackend]) -> Vec<(&str, SocketAddr, &str)> {
-    backends
-        .iter()
-        .map(|backend| (backend.name.as_str(), backend.addr, ""))
-        .collect()
+    backends.iter().map(entry).collect()
 }
 
 /// A browser whose jar already says `SERVERID=<backend>`: a session bound to `backend`.
@@ -156,92 +155,6 @@ async fn await_state(pool: &Pool, what: &str, state: impl Fn(&Pool) -> bool) {
     }
 }
 
-/// An in-process backend on 127.0.0.1:0 whose health and failure are switched by the test:
-/// `GET /health` answers 200 while healthy, else 503; any other path answers 500 while failing,
-/// else 200. Every answer carries `x-backend: <name>` and the body `<name>`.
-struct SwitchBackend {
-    name: String,
-    addr: SocketAddr,
-    healthy: Arc<AtomicBool>,
-    failing: Arc<AtomicBool>,
-    stop: CancellationToken,
-}
-
-impl SwitchBackend {
-    async fn spawn(name: &str) -> SwitchBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend = SwitchBackend {
-            name: name.to_string(),
-            addr: listener.local_addr().unwrap(),
-            healthy: Arc::new(AtomicBool::new(true)),
-            failing: Arc::new(AtomicBool::new(false)),
-            stop: CancellationToken::new(),
-        };
-        let (name, healthy, failing, stop) = (
-            backend.name.clone(),
-            Arc::clone(&backend.healthy),
-            Arc::clone(&backend.failing),
-            backend.stop.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    () = stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                };
-                let (name, healthy, failing) =
-                    (name.clone(), Arc::clone(&healthy), Arc::clone(&failing));
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let status = if request.uri().path() == "/health" {
-                            if healthy.load(Ordering::SeqCst) {
-                                StatusCode::OK
-                            } else {
-                                StatusCode::SERVICE_UNAVAILABLE
-                            }
-                        } else if failing.load(Ordering::SeqCst) {
-                            StatusCode::INTERNAL_SERVER_ERROR
-                        } else {
-                            StatusCode::OK
-                        };
-                        let response = Response::builder()
-                            .status(status)
-                            .header("x-backend", name.as_str())
-                            .body(Full::new(Bytes::from(name.clone())))
-                            .unwrap();
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        backend
-    }
-
-    fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::SeqCst);
-    }
-
-    fn set_failing(&self, failing: bool) {
-        self.failing.store(failing, Ordering::SeqCst);
-    }
-
-    fn entry(&self) -> (&str, SocketAddr, &str) {
-        (self.name.as_str(), self.addr, "")
-    }
-}
-
-impl Drop for SwitchBackend {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Active health checks
 // ---------------------------------------------------------------------------------------------
@@ -250,15 +163,15 @@ impl Drop for SwitchBackend {
 async fn active_health_checks_take_a_failing_backend_out_and_bring_it_back() {
     within_timeout(async {
         let (h1, h2) = (
-            SwitchBackend::spawn("h1").await,
-            SwitchBackend::spawn("h2").await,
+            TestBackend::spawn("h1").await,
+            TestBackend::spawn("h2").await,
         );
         let health = "[service.health]\npath = \"/health\"\ninterval = \"50ms\"\n\
                       timeout = \"200ms\"\nrise = 2\nfall = 2\n";
         let stickyd = Stickyd::start(&config(&[service(
             "web",
             &format!("{health}{INSERT}"),
-            &[h1.entry(), h2.entry()],
+            &[entry(&h1), entry(&h2)],
         )]))
         .await;
         let url = stickyd.url("web", "/");
@@ -468,14 +381,14 @@ async fn without_failback_a_session_stays_on_the_backup_when_a_primary_returns()
 async fn a_backend_answering_5xx_is_ejected_after_passive_failures_in_a_row() {
     within_timeout(async {
         let (f1, f2) = (
-            SwitchBackend::spawn("f1").await,
-            SwitchBackend::spawn("f2").await,
+            TestBackend::spawn("f1").await,
+            TestBackend::spawn("f2").await,
         );
         let settings = format!(
             "ejection_time = \"60s\"\n[service.health]\npassive_5xx = true\npassive_failures = 2\n{INSERT}"
         );
         let stickyd =
-            Stickyd::start(&config(&[service("web", &settings, &[f1.entry(), f2.entry()])])).await;
+            Stickyd::start(&config(&[service("web", &settings, &[entry(&f1), entry(&f2)])])).await;
         let url = stickyd.url("web", "/");
         let pool = stickyd.pool("web");
         let index = pool.find_name("f1").unwrap();
@@ -819,12 +732,12 @@ async fn a_reload_keeps_the_stick_table() {
 #[tokio::test]
 async fn a_reload_that_turns_active_checks_off_brings_a_down_backend_back() {
     within_timeout(async {
-        let (h1, h2) = (SwitchBackend::spawn("h1").await, SwitchBackend::spawn("h2").await);
+        let (h1, h2) = (TestBackend::spawn("h1").await, TestBackend::spawn("h2").await);
         let health = "[service.health]\npath = \"/health\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n";
-        let stickyd = Stickyd::start(&config(&[service("web", &format!("{health}{INSERT}"), &[h1.entry(), h2.entry()])])).await;
+        let stickyd = Stickyd::start(&config(&[service("web", &format!("{health}{INSERT}"), &[entry(&h1), entry(&h2)])])).await;
         h1.set_healthy(false);
         await_state(&stickyd.pool("web"), "h1 is unhealthy", |pool| !pool.get(0).is_healthy()).await;
-        stickyd.reload(&config(&[service("web", INSERT, &[h1.entry(), h2.entry()])])).await;
+        stickyd.reload(&config(&[service("web", INSERT, &[entry(&h1), entry(&h2)])])).await;
         await_state(&stickyd.pool("web"), "h1 counts as up without checks", |pool| pool.get(0).is_healthy()).await;
         stickyd.shutdown().await;
     })
@@ -850,23 +763,6 @@ async fn a_pool_changes_receiver_hears_changes_after_a_reload() {
     .await;
 }
 
-/// Sends a bare `GET /` on `stream` and returns the response head (empty if none came).
-async fn get_on(stream: &mut TcpStream) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let (mut head, mut chunk) = (Vec::new(), [0u8; 1024]);
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(read) => head.extend_from_slice(&chunk[..read]),
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_raises_max_connections_serves_a_waiting_client_at_once() {
     within_timeout(async {
@@ -877,10 +773,10 @@ async fn a_reload_that_raises_max_connections_serves_a_waiting_client_at_once() 
         };
         let stickyd = Stickyd::start(&with_cap(1)).await;
         let address = stickyd.runtime.local_addrs("web")[0];
-        let mut held = TcpStream::connect(address).await.unwrap();
-        assert!(get_on(&mut held).await.starts_with("HTTP/1.1 200"));
-        let mut waiting = TcpStream::connect(address).await.unwrap();
-        let answer = tokio::spawn(async move { get_on(&mut waiting).await });
+        let mut held = RawConn::open(address).await;
+        assert_eq!(held.get("/").await.status_line(), "HTTP/1.1 200");
+        let mut waiting = RawConn::open(address).await;
+        let answer = tokio::spawn(async move { waiting.get("/").await });
         // The one slot is held: the second client waits (the absence of an answer can only be
         // observed over time).
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -893,7 +789,7 @@ async fn a_reload_that_raises_max_connections_serves_a_waiting_client_at_once() 
             .await
             .expect("the waiting client was not served after the reload raised max_connections")
             .unwrap();
-        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+        assert_eq!(served.status_line(), "HTTP/1.1 200", "{served:?}");
         drop(held);
         stickyd.shutdown().await;
     })

@@ -9,10 +9,10 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use common::raw::RawConn;
 use common::{
     Browser, TestBackend, config, proxy_over, spawn_backends, start_proxy, within_timeout,
 };
@@ -53,17 +53,16 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set_with_host_pre
     within_timeout(async {
         let backend = TestBackend::spawn("b1").await;
         let proxy = start_proxy(&config(&[&backend], "")).await;
-        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        stream
-            .write_all(
-                b"GET /page HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, X-Secret\r\n\
-                  X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\n\
-                  X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX-App: kept\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let head = read_head(&mut stream).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut conn = RawConn::open(proxy.addr).await;
+        conn.send(
+            b"GET /page HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, X-Secret\r\n\
+              X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\n\
+              X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX-App: kept\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let reply = conn.response().await;
+        assert_eq!(reply.status_line(), "HTTP/1.1 200", "{reply:?}");
         let seen = &backend.seen()[0].headers;
         for gone in ["x-secret", "keep-alive", "te", "proxy-connection"] {
             assert!(!seen.contains_key(gone), "{gone} reached the backend");
@@ -84,16 +83,15 @@ async fn a_trusted_proxy_gets_its_forwarding_fields_appended_to() {
     within_timeout(async {
         let backend = TestBackend::spawn("b1").await;
         let proxy = start_proxy(&config(&[&backend], "trusted_proxies = [\"127.0.0.1\"]")).await;
-        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        stream
-            .write_all(
-                b"GET /page HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.9\r\n\
-                  X-Forwarded-Proto: https\r\nForwarded: for=203.0.113.9;proto=https\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let head = read_head(&mut stream).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut conn = RawConn::open(proxy.addr).await;
+        conn.send(
+            b"GET /page HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.9\r\n\
+              X-Forwarded-Proto: https\r\nForwarded: for=203.0.113.9;proto=https\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let reply = conn.response().await;
+        assert_eq!(reply.status_line(), "HTTP/1.1 200", "{reply:?}");
         let seen = &backend.seen()[0].headers;
         assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(seen["x-forwarded-proto"], "https");
@@ -115,12 +113,13 @@ async fn malformed_requests_get_400_and_never_reach_a_backend() {
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         ];
         for case in cases {
-            let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-            stream.write_all(case).await.unwrap();
-            let head = read_head(&mut stream).await;
-            assert!(
-                head.starts_with("HTTP/1.1 400"),
-                "{:?} got {head}",
+            let mut conn = RawConn::open(proxy.addr).await;
+            conn.send(case).await.unwrap();
+            let reply = conn.response().await;
+            assert_eq!(
+                reply.status_line(),
+                "HTTP/1.1 400",
+                "{:?} got {reply:?}",
                 String::from_utf8_lossy(case)
             );
         }
@@ -174,20 +173,6 @@ async fn a_websocket_is_tunnelled_to_the_bound_backend_and_a_new_one_gets_the_co
         }
     })
     .await;
-}
-
-/// Reads until the end of a response head (or the connection closes).
-async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buffer.windows(4).any(|window| window == b"\r\n\r\n") {
-        let read = stream.read(&mut chunk).await.unwrap();
-        if read == 0 {
-            break;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    String::from_utf8_lossy(&buffer).into_owned()
 }
 
 #[tokio::test]

@@ -3,15 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Browser, TestBackend, config, start_proxy, within_timeout};
+use common::{Browser, RawBackend, Step, TestBackend, config, start_proxy, within_timeout};
 use stickyd::upstream::idle::{IDLE_TIMEOUT, REAP_SLACK};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
 /// How late past [`IDLE_TIMEOUT`] and [`REAP_SLACK`] an idle connection may close.
 const MARGIN: Duration = Duration::from_millis(500);
@@ -58,123 +53,18 @@ async fn idle_backend_connections_close_on_time_without_any_further_request() {
 /// One request as a raw backend read it: `METHOD /path` and the body.
 type Received = (String, String);
 
-/// Reads one request (head, and a body of `Content-Length` bytes) from `stream`; `None` at the
-/// end of the stream.
-async fn read_request(stream: &mut TcpStream) -> Option<Received> {
-    let mut buffer = Vec::new();
-    let head_end = loop {
-        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
-            break end + 4;
-        }
-        let mut chunk = [0; 1024];
-        let read = stream.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    };
-    let head = String::from_utf8(buffer[..head_end].to_vec()).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = buffer[head_end..].to_vec();
-    while body.len() < length {
-        let mut chunk = [0; 1024];
-        let read = stream.read(&mut chunk).await.unwrap();
-        assert!(read > 0, "the body ended early");
-        body.extend_from_slice(&chunk[..read]);
-    }
-    let line = head.lines().next().unwrap();
-    let target = line.rsplit_once(' ').unwrap().0.to_string();
-    Some((target, String::from_utf8(body).unwrap()))
-}
+/// Answers one request, then closes the connection.
+const ANSWER_ONE_THEN_CLOSE: &[Step] = &[Step::Read, Step::Answer];
+/// Answers the first request; reads the second and closes without answering.
+const CLOSE_ON_THE_SECOND: &[Step] = &[Step::Read, Step::Answer, Step::Read];
 
-/// Writes a 200 response with `x-backend: <name>` and the body `<name>` (none for a `head`).
-async fn answer(stream: &mut TcpStream, name: &str, head: bool) {
-    let body = if head { "" } else { name };
-    let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-backend: {name}\r\n\r\n{body}",
-        name.len()
-    );
-    stream.write_all(response.as_bytes()).await.unwrap();
-}
-
-/// A backend driven by hand on 127.0.0.1:0, named `raw`.
-struct RawBackend {
-    addr: SocketAddr,
-    /// Every request it read, in order.
-    received: Arc<Mutex<Vec<Received>>>,
-    /// One message each time it has closed a connection: its FIN is sent.
-    closed: mpsc::UnboundedReceiver<()>,
-}
-
-/// What a [`RawBackend`] does on each connection.
-#[derive(Clone, Copy)]
-enum Script {
-    /// Answers one request, then closes the connection.
-    AnswerOneThenClose,
-    /// Answers the first request; reads the second and closes without answering.
-    CloseOnTheSecond,
-}
-
-impl RawBackend {
-    /// Starts the backend; with `accept_once`, it stops listening after its first connection, so
-    /// that later connects are refused.
-    async fn spawn(script: Script, accept_once: bool) -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let (closed_tx, closed) = mpsc::unbounded_channel();
-        let log = Arc::clone(&received);
-        tokio::spawn(async move {
-            let mut listener = Some(listener);
-            while let Some(accepting) = &listener {
-                let (mut stream, _) = accepting.accept().await.unwrap();
-                if accept_once {
-                    listener = None;
-                }
-                let (log, closed) = (Arc::clone(&log), closed_tx.clone());
-                tokio::spawn(async move {
-                    let Some(request) = read_request(&mut stream).await else {
-                        return;
-                    };
-                    let head = request.0.starts_with("HEAD ");
-                    log.lock().unwrap().push(request);
-                    answer(&mut stream, "raw", head).await;
-                    if let Script::CloseOnTheSecond = script {
-                        if let Some(request) = read_request(&mut stream).await {
-                            log.lock().unwrap().push(request);
-                        }
-                    }
-                    let _ = stream.shutdown().await;
-                    drop(stream);
-                    let _ = closed.send(());
-                });
-            }
-        });
-        RawBackend {
-            addr,
-            received,
-            closed,
-        }
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// `[[service.backend]]` for this backend.
-    fn toml(&self) -> String {
-        format!(
-            "[[service.backend]]\nname = \"raw\"\naddress = \"{}\"\n",
-            self.addr
-        )
-    }
+/// Every request `backend` read, as [`Received`].
+fn received_by(backend: &RawBackend) -> Vec<Received> {
+    backend
+        .requests()
+        .iter()
+        .map(|request| (request.line(), request.body_text()))
+        .collect()
 }
 
 /// A service `web` over `backends` (TOML tables) with `extra` keys.
@@ -227,7 +117,7 @@ async fn request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_backend_closed_is_never_used_for_the_next_request() {
     within_timeout(async {
-        let mut backend = RawBackend::spawn(Script::AnswerOneThenClose, false).await;
+        let backend = RawBackend::spawn(ANSWER_ONE_THEN_CLOSE).await;
         let proxy = start_proxy(&service("", &[backend.toml()])).await;
         let client = client();
         for round in 0..50 {
@@ -238,27 +128,27 @@ async fn a_pooled_connection_the_backend_closed_is_never_used_for_the_next_reque
                 "request {round}, sent after the backend closed the pooled connection"
             );
             // The backend has shut its end down and dropped it: the FIN is sent.
-            backend.closed.recv().await.unwrap();
+            backend.wait_closed(round + 1).await;
         }
-        assert_eq!(backend.received().len(), 50, "a request was sent twice");
+        assert_eq!(backend.requests().len(), 50, "a request was sent twice");
     })
     .await;
 }
 
-/// Sends a GET that a [`Script::CloseOnTheSecond`] backend answers, then `method` with `body`
+/// Sends a GET that a [`CLOSE_ON_THE_SECOND`] backend answers, then `method` with `body`
 /// on the same pooled connection, which the backend reads and closes without an answer.
 /// Returns the status of the second request and what the backend received.
 async fn second_request_on_a_connection_closed_unanswered(
     method: &str,
     body: &'static str,
 ) -> (u16, Vec<Received>) {
-    let backend = RawBackend::spawn(Script::CloseOnTheSecond, false).await;
+    let backend = RawBackend::spawn(CLOSE_ON_THE_SECOND).await;
     let proxy = start_proxy(&service("", &[backend.toml()])).await;
     let client = client();
     let first = request(&client, "GET", &proxy.url("/first"), "", None).await;
     assert_eq!(first, (200, "raw".to_string()));
     let (status, _) = request(&client, method, &proxy.url("/second"), body, None).await;
-    (status, backend.received())
+    (status, received_by(&backend))
 }
 
 fn received(requests: &[(&str, &str)]) -> Vec<Received> {
@@ -307,7 +197,7 @@ async fn a_request_with_a_body_or_not_idempotent_is_not_sent_twice() {
 async fn a_retry_whose_connect_is_refused_goes_to_another_backend() {
     within_timeout(async {
         // The backend accepts one connection only: the retry's new connection is refused.
-        let raw = RawBackend::spawn(Script::CloseOnTheSecond, true).await;
+        let raw = RawBackend::accepting_once(CLOSE_ON_THE_SECOND).await;
         let other = TestBackend::spawn("b2").await;
         let other_toml = format!(
             "[[service.backend]]\nname = \"b2\"\naddress = \"{}\"\n",
@@ -326,7 +216,7 @@ async fn a_retry_whose_connect_is_refused_goes_to_another_backend() {
             "the request was not redispatched"
         );
         assert_eq!(
-            raw.received(),
+            received_by(&raw),
             received(&[("GET /first", ""), ("GET /second", "")])
         );
         assert_eq!(other.seen()[0].uri, "/second");

@@ -1,27 +1,26 @@
-//! Shared test harness: in-process backends on port 0, stickyd in process, a cookie-keeping
-//! client, and the rule for tests that need a real program.
+//! Shared test harness: in-process backends on port 0 ([`TestBackend`], [`RawBackend`]),
+//! stickyd in process, a cookie-keeping client, a raw client ([`raw`]), and the rule for tests
+//! that need a real program.
 #![allow(dead_code)] // each test file uses its own part of the harness
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_util::sync::CancellationToken;
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use tokio::sync::{mpsc, oneshot};
 
+mod backend;
+pub mod raw;
+mod raw_backend;
 mod real_programs;
+#[allow(unused_imports)] // each test file uses its own part of the harness
+pub use backend::*;
+#[allow(unused_imports)] // each test file uses its own part of the harness
+pub use raw_backend::*;
 #[allow(unused_imports)] // each test file uses its own part of the harness
 pub use real_programs::*;
 
@@ -167,262 +166,6 @@ pub fn cookie_header(jar: &HashMap<String, String>) -> Option<String> {
     (!pairs.is_empty()).then(|| pairs.join("; "))
 }
 
-/// What a test backend saw of one request.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: http::Method,
-    pub uri: http::Uri,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-/// An in-process HTTP backend on 127.0.0.1:0.
-///
-/// Every response carries `x-backend: <name>` and the body `<name>`. Paths:
-/// - `?set-cookie=<text>`: adds `Set-Cookie: <text>` (percent-decoded) to the response;
-/// - `/session/<cookie>`: an app session: when the request has no `<cookie>`, sets
-///   `<cookie>=<name>-<n>; Path=/`;
-/// - `/stream`: sends `first\n`, then `last\n` once the test calls [`TestBackend::release_stream`];
-/// - `/slow`: never answers;
-/// - `/ws`: a WebSocket that echoes each text message as `<name>: <message>`.
-pub struct TestBackend {
-    pub name: String,
-    pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    release: Arc<Mutex<Option<mpsc::Sender<()>>>>,
-    stop: CancellationToken,
-    sessions: Arc<std::sync::atomic::AtomicU64>,
-    connections: Arc<std::sync::atomic::AtomicU64>,
-    /// TCP connections open now: see [`TestBackend::wait_open_connections`].
-    open: watch::Sender<usize>,
-}
-
-impl TestBackend {
-    /// Starts a backend called `name`.
-    pub async fn spawn(name: &str) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend = TestBackend {
-            name: name.to_string(),
-            addr: listener.local_addr().unwrap(),
-            seen: Arc::default(),
-            release: Arc::default(),
-            stop: CancellationToken::new(),
-            sessions: Arc::default(),
-            connections: Arc::default(),
-            open: watch::Sender::new(0),
-        };
-        let app = App {
-            name: backend.name.clone(),
-            seen: Arc::clone(&backend.seen),
-            release: Arc::clone(&backend.release),
-            sessions: Arc::clone(&backend.sessions),
-        };
-        let stop = backend.stop.clone();
-        let connections = Arc::clone(&backend.connections);
-        let open = backend.open.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    () = stop.cancelled() => return,
-                    accepted = listener.accept() => accepted.unwrap(),
-                };
-                connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let app = app.clone();
-                let stop = stop.clone();
-                let counted = OpenConnection::count(&open);
-                tokio::spawn(async move {
-                    let _counted = counted;
-                    let service = service_fn(move |request| {
-                        let app = app.clone();
-                        async move { Ok::<_, Infallible>(app.answer(request).await) }
-                    });
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades();
-                    tokio::select! {
-                        () = stop.cancelled() => {}
-                        _ = connection => {}
-                    }
-                });
-            }
-        });
-        backend
-    }
-
-    /// Stops listening and closes every open connection: the backend is dead.
-    pub fn stop(&self) {
-        self.stop.cancel();
-    }
-
-    /// Every request this backend received, in order.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// How many TCP connections this backend accepted.
-    pub fn connections(&self) -> u64 {
-        self.connections.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// How many TCP connections to this backend are open now: accepted and not yet closed (an
-    /// upgraded one counts until its upgrade).
-    pub fn open_connections(&self) -> usize {
-        *self.open.borrow()
-    }
-
-    /// Waits until the number of open connections satisfies `until`; returns it.
-    pub async fn wait_open_connections(&self, until: impl FnMut(&usize) -> bool) -> usize {
-        *self
-            .open
-            .subscribe()
-            .wait_for(until)
-            .await
-            .expect("the backend holds the sender")
-    }
-
-    /// How many requests this backend received.
-    pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    /// Lets a `/stream` response send its last chunk.
-    pub async fn release_stream(&self) {
-        let sender = self
-            .release
-            .lock()
-            .unwrap()
-            .take()
-            .expect("a /stream request is waiting");
-        sender.send(()).await.unwrap();
-    }
-}
-
-/// One open connection of a [`TestBackend`], counted until dropped with the connection's task.
-struct OpenConnection(watch::Sender<usize>);
-
-impl OpenConnection {
-    fn count(open: &watch::Sender<usize>) -> OpenConnection {
-        open.send_modify(|count| *count += 1);
-        OpenConnection(open.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.send_modify(|count| *count -= 1);
-    }
-}
-
-#[derive(Clone)]
-struct App {
-    name: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    release: Arc<Mutex<Option<mpsc::Sender<()>>>>,
-    sessions: Arc<std::sync::atomic::AtomicU64>,
-}
-
-type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-
-impl App {
-    async fn answer(&self, mut request: Request<Incoming>) -> Response<TestBody> {
-        let upgrade = hyper::upgrade::on(&mut request);
-        let (head, body) = request.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|collected| collected.to_bytes())
-            .unwrap_or_default();
-        self.seen.lock().unwrap().push(Seen {
-            method: head.method.clone(),
-            uri: head.uri.clone(),
-            headers: head.headers.clone(),
-            body,
-        });
-        let path = head.uri.path();
-        let mut response = match path {
-            "/slow" => std::future::pending().await,
-            "/stream" => self.stream(),
-            "/ws" => self.websocket(&head.headers, upgrade),
-            _ => Response::new(full(self.name.clone())),
-        };
-        let headers = response.headers_mut();
-        headers.insert("x-backend", self.name.parse().unwrap());
-        if let Some(cookie) = path.strip_prefix("/session/") {
-            if stickyd::affinity::cookies::find(&head.headers, cookie).is_none() {
-                let n = self
-                    .sessions
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    + 1;
-                headers.append(
-                    header::SET_COOKIE,
-                    format!("{cookie}={}-{n}; Path=/", self.name)
-                        .parse()
-                        .unwrap(),
-                );
-            }
-        }
-        for (key, value) in query_pairs(head.uri.query().unwrap_or("")) {
-            if key == "set-cookie" {
-                headers.append(header::SET_COOKIE, value.parse().unwrap());
-            }
-        }
-        response
-    }
-
-    fn stream(&self) -> Response<TestBody> {
-        let (release, mut released) = mpsc::channel::<()>(1);
-        *self.release.lock().unwrap() = Some(release);
-        let (sender, mut chunks) = mpsc::channel::<Bytes>(4);
-        tokio::spawn(async move {
-            sender.send(Bytes::from_static(b"first\n")).await.ok();
-            released.recv().await;
-            sender.send(Bytes::from_static(b"last\n")).await.ok();
-        });
-        let frames = futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx))
-            .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
-        Response::new(BodyExt::boxed(StreamBody::new(frames)))
-    }
-
-    fn websocket(
-        &self,
-        headers: &HeaderMap,
-        upgrade: hyper::upgrade::OnUpgrade,
-    ) -> Response<TestBody> {
-        let key = headers
-            .get("sec-websocket-key")
-            .expect("a WebSocket key")
-            .as_bytes();
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
-        let name = self.name.clone();
-        tokio::spawn(async move {
-            let upgraded = upgrade.await.expect("upgrade");
-            let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                None,
-            )
-            .await;
-            while let Some(Ok(Message::Text(text))) = socket.next().await {
-                socket
-                    .send(Message::text(format!("{name}: {text}")))
-                    .await
-                    .unwrap();
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::UPGRADE, "websocket")
-            .header(header::CONNECTION, "upgrade")
-            .header("sec-websocket-accept", accept)
-            .body(Empty::new().boxed())
-            .unwrap()
-    }
-}
-
-fn full(text: impl Into<Bytes>) -> TestBody {
-    http_body_util::Full::new(text.into()).boxed()
-}
-
 /// `key=value` pairs of a query string, `+` and `%XX` decoded.
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     form_urlencoded::parse(query.as_bytes())
@@ -552,6 +295,67 @@ pub fn cookie_fields(seen: &Seen) -> Vec<Vec<u8>> {
         .iter()
         .map(|value| value.as_bytes().to_vec())
         .collect()
+}
+
+/// `Ok` without `problems`, else one error listing them all: the verdict of a case.
+pub fn verdict(problems: Vec<String>) -> Result<(), String> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The report of a group of cases (raw inputs): one line per case as it runs (see them with
+/// `--nocapture`), then, at [`Report::finish`], one failure listing every case that went wrong.
+pub struct Report {
+    group: String,
+    failures: Vec<String>,
+}
+
+impl Report {
+    /// Starts the report of `group`.
+    pub fn new(group: &str) -> Report {
+        println!("\n== {group}");
+        Report {
+            group: group.to_string(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Reports one case: its name, what was expected, what it got, what reached a backend, and
+    /// its verdict.
+    pub fn case(
+        &mut self,
+        name: &str,
+        expected: &str,
+        got: &str,
+        reached: &str,
+        verdict: Result<(), String>,
+    ) {
+        match verdict {
+            Ok(()) => println!("PASS {name:<64} expected {expected:<44} got {got:<24} {reached}"),
+            Err(problem) => {
+                println!(
+                    "FAIL {name:<64} expected {expected:<44} got {got:<24} {reached}\n     -> {problem}"
+                );
+                self.failures.push(format!(
+                    "{name}: expected {expected}, got {got} ({problem})"
+                ));
+            }
+        }
+    }
+
+    /// Fails the test listing every case that went wrong.
+    pub fn finish(self) {
+        assert!(
+            self.failures.is_empty(),
+            "{}: {} case(s) failed:\n  {}",
+            self.group,
+            self.failures.len(),
+            self.failures.join("\n  ")
+        );
+    }
 }
 
 /// `bytes` with non-ASCII and control bytes escaped (`\xe9`), for assertion messages.
