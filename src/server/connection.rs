@@ -111,7 +111,14 @@ pub(super) async fn serve(
             };
             match h2 {
                 (true, read) => {
-                    serve_h2(Prefixed::new(read, stream), &context(false), head_deadline).await;
+                    // Boxed, like the TLS path: an HTTP/1.1 connection's task would otherwise
+                    // reserve room for the HTTP/2 states.
+                    Box::pin(serve_h2(
+                        Prefixed::new(read, stream),
+                        &context(false),
+                        head_deadline,
+                    ))
+                    .await;
                 }
                 (false, read) => serve_h1(stream, read, &context(true), head_deadline).await,
             }
@@ -516,6 +523,11 @@ enum Served {
 
 /// Serves HTTP/1.1 on `io` (after `read`, bytes already read from it): waits for each request
 /// with no buffers, serves it with a hyper connection, and parks again.
+///
+/// While parked, the connection's task holds only the socket, the bytes read past the last
+/// request and this loop's timer: the hyper connection, the request and the tunnel live in
+/// [`serve_until_parked`]'s future, boxed for as long as they run, so an idle connection does
+/// not reserve room for them (HAProxy likewise frees an idle connection's buffers).
 async fn serve_h1<S: Socket>(
     mut io: S,
     mut read: Bytes,
@@ -539,82 +551,116 @@ async fn serve_h1<S: Socket>(
             }
         }
         let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout);
-        let head_timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        let heads = context.state.heads.load(Ordering::Acquire);
-        let state = &context.state;
-        state.read_waiting.store(false, Ordering::Release);
-        state.write_blocked.store(false, Ordering::Release);
-        state.unclaimed.store(false, Ordering::Release);
-        let client = ClientIo::new(read, io, Arc::clone(state), limits.body_timeout);
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(head_timeout)
-            .max_buf_size(limits.max_header_bytes)
-            .keep_alive(true);
-        if limits.max_headers != crate::config::file::DEFAULT_MAX_HEADERS {
-            // Only when changed: a custom count moves hyper's header array to the heap.
-            builder.max_headers(limits.max_headers);
-        }
-        let mut connection = builder.serve_connection(TokioIo::new(client), service(context));
-        // Drive it until it is parkable, switched, closed or killed; a graceful shutdown lets
-        // the current exchange finish with `Connection: close`.
-        let mut graceful = false;
-        let served = loop {
-            let step = tokio::select! {
-                biased;
-                () = context.kill.cancelled() => break Served::Killed,
-                () = context.shutdown.cancelled(), if !graceful => None,
-                step = std::future::poll_fn(|cx| match connection.poll_without_shutdown(cx) {
-                    Poll::Ready(result) => Poll::Ready(Some(Some(result))),
-                    Poll::Pending if !graceful && state.parkable() => Poll::Ready(Some(None)),
-                    Poll::Pending => Poll::Pending,
-                }) => step,
-            };
-            match step {
-                None => {
-                    graceful = true;
-                    Pin::new(&mut connection).graceful_shutdown();
-                }
-                Some(None) => break Served::Park,
-                Some(Some(result)) => {
-                    if let Err(error) = result {
-                        tracing::debug!(client = %context.peer.address, %error, "client connection ended with an error");
-                    }
-                    break match state.take_tunnel() {
-                        Some(tunnel) => Served::Upgrade(tunnel),
-                        None => Served::Closed,
-                    };
-                }
-            }
-        };
-        match served {
-            Served::Park => {
-                let parts = connection.into_parts();
-                (read, io) = parts.io.into_inner().into_parts(parts.read_buf);
-                if state.heads.load(Ordering::Acquire) != heads {
+        match Box::pin(serve_until_parked(io, read, context, deadline)).await {
+            Some(Parked {
+                read: unread,
+                io: socket,
+                new_head,
+            }) => {
+                (read, io) = (unread, socket);
+                if new_head {
                     head_deadline = None;
                 }
             }
-            Served::Upgrade(tunnel) => {
-                let parts = connection.into_parts();
-                let (read, io) = parts.io.into_inner().into_parts(parts.read_buf);
-                run_tunnel(Prefixed::new(read, io), tunnel, context).await;
-                return;
-            }
-            Served::Closed => {
-                // hyper's own end: flush what it still holds, then shut the socket down.
-                tokio::select! {
-                    () = context.kill.cancelled() => {}
-                    () = tokio::time::sleep(limits.head_timeout) => {}
-                    _ = std::future::poll_fn(|cx| Pin::new(&mut connection).poll(cx)) => {}
-                }
-                return;
-            }
-            Served::Killed => return,
+            None => return,
         }
+    }
+}
+
+/// A connection taken back from hyper between requests.
+struct Parked<S> {
+    /// Bytes read from the socket that no request consumed.
+    read: Bytes,
+    io: S,
+    /// Whether a request head was completed since the connection was unparked: the next head
+    /// gets a deadline of its own.
+    new_head: bool,
+}
+
+/// Serves `io` (after `read`) with one hyper connection until it can be parked (`Some`), or
+/// until it closed, switched to a tunnel that ended, or was killed (`None`). `head_deadline`
+/// bounds the request head under way.
+async fn serve_until_parked<S: Socket>(
+    io: S,
+    read: Bytes,
+    context: &Arc<ConnectionContext>,
+    head_deadline: Instant,
+) -> Option<Parked<S>> {
+    let limits = &context.listener.limits;
+    let head_timeout = head_deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    let heads = context.state.heads.load(Ordering::Acquire);
+    let state = &context.state;
+    state.read_waiting.store(false, Ordering::Release);
+    state.write_blocked.store(false, Ordering::Release);
+    state.unclaimed.store(false, Ordering::Release);
+    let client = ClientIo::new(read, io, Arc::clone(state), limits.body_timeout);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    if limits.max_headers != crate::config::file::DEFAULT_MAX_HEADERS {
+        // Only when changed: a custom count moves hyper's header array to the heap.
+        builder.max_headers(limits.max_headers);
+    }
+    let mut connection = builder.serve_connection(TokioIo::new(client), service(context));
+    // Drive it until it is parkable, switched, closed or killed; a graceful shutdown lets
+    // the current exchange finish with `Connection: close`.
+    let mut graceful = false;
+    let served = loop {
+        let step = tokio::select! {
+            biased;
+            () = context.kill.cancelled() => break Served::Killed,
+            () = context.shutdown.cancelled(), if !graceful => None,
+            step = std::future::poll_fn(|cx| match connection.poll_without_shutdown(cx) {
+                Poll::Ready(result) => Poll::Ready(Some(Some(result))),
+                Poll::Pending if !graceful && state.parkable() => Poll::Ready(Some(None)),
+                Poll::Pending => Poll::Pending,
+            }) => step,
+        };
+        match step {
+            None => {
+                graceful = true;
+                Pin::new(&mut connection).graceful_shutdown();
+            }
+            Some(None) => break Served::Park,
+            Some(Some(result)) => {
+                if let Err(error) = result {
+                    tracing::debug!(client = %context.peer.address, %error, "client connection ended with an error");
+                }
+                break match state.take_tunnel() {
+                    Some(tunnel) => Served::Upgrade(tunnel),
+                    None => Served::Closed,
+                };
+            }
+        }
+    };
+    match served {
+        Served::Park => {
+            let parts = connection.into_parts();
+            let (read, io) = parts.io.into_inner().into_parts(parts.read_buf);
+            let new_head = state.heads.load(Ordering::Acquire) != heads;
+            Some(Parked { read, io, new_head })
+        }
+        Served::Upgrade(tunnel) => {
+            let parts = connection.into_parts();
+            let (read, io) = parts.io.into_inner().into_parts(parts.read_buf);
+            run_tunnel(Prefixed::new(read, io), tunnel, context).await;
+            None
+        }
+        Served::Closed => {
+            // hyper's own end: flush what it still holds, then shut the socket down.
+            tokio::select! {
+                () = context.kill.cancelled() => {}
+                () = tokio::time::sleep(limits.head_timeout) => {}
+                _ = std::future::poll_fn(|cx| Pin::new(&mut connection).poll(cx)) => {}
+            }
+            None
+        }
+        Served::Killed => None,
     }
 }
 
