@@ -299,6 +299,35 @@ async fn a_parked_connection_serves_its_next_requests_and_closes_at_the_keepaliv
     .await;
 }
 
+/// Parking and reload: a keep-alive connection idle between requests when the config is
+/// reloaded stays open, and its next request is routed by the new config (to the backend the
+/// reload put in place of the old one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_survives_a_reload_and_follows_the_new_config() {
+    within_timeout(async {
+        let old = TestBackend::spawn("old").await;
+        let new = TestBackend::spawn("new").await;
+        let limits = "[service.limits]\nkeepalive_timeout = \"30s\"\n";
+        let (services, addresses) = start(&[&old], limits).await;
+        let mut stream = RawConn::open(addresses[0]).await;
+        assert_eq!(stream.get("/before").await.backend(), "old");
+        let reloaded = Config::parse(&config(&[&new], limits), "<test>").unwrap();
+        services
+            .reload(reloaded)
+            .await
+            .unwrap_or_else(|error| panic!("reload failed: {error}"));
+        let after = stream.get("/after").await;
+        assert_eq!((after.status, after.backend()), (200, "new"));
+        assert_eq!(
+            old.count(),
+            1,
+            "the old backend got a request after the reload"
+        );
+        assert_eq!(new.count(), 1);
+    })
+    .await;
+}
+
 /// Parking: a client that trickles the head of its second request, byte by byte, cannot
 /// restart the head timer with each byte (slowloris on a kept-alive connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
