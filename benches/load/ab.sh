@@ -24,7 +24,7 @@ out=${RESULTS_DIR:-/tmp/stickyd-bench}/ab-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 for round in $(seq "${ROUNDS:-3}"); do
   for side in A B; do
-    binary=${!side}; extra_env=$(eval echo "\${${side}_ENV:-}")
+    binary=${!side}; env_name=${side}_ENV; extra_env=${!env_name:-}
     echo "== round $round: $side ($binary) beside $builtin"
     (cd "$harness" && env $extra_env RESULTS_DIR=$out STICKYD_BIN=$(realpath "$binary") \
       STICKYD_MODE=$mode EXTRA_CMD="$here/stickyd-extra.sh" EXTRA_NAME="stickyd-$side" \

@@ -35,8 +35,9 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// Redis-backed stick table with a local table in front.
 pub struct SharedTable {
     local: ExpiringMap,
-    /// Sessions whose Redis TTL was refreshed lately: each entry lives for the throttle
-    /// window ([`REFRESH_EVERY`], or half a short lifetime) from its refresh.
+    /// Sessions whose Redis TTL was refreshed lately, used as a set (the backend an entry
+    /// holds is never read): each entry lives for the throttle window ([`REFRESH_EVERY`], or
+    /// half a short lifetime) from its refresh.
     refreshed: ExpiringMap,
     redis: ConnectionManager,
     /// `<key_prefix><service>:`

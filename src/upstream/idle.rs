@@ -44,7 +44,8 @@ pub type Sender = SendRequest<RequestBody>;
 
 /// hyper's state machine of one backend connection, which does its IO: polled by the task that
 /// uses the connection, never by a task of its own (but a tunnel's).
-/// Boxed once per connection (hyper's upgradeable connection type cannot be named).
+///
+/// Boxed once per connection: hyper's upgradeable connection type cannot be named.
 pub struct Driver(Option<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>>);
 
 impl Driver {
