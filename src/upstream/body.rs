@@ -46,11 +46,6 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
             ProxyBody::Upstream { body, release } => {
-                // The connection's IO runs here, in the task that reads the body: it feeds the
-                // body's frames. An ended connection ends or fails the body, which says how.
-                if let Some(release) = release.as_mut() {
-                    let _ended = release.poll_drive(cx);
-                }
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 // hyper stops polling once `is_end_stream` says so (a body of known length),
                 // so the end may come with the last data frame rather than as `None`.

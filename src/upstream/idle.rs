@@ -3,19 +3,10 @@
 //!
 //! stickyd keeps its own idle connections rather than hyper-util's client so that a request whose
 //! connection could not be opened is handed back unsent and can go to another backend.
-//!
-//! A connection has no task of its own: hyper's connection state machine (the [`Driver`]) is
-//! polled by the task that uses the connection, together with the request and then the response
-//! body, as HAProxy handles both sides of a stream in one task. So a request crosses no channel
-//! to another task and wakes no other task. An idle connection is polled by nobody; its
-//! socket is looked at before reuse instead ([`Socket::reuse`]). Only a tunnel's connection
-//! (after a 101) gets a task, which hands the socket to the tunnel.
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::Request;
@@ -42,69 +33,27 @@ pub const MAX_IDLE_PER_BACKEND: usize = 512;
 /// hyper's handle for sending requests on one connection.
 pub type Sender = SendRequest<RequestBody>;
 
-/// hyper's state machine of one backend connection, which does its IO: polled by the task that
-/// uses the connection, never by a task of its own (but a tunnel's).
-///
-/// Boxed once per connection: hyper's upgradeable connection type cannot be named.
-pub struct Driver(Option<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>>);
-
-impl Driver {
-    /// Lets hyper do what IO it can: write the request, read the response. `Ready` once the
-    /// connection has ended (closed, failed, or handed to an upgrade); polling it after that
-    /// stays `Ready`. Wakes the polling task when there is more to do.
-    pub fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(connection) = self.0.as_mut() else {
-            return Poll::Ready(());
-        };
-        let Poll::Ready(ended) = connection.as_mut().poll(cx) else {
-            return Poll::Pending;
-        };
-        if let Err(error) = ended {
-            tracing::debug!(%error, "backend connection closed with an error");
-        }
-        self.0 = None;
-        Poll::Ready(())
-    }
-
-    /// Gives the connection a task of its own, for an upgrade (101): hyper hands the socket to
-    /// the upgrade's future when the connection is polled past the response head.
-    pub fn spawn(self) {
-        if let Some(connection) = self.0 {
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "upgraded backend connection failed");
-                }
-            });
-        }
-    }
-}
-
-/// A connection to a backend, checked out for one request: hyper's sender, its state machine
-/// and the socket under it.
+/// A connection to a backend, checked out for one request: hyper's sender and the socket
+/// under it.
 pub struct Connection {
     sender: Sender,
-    driver: Driver,
     socket: Arc<Socket>,
     reused: bool,
 }
 
 impl Connection {
-    /// Sends `request` and waits for the response head, driving the connection meanwhile (see
-    /// `SendRequest::try_send_request`: the request comes back with the error when none of it
-    /// was written).
-    pub async fn send_request(
+    /// Sends `request` (see `SendRequest::try_send_request`: the request comes back with the
+    /// error when none of it was written).
+    pub fn send_request(
         &mut self,
         request: Request<RequestBody>,
-    ) -> Result<http::Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>
-    {
-        let mut response = std::pin::pin!(self.sender.try_send_request(request));
-        let driver = &mut self.driver;
-        std::future::poll_fn(|cx| {
-            // An ended connection fails the response future, which says how.
-            let _ended = driver.poll_drive(cx);
-            response.as_mut().poll(cx)
-        })
-        .await
+    ) -> impl Future<
+        Output = Result<
+            http::Response<Incoming>,
+            hyper::client::conn::TrySendError<Request<RequestBody>>,
+        >,
+    > + use<> {
+        self.sender.try_send_request(request)
     }
 
     /// Whether it came from the idle list, having served requests before.
@@ -121,7 +70,6 @@ impl Connection {
 
 struct Idle {
     sender: Sender,
-    driver: Driver,
     /// Weak, so the socket closes when hyper's connection ends, whatever the idle list holds.
     socket: Weak<Socket>,
     since: Instant,
@@ -173,25 +121,13 @@ impl IdleConnections {
             let Some(socket) = idle.socket.upgrade() else {
                 continue;
             };
-            let Idle {
-                mut sender,
-                mut driver,
-                ..
-            } = idle;
-            // The sender went idle when its last response ended; it is ready once hyper's
-            // connection has seen that end, which driving it here lets it see. Then the socket
-            // itself says whether the backend closed it since, which hyper has not looked at.
-            let ready = std::future::poll_fn(|cx| {
-                if driver.poll_drive(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                sender.poll_ready(cx).map(|ready| ready.is_ok())
-            })
-            .await;
-            if ready && socket.reuse() {
+            let mut sender = idle.sender;
+            // The sender went idle when its last response ended; `ready` resolves once the
+            // connection task has seen that end. Then the socket itself says whether the backend
+            // closed it since, which the connection task may not have seen yet.
+            if sender.ready().await.is_ok() && socket.reuse() {
                 return Ok(Connection {
                     sender,
-                    driver,
                     socket,
                     reused: true,
                 });
@@ -229,21 +165,24 @@ impl IdleConnections {
             .handshake(TokioIo::new(io))
             .await
             .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%address, %error, "backend connection closed with an error");
+            }
+        });
         Ok(Connection {
             sender,
-            driver: Driver(Some(Box::pin(connection.with_upgrades()))),
             socket,
             reused: false,
         })
     }
 
-    fn check_in(&self, backend: usize, sender: Sender, driver: Driver, socket: Weak<Socket>) {
+    fn check_in(&self, backend: usize, sender: Sender, socket: Weak<Socket>) {
         let mut idle = self.idle[backend].lock().expect("idle list lock poisoned");
         if idle.len() < MAX_IDLE_PER_BACKEND {
             // Stamped under the lock: each list stays ordered oldest first, for the reaper.
             idle.push(Idle {
                 sender,
-                driver,
                 socket,
                 since: Instant::now(),
             });
@@ -263,7 +202,7 @@ impl IdleConnections {
                 }
                 idle.drain(..count).collect()
             };
-            // Dropped outside the lock: each drop closes its connection.
+            // Dropped outside the lock: each drop tells its connection task to close.
             drop(expired);
         }
         next
@@ -288,13 +227,11 @@ async fn reap(pool: Weak<IdleConnections>) {
     }
 }
 
-/// What a response body holds until it ends: the connection it came on, which the body's
-/// reads drive ([`Release::poll_drive`]), and the in-flight count.
+/// What a response body holds until it ends: the connection it came on and the in-flight count.
 pub struct Release {
     connections: Arc<IdleConnections>,
     backend: usize,
     sender: Sender,
-    driver: Driver,
     socket: Weak<Socket>,
     in_flight: InFlight,
 }
@@ -319,21 +256,13 @@ impl Release {
             connections,
             backend,
             sender: connection.sender,
-            driver: connection.driver,
             socket: Arc::downgrade(&connection.socket),
             in_flight,
         }
     }
 
-    /// Drives the connection while its response body is read: see [`Driver::poll_drive`].
-    pub fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.driver.poll_drive(cx)
-    }
-
-    /// The connection was upgraded (101): it gets a task of its own, which hands the socket
-    /// to the tunnel, and is never pooled; the request stays in flight.
+    /// The connection was upgraded (101): it is never pooled, but the request stays in flight.
     pub fn into_in_flight(self) -> InFlight {
-        self.driver.spawn();
         self.in_flight
     }
 
@@ -341,6 +270,6 @@ impl Release {
     /// `Release` instead closes the connection.
     pub fn reuse(self) {
         self.connections
-            .check_in(self.backend, self.sender, self.driver, self.socket);
+            .check_in(self.backend, self.sender, self.socket);
     }
 }

@@ -43,7 +43,7 @@ impl Socket {
     /// One `recv(MSG_PEEK)` of one byte on the socket, which tokio made non-blocking, so it is a
     /// `MSG_DONTWAIT` peek: no data yet (would block) means open; end of stream, an error or an
     /// unexpected byte means the connection is of no further use. It registers no waker, so it
-    /// takes no read readiness from hyper's connection.
+    /// takes no read readiness from hyper's connection task.
     pub fn reuse(&self) -> bool {
         self.received.store(false, Ordering::Relaxed);
         let mut byte = [MaybeUninit::<u8>::uninit()];
@@ -62,9 +62,8 @@ impl Socket {
 
 /// hyper's IO for a backend connection (through `hyper_util::rt::TokioIo`): reads and writes
 /// a shared [`Socket`] with tokio's `&self` calls (`poll_read_ready` then `try_read_buf`, and the
-/// same for writes), as `TcpStream`'s own `AsyncRead` / `AsyncWrite` do. Only the task that
-/// drives hyper's connection at the time (the one using it) polls it, so the socket's wakers
-/// are that task's.
+/// same for writes), as `TcpStream`'s own `AsyncRead` / `AsyncWrite` do. Only the task that drives
+/// hyper's connection polls it, so the socket's wakers stay that task's.
 #[derive(Debug)]
 pub struct BackendIo(Arc<Socket>);
 
