@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A connected TCP stream to a backend, with what the pool needs to know about it.
@@ -62,8 +62,9 @@ impl Socket {
 
 /// hyper's IO for a backend connection (through `hyper_util::rt::TokioIo`): reads and writes
 /// a shared [`Socket`] with tokio's `&self` calls (`poll_read_ready` then `try_read_buf`, and the
-/// same for writes), as `TcpStream`'s own `AsyncRead` / `AsyncWrite` do. Only the task that drives
-/// hyper's connection polls it, so the socket's wakers stay that task's.
+/// same for writes), as `TcpStream`'s own `AsyncRead` / `AsyncWrite` do, its short-read
+/// readiness clearing included. Only the task that drives hyper's connection polls it, so the
+/// socket's wakers stay that task's.
 #[derive(Debug)]
 pub struct BackendIo(Arc<Socket>);
 
@@ -76,7 +77,21 @@ impl AsyncRead for BackendIo {
         let socket = &*self.0;
         loop {
             ready!(socket.stream.poll_read_ready(cx))?;
-            match socket.stream.try_read_buf(buf) {
+            let room = buf.remaining();
+            let mut drained = false;
+            // A read shorter than the room drained the socket: its readiness is cleared (with
+            // the readiness seen before the read, so nothing that arrived since is lost), as
+            // tokio's own `TcpStream` reads do on epoll, and the next read waits for epoll
+            // rather than making a `recv` that would block.
+            let read = socket.stream.try_io(Interest::READABLE, || {
+                let read = socket.stream.try_read_buf(buf)?;
+                if 0 < read && read < room {
+                    drained = true;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(read)
+            });
+            match read {
                 Ok(read) => {
                     if read > 0 {
                         // The channel that carries hyper's result to the request orders this
@@ -85,7 +100,12 @@ impl AsyncRead for BackendIo {
                     }
                     return Poll::Ready(Ok(()));
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if drained {
+                        socket.received.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Ok(()));
+                    }
+                }
                 Err(error) => return Poll::Ready(Err(error)),
             }
         }
@@ -191,5 +211,23 @@ mod tests {
             0,
             "no FIN after shutdown"
         );
+    }
+
+    #[tokio::test]
+    async fn a_short_read_leaves_the_socket_waiting_for_more_and_misses_none() {
+        let (_socket, mut io, mut peer) = pair().await;
+        peer.write_all(b"first").await.unwrap();
+        let mut got = [0; 64];
+        assert_eq!(io.read(&mut got).await.unwrap(), 5);
+        // The short read cleared readiness: the next read waits, and bytes sent later, then the
+        // FIN, still reach it.
+        let reader = tokio::spawn(async move {
+            let mut rest = Vec::new();
+            io.read_to_end(&mut rest).await.unwrap();
+            rest
+        });
+        peer.write_all(b"second").await.unwrap();
+        drop(peer);
+        assert_eq!(reader.await.unwrap(), b"second");
     }
 }
