@@ -525,9 +525,10 @@ enum Served {
 /// with no buffers, serves it with a hyper connection, and parks again.
 ///
 /// While parked, the connection's task holds only the socket, the bytes read past the last
-/// request and this loop's timer: the hyper connection, the request and the tunnel live in
-/// [`serve_until_parked`]'s future, boxed for as long as they run, so an idle connection does
-/// not reserve room for them (HAProxy likewise frees an idle connection's buffers).
+/// request and this loop's timer: the hyper connection and the request live in
+/// [`serve_until_parked`]'s future, and a tunnel in [`run_tunnel`]'s, each boxed for as long as
+/// it runs, so an idle connection does not reserve room for them, and a tunnel none for the
+/// hyper connection (HAProxy likewise frees an idle connection's buffers).
 async fn serve_h1<S: Socket>(
     mut io: S,
     mut read: Bytes,
@@ -552,19 +553,32 @@ async fn serve_h1<S: Socket>(
         }
         let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout);
         match Box::pin(serve_until_parked(io, read, context, deadline)).await {
-            Some(Parked {
+            Some(Handoff::Park(Parked {
                 read: unread,
                 io: socket,
                 new_head,
-            }) => {
+            })) => {
                 (read, io) = (unread, socket);
                 if new_head {
                     head_deadline = None;
                 }
             }
+            // Boxed on its own, after the hyper connection's box is freed: an open tunnel
+            // holds neither, and a parked connection's task no room for the tunnel.
+            Some(Handoff::Tunnel(client, tunnel)) => {
+                return Box::pin(run_tunnel(client, tunnel, context)).await;
+            }
             None => return,
         }
     }
+}
+
+/// What a hyper connection hands back when it lets go of the socket.
+enum Handoff<S> {
+    /// Between requests: the socket to park.
+    Park(Parked<S>),
+    /// Switched (101): the socket, after the bytes read past the request, for the tunnel.
+    Tunnel(Prefixed<S>, PendingTunnel),
 }
 
 /// A connection taken back from hyper between requests.
@@ -577,15 +591,15 @@ struct Parked<S> {
     new_head: bool,
 }
 
-/// Serves `io` (after `read`) with one hyper connection until it can be parked (`Some`), or
-/// until it closed, switched to a tunnel that ended, or was killed (`None`). `head_deadline`
-/// bounds the request head under way.
+/// Serves `io` (after `read`) with one hyper connection until it can be parked or switched
+/// to a tunnel (`Some`), or until it closed or was killed (`None`). `head_deadline` bounds the
+/// request head under way.
 async fn serve_until_parked<S: Socket>(
     io: S,
     read: Bytes,
     context: &Arc<ConnectionContext>,
     head_deadline: Instant,
-) -> Option<Parked<S>> {
+) -> Option<Handoff<S>> {
     let limits = &context.listener.limits;
     let head_timeout = head_deadline
         .saturating_duration_since(Instant::now())
@@ -643,13 +657,12 @@ async fn serve_until_parked<S: Socket>(
             let parts = connection.into_parts();
             let (read, io) = parts.io.into_inner().into_parts(parts.read_buf);
             let new_head = state.heads.load(Ordering::Acquire) != heads;
-            Some(Parked { read, io, new_head })
+            Some(Handoff::Park(Parked { read, io, new_head }))
         }
         Served::Upgrade(tunnel) => {
             let parts = connection.into_parts();
             let (read, io) = parts.io.into_inner().into_parts(parts.read_buf);
-            run_tunnel(Prefixed::new(read, io), tunnel, context).await;
-            None
+            Some(Handoff::Tunnel(Prefixed::new(read, io), tunnel))
         }
         Served::Closed => {
             // hyper's own end: flush what it still holds, then shut the socket down.
