@@ -78,36 +78,32 @@ impl AsyncRead for BackendIo {
         loop {
             ready!(socket.stream.poll_read_ready(cx))?;
             let room = buf.remaining();
-            let mut drained = false;
+            let mut short = None;
             // A read shorter than the room drained the socket: its readiness is cleared (with
             // the readiness seen before the read, so nothing that arrived since is lost), as
             // tokio's own `TcpStream` reads do on epoll, and the next read waits for epoll
             // rather than making a `recv` that would block.
-            let read = socket.stream.try_io(Interest::READABLE, || {
+            let read = match socket.stream.try_io(Interest::READABLE, || {
                 let read = socket.stream.try_read_buf(buf)?;
                 if 0 < read && read < room {
-                    drained = true;
+                    short = Some(read);
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 Ok(read)
-            });
-            match read {
-                Ok(read) => {
-                    if read > 0 {
-                        // The channel that carries hyper's result to the request orders this
-                        // store before the pool's load.
-                        socket.received.store(true, Ordering::Relaxed);
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    if drained {
-                        socket.received.store(true, Ordering::Relaxed);
-                        return Poll::Ready(Ok(()));
-                    }
-                }
+            }) {
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => match short {
+                    Some(read) => read,
+                    None => continue,
+                },
                 Err(error) => return Poll::Ready(Err(error)),
+            };
+            if read > 0 {
+                // The channel that carries hyper's result to the request orders this store
+                // before the pool's load.
+                socket.received.store(true, Ordering::Relaxed);
             }
+            return Poll::Ready(Ok(()));
         }
     }
 }
