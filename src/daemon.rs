@@ -18,56 +18,6 @@ use crate::runtime::Services;
 use crate::server::{self, ServerError};
 use crate::telemetry::{self, LevelChange};
 
-/// The tokio runtime for `threads` threads (`None`: one per core the process may use). One
-/// thread needs no work-stealing scheduler: a current-thread runtime, run by the calling
-/// thread, serves it with less CPU per request. With `pin`, each thread is pinned to a core,
-/// round-robin over the process's CPU affinity mask (`taskset`, systemd `CPUAffinity=`).
-///
-/// # Errors
-/// The runtime's I/O error (no threads, no epoll).
-pub fn tokio_runtime(
-    threads: Option<usize>,
-    pin: bool,
-) -> std::io::Result<tokio::runtime::Runtime> {
-    let cores = if pin {
-        core_affinity::get_core_ids().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let mut builder = match threads {
-        Some(1) => {
-            if let Some(&core) = cores.first() {
-                pin_to(core);
-            }
-            tokio::runtime::Builder::new_current_thread()
-        }
-        threads => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(threads) = threads {
-                builder.worker_threads(threads);
-            }
-            if !cores.is_empty() {
-                let next = std::sync::atomic::AtomicUsize::new(0);
-                builder.on_thread_start(move || {
-                    let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    pin_to(cores[turn % cores.len()]);
-                });
-            }
-            builder
-        }
-    };
-    builder.enable_all().build()
-}
-
-fn pin_to(core: core_affinity::CoreId) {
-    if !core_affinity::set_for_current(core) {
-        tracing::warn!(
-            core = core.id,
-            "cannot pin a thread to its core; it runs unpinned"
-        );
-    }
-}
-
 /// Runs the daemon on `config` (loaded from `path`, which SIGHUP re-reads) until SIGTERM or
 /// SIGINT, then drains connections within `shutdown_grace`.
 ///

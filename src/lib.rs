@@ -21,6 +21,8 @@
 //! - [`telemetry`]: logging setup.
 //! - [`clock`]: the monotonic millisecond clock of ejection and TTL deadlines.
 //! - [`tls`]: TLS termination: certificates, SNI, ALPN.
+//! - [`workers`]: the event loops: one runtime, or one per worker thread with connections
+//!   handed to the least loaded.
 
 pub mod admin;
 pub mod affinity;
@@ -43,3 +45,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod workers;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use stickyd::cli::{Cli, Command};
 use stickyd::config::Config;
-use stickyd::{daemon, demo, server, telemetry};
+use stickyd::{daemon, demo, server, telemetry, workers};
 
 /// mimalloc: measured 8% less CPU per proxied request than glibc malloc (docs/PERFORMANCE.md).
 #[global_allocator]
@@ -52,5 +52,5 @@ fn main() -> anyhow::Result<ExitCode> {
 }
 
 fn runtime(threads: Option<usize>, pin: bool) -> anyhow::Result<tokio::runtime::Runtime> {
-    daemon::tokio_runtime(threads, pin).context("cannot start the tokio runtime")
+    workers::runtime(threads, pin).context("cannot start the tokio runtime")
 }

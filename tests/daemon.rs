@@ -4,6 +4,7 @@ mod common;
 
 use http_body_util::BodyExt;
 
+use common::raw::RawConn;
 use common::{Browser, TestBackend, config, start_proxy, within_timeout};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,11 +132,85 @@ fn allowed_cpus(pid: u32, thread: &str) -> String {
         .to_string()
 }
 
+/// The voluntary context switches of each worker thread of `pid`, by thread id. A worker
+/// with nothing to do sleeps in `epoll_wait`, so its count stays put.
+fn worker_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| task.unwrap().file_name().into_string().unwrap())
+        .filter(|thread| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{thread}/comm"))
+                .is_ok_and(|name| name.trim_end() == stickyd::workers::THREAD_NAME)
+        })
+        .map(|thread| {
+            let status =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{thread}/status")).unwrap();
+            let switches = status
+                .lines()
+                .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            (thread, switches)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_threads_both_workers_serve_connections_and_sessions_stay_sticky() {
+    within_timeout(async {
+        let (b1, b2) = (TestBackend::spawn("b1").await, TestBackend::spawn("b2").await);
+        let text = format!(
+            "threads = 2\n{}",
+            config(&[&b1, &b2], "[service.affinity]\nstrategy = \"insert\"\n")
+        );
+        let mut daemon = common::Daemon::start_on("workers.toml", &text);
+        let address = daemon.address().await;
+        let pid = daemon.child.id();
+        let before = worker_switches(pid);
+        assert_eq!(before.len(), 2, "two worker threads: {before:?}");
+        // Four keep-alive connections: each goes to the worker with the fewest, two each.
+        let mut connections = Vec::new();
+        for _ in 0..4 {
+            connections.push(RawConn::open(address.parse().unwrap()).await);
+        }
+        for connection in &mut connections {
+            let first = connection.get("/").await;
+            assert_eq!(first.status, 200);
+            let cookie = first
+                .header("set-cookie")
+                .and_then(|value| value.split(';').next())
+                .expect("an insert cookie")
+                .to_string();
+            for _ in 0..50 {
+                connection
+                    .send(format!("GET / HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let reply = connection.response().await;
+                assert_eq!(reply.status, 200);
+                assert_eq!(reply.backend(), first.backend(), "the session stays on its backend");
+            }
+        }
+        let after = worker_switches(pid);
+        for (thread, switches) in &after {
+            let served = switches - before[thread];
+            assert!(
+                served >= 50,
+                "worker {thread} woke only {served} times for 204 requests over 4 connections: they were not spread"
+            );
+        }
+        assert_eq!(daemon.stop().await, Some(0));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pin_threads_pins_each_worker_thread_to_one_core() {
     within_timeout(async {
         let cores = std::thread::available_parallelism().unwrap().get();
-        // Two threads at least, so the multi-thread runtime runs even on one core.
+        // Two threads at least, so the worker threads start even on one core.
         let threads = cores.max(2);
         let backend = TestBackend::spawn("b1").await;
         let text = format!(
@@ -157,7 +232,7 @@ async fn pin_threads_pins_each_worker_thread_to_one_core() {
             .map(|task| task.unwrap().file_name().into_string().unwrap())
             .filter(|thread| {
                 std::fs::read_to_string(format!("/proc/{pid}/task/{thread}/comm"))
-                    .is_ok_and(|name| name.starts_with("tokio-rt-worker"))
+                    .is_ok_and(|name| name.trim_end() == stickyd::workers::THREAD_NAME)
             })
             .collect();
         assert_eq!(

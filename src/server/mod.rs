@@ -16,7 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +25,7 @@ use crate::config::{Config, LimitsConfig, ListenerConfig, ServiceConfig};
 use crate::metrics::ServiceMetrics;
 use crate::router::Router;
 use crate::tls::Acceptor;
+use crate::workers;
 
 /// A listening socket of one service.
 #[derive(Debug)]
@@ -263,10 +264,38 @@ pub async fn accept_loop(
                 let slot = Slot::take(&slots, settings.metrics.connections.clone());
                 let router = Arc::clone(&router);
                 let (shutdown, kill) = (clients.shutdown.clone(), clients.kill.clone());
-                clients.tasks.spawn(async move {
-                    let _slot = slot;
-                    connection::serve(stream, peer, settings, router, shutdown, kill).await;
-                });
+                let Some(workers) = workers::installed() else {
+                    clients.tasks.spawn(async move {
+                        let _slot = slot;
+                        connection::serve(stream, peer, settings, router, shutdown, kill).await;
+                    });
+                    continue;
+                };
+                // To the least loaded worker, which registers the socket with its own reactor.
+                let assigned = workers.assign();
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, %peer, "cannot hand a connection to a worker");
+                        continue;
+                    }
+                };
+                let handle = assigned.handle().clone();
+                clients.tasks.spawn_on(
+                    async move {
+                        let (_slot, _assigned) = (slot, assigned);
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                connection::serve(stream, peer, settings, router, shutdown, kill)
+                                    .await;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, %peer, "a worker cannot take a connection");
+                            }
+                        }
+                    },
+                    &handle,
+                );
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off briefly rather than spin.

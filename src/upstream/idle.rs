@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use super::socket::Socket;
 use crate::pool::InFlight;
 use crate::proxy::body::RequestBody;
+use crate::workers;
 
 /// An idle connection is closed once idle this long, so stickyd does not race a backend
 /// closing it: below Node.js's 5 s `keepAliveTimeout`, the shortest common one. The reaper
@@ -75,9 +76,13 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle connections of every backend of a service, by backend index.
+/// The idle connections of every backend of a service, by worker and backend index: a
+/// connection's hyper task runs on the worker that opened it, so only that worker reuses it
+/// (see [`crate::workers::index`]).
 pub struct IdleConnections {
+    /// `workers::count()` blocks of `backends` lists.
     idle: Vec<Mutex<Vec<Idle>>>,
+    backends: usize,
     connect_timeout: Duration,
     reaper: tokio::task::JoinHandle<()>,
 }
@@ -85,7 +90,7 @@ pub struct IdleConnections {
 impl std::fmt::Debug for IdleConnections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdleConnections")
-            .field("backends", &self.idle.len())
+            .field("backends", &self.backends)
             .finish()
     }
 }
@@ -104,7 +109,10 @@ impl IdleConnections {
     /// Outside a tokio runtime.
     pub fn new(backends: usize, connect_timeout: Duration) -> Arc<IdleConnections> {
         Arc::new_cyclic(|this| IdleConnections {
-            idle: (0..backends).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..backends * workers::count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            backends,
             connect_timeout,
             reaper: tokio::spawn(reap(this.clone())),
         })
@@ -136,8 +144,13 @@ impl IdleConnections {
         self.connect(address).await
     }
 
+    /// This worker's idle list of `backend`.
+    fn list(&self, backend: usize) -> &Mutex<Vec<Idle>> {
+        &self.idle[workers::index() * self.backends + backend]
+    }
+
     fn pop_idle(&self, backend: usize) -> Option<Idle> {
-        let mut idle = self.idle[backend].lock().expect("idle list lock poisoned");
+        let mut idle = self.list(backend).lock().expect("idle list lock poisoned");
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() < IDLE_TIMEOUT && !entry.sender.is_closed() {
                 return Some(entry);
@@ -178,7 +191,7 @@ impl IdleConnections {
     }
 
     fn check_in(&self, backend: usize, sender: Sender, socket: Weak<Socket>) {
-        let mut idle = self.idle[backend].lock().expect("idle list lock poisoned");
+        let mut idle = self.list(backend).lock().expect("idle list lock poisoned");
         if idle.len() < MAX_IDLE_PER_BACKEND {
             // Stamped under the lock: each list stays ordered oldest first, for the reaper.
             idle.push(Idle {
