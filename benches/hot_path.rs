@@ -25,6 +25,7 @@ fn service(affinity: &str, balance: &str) -> (Affinity, Pool, Balancer) {
     let config = Config::parse(&text, "<bench>").unwrap();
     let service = &config.services[0];
     let pool = Pool::new(
+        "web",
         &service.backends,
         stickyd::pool::PoolPolicy::default(),
         None,

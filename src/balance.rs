@@ -247,7 +247,7 @@ mod tests {
                 ..backend(index)
             })
             .collect();
-        Arc::new(Pool::new(&backends, PoolPolicy::default(), None))
+        Arc::new(Pool::new("web", &backends, PoolPolicy::default(), None))
     }
 
     fn counts(balancer: &Balancer, pool: &Pool, picks: usize) -> Vec<usize> {
@@ -352,7 +352,7 @@ mod tests {
             let accept = |index: usize| {
                 let call = calls.get();
                 calls.set(call + 1);
-                let yes = crate::affinity::hash::hash_bytes(&call.to_le_bytes()) % 3 != 0;
+                let yes = !crate::affinity::hash::hash_bytes(&call.to_le_bytes()).is_multiple_of(3);
                 if yes {
                     accepted.borrow_mut().push(index);
                 }
@@ -450,7 +450,10 @@ mod tests {
         // Remove b2: the remaining ids keep their weights, so build the four-backend pool by id.
         let remaining: Vec<BackendConfig> =
             [0, 1, 3, 4].iter().map(|&index| backend(index)).collect();
-        let after = placement(&Pool::new(&remaining, PoolPolicy::default(), None), KEYS);
+        let after = placement(
+            &Pool::new("web", &remaining, PoolPolicy::default(), None),
+            KEYS,
+        );
         let moved_keys = moved(&before, &after);
         let owned = before.iter().filter(|id| *id == "b2").count();
         println!(

@@ -142,12 +142,14 @@ impl Reloader {
     async fn apply(&self, config: Config) {
         let previous_level = self.services.config().log_level;
         let level = config.log_level.clone();
+        let access_log = config.access_log;
         let admin = config.admin.clone();
         let restart = config.needs_restart(&self.started);
         if let Err(error) = self.services.reload(config).await {
             tracing::error!(%error, "reload failed: still running the previous config");
             return;
         }
+        telemetry::set_access_format(access_log);
         if level != previous_level {
             match telemetry::set_level(&level) {
                 LevelChange::Applied => tracing::info!(%level, "log level changed"),

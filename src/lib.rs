@@ -1,6 +1,7 @@
 //! stickyd: a reverse-proxy load balancer whose core job is HTTP session affinity.
 //!
 //! # Layout
+//! - [`access`]: the access log's line, written when the response body is done.
 //! - [`cli`]: the command line (`run`, `check`, `demo`).
 //! - [`config`]: the TOML file, read and validated into [`config::Config`].
 //! - [`daemon`]: the daemon under systemd: notify, SIGHUP reload, SIGTERM stop.
@@ -24,6 +25,7 @@
 //! - [`workers`]: the event loops: one runtime, or one per worker thread with connections
 //!   handed to the least loaded.
 
+pub mod access;
 pub mod admin;
 pub mod affinity;
 pub mod balance;

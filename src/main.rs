@@ -37,12 +37,12 @@ fn main() -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            telemetry::init(&config.log_level);
+            telemetry::init(&config.log_level, config.access_log);
             runtime(config.threads, config.pin_threads)?.block_on(daemon::run(&path, config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
-            telemetry::init("info");
+            telemetry::init("info", telemetry::AccessFormat::Text);
             runtime(None, false)?
                 .block_on(demo::run(server::shutdown_signal()))
                 .context("demo failed")?;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 
+use crate::access;
 use crate::affinity::{
     Affinity, Binding, BindingTimes, KeyLimit, Outcome, SessionIdentity, Stickiness, TableUpdate,
 };
@@ -99,6 +100,7 @@ impl Router {
             failback: config.failback,
         };
         let pool = Arc::new(Pool::new(
+            &config.name,
             &config.backends,
             policy,
             previous.map(|router| &*router.pool),
@@ -148,6 +150,7 @@ impl Router {
                 ),
             ),
             upstream: Upstream::new(
+                &config.name,
                 config.backends.len(),
                 config.connect_timeout,
                 config.response_timeout,
@@ -221,8 +224,20 @@ impl Router {
         let started = Instant::now();
         let (mut head, body) = request.into_parts();
         // Kept for the access line only when it is logged.
-        let request_line = tracing::enabled!(target: "stickyd::access", tracing::Level::INFO)
-            .then(|| (head.method.clone(), head.uri.clone()));
+        let request_line = access::enabled().then(|| access::Request {
+            started,
+            client: client.address.ip(),
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            host: head.headers.get(http::header::HOST).cloned().or_else(|| {
+                head.uri
+                    .authority()
+                    .and_then(|authority| http::HeaderValue::from_str(authority.as_str()).ok())
+            }),
+            version: head.version,
+            tls: client.tls,
+            body: body.progress(),
+        });
         let (response, backend, outcome) = match head::check_request(&head, self.limits) {
             // Refused before any routing: no affinity outcome.
             Err(error) => (upstream::body::error_response(&error), None, None),
@@ -255,7 +270,6 @@ impl Router {
                         return self.answer(
                             started,
                             request_line,
-                            client,
                             upstream::body::error_response(&error),
                             None,
                             None,
@@ -273,15 +287,14 @@ impl Router {
                 }
             }
         };
-        self.answer(started, request_line, client, response, backend, outcome)
+        self.answer(started, request_line, response, backend, outcome)
     }
 
     /// Records one answered request (metrics, debug header, access line) and returns it.
     fn answer(
         &self,
         started: Instant,
-        request_line: Option<(http::Method, http::Uri)>,
-        client: &Peer,
+        request_line: Option<access::Request>,
         mut response: Response<ProxyBody>,
         backend: Option<usize>,
         outcome: Option<Outcome>,
@@ -299,18 +312,19 @@ impl Router {
                 response.headers_mut().insert(DEBUG_HEADER, value);
             }
         }
-        if let Some((method, uri)) = request_line {
-            tracing::info!(
-                target: "stickyd::access",
-                client = %client.address.ip(),
-                method = %method,
-                path = %uri.path(),
-                status = response.status().as_u16(),
-                service = %self.name,
-                backend = %backend.map_or("-", |index| self.pool.get(index).name.as_str()),
-                affinity = %outcome.map_or("-", Outcome::as_str),
-                ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-            );
+        if let Some(request) = request_line {
+            let line = access::Line {
+                request,
+                head: elapsed,
+                status: response.status().as_u16(),
+                service: self.name.clone(),
+                backend: backend
+                    .map_or("-", |index| self.pool.get(index).name.as_str())
+                    .into(),
+                affinity: outcome.map_or("-", Outcome::as_str),
+                bytes_out: 0,
+            };
+            response = response.map(|body| body.logged(line));
         }
         response
     }

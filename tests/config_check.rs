@@ -122,6 +122,11 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
             "unknown variant `fastest`",
         ),
         (
+            "access_log = \"xml\"\n",
+            "1:14",
+            "unknown variant `xml`, expected `text` or `json`",
+        ),
+        (
             "shutdown_grace = \"30\"\n",
             "1:18",
             "write a whole number and a unit",

@@ -80,6 +80,135 @@ async fn the_daemon_logs_one_access_line_per_request_and_exits_0_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_journal_lines_carry_their_priority_and_json_access_lines_carry_every_field() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let service = config(&[&backend], "[service.affinity]\nstrategy = \"insert\"\n");
+        let text = |format: &str| format!("threads = 1\naccess_log = \"{format}\"\n{service}");
+        let mut daemon = common::Daemon::start_under_journal("journal.toml", &text("json"));
+        let listening = daemon.line_with("listening service=").await;
+        assert!(
+            listening.starts_with("<6>stickyd::runtime: listening"),
+            "an info line starts with <6> and has no timestamp: {listening}"
+        );
+        let address: std::net::SocketAddr = listening
+            .split("address=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|address| address.parse().ok())
+            .expect("an address");
+
+        let mut connection = RawConn::open(address).await;
+        connection
+            .send(
+                b"POST /form?x=1 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\n\r\nhello",
+            )
+            .await
+            .unwrap();
+        let reply = connection.response().await;
+        assert_eq!(reply.status, 200);
+        let access = daemon.line_with("\"path\":\"/form\"").await;
+        let json = access
+            .strip_prefix("<6>")
+            .unwrap_or_else(|| panic!("an access line starts with <6>: {access}"));
+        let line: serde_json::Value = serde_json::from_str(json)
+            .unwrap_or_else(|error| panic!("not one JSON object ({error}): {json}"));
+        for (field, want) in [
+            ("client", serde_json::json!("127.0.0.1")),
+            ("method", serde_json::json!("POST")),
+            ("host", serde_json::json!("shop.example")),
+            ("path", serde_json::json!("/form")),
+            ("version", serde_json::json!("HTTP/1.1")),
+            ("status", serde_json::json!(200)),
+            ("bytes_in", serde_json::json!(5)),
+            ("bytes_out", serde_json::json!(reply.body.len())),
+            ("service", serde_json::json!("web")),
+            ("backend", serde_json::json!("b1")),
+            ("affinity", serde_json::json!("new")),
+            ("tls", serde_json::json!(false)),
+        ] {
+            assert_eq!(line[field], want, "{field} in {json}");
+        }
+        let (head, total) = (line["ms"].as_f64(), line["total_ms"].as_f64());
+        assert!(
+            matches!((head, total), (Some(head), Some(total)) if 0.0 < head && head <= total),
+            "ms and total_ms are numbers, the head first: {json}"
+        );
+        assert!(
+            line.get("timestamp").is_none(),
+            "the journal stamps lines: {json}"
+        );
+
+        // A warning about a backend names its service.
+        backend.stop_and_wait().await;
+        assert!(connection.get("/").await.status >= 500);
+        let failed = daemon.line_with("request failed").await;
+        assert!(
+            failed.starts_with("<4>"),
+            "a warning starts with <4>: {failed}"
+        );
+        assert!(failed.contains("service=web"), "{failed}");
+
+        // An error: a reload of a config that does not load.
+        let path = common::temp_file("journal.toml");
+        std::fs::write(&path, "threads = [").unwrap();
+        daemon.signal("-HUP");
+        let refused = daemon.line_with("reload refused").await;
+        assert!(
+            refused.starts_with("<3>"),
+            "an error starts with <3>: {refused}"
+        );
+
+        // A reload switches the access log back to text.
+        let backend = TestBackend::spawn("b1").await;
+        let service = config(&[&backend], "[service.affinity]\nstrategy = \"insert\"\n");
+        std::fs::write(
+            &path,
+            format!("threads = 1\naccess_log = \"text\"\n{service}"),
+        )
+        .unwrap();
+        daemon.signal("-HUP");
+        daemon.line_with("reload applied").await;
+        assert_eq!(RawConn::open(address).await.get("/after").await.status, 200);
+        let access = daemon.line_with("path=/after").await;
+        assert!(
+            access
+                .starts_with("<6>stickyd::access: client=127.0.0.1 method=GET host=a path=/after"),
+            "{access}"
+        );
+        assert_eq!(daemon.stop().await, Some(0));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_stream_that_is_not_stderr_leaves_lines_plain() {
+    within_timeout(async {
+        let backend = TestBackend::spawn("b1").await;
+        let path = common::temp_file("not-journal.toml");
+        std::fs::write(&path, config(&[&backend], "")).unwrap();
+        // As under a unit whose ExecStart redirects stderr to a file: the variable is inherited
+        // and names the journal's stream, which stderr no longer is.
+        use std::os::unix::fs::MetadataExt;
+        let other = common::temp_file("not-journal.stream");
+        std::fs::write(&other, "").unwrap();
+        let other = std::fs::metadata(&other).unwrap();
+        let stream = format!("{}:{}", other.dev(), other.ino());
+        let mut daemon = common::Daemon::start_with_env(
+            &path,
+            &[("JOURNAL_STREAM", std::path::Path::new(&stream))],
+        );
+        let listening = daemon.line_with("listening service=").await;
+        assert!(
+            listening.starts_with(|first: char| first.is_ascii_digit()),
+            "a plain line starts with its timestamp: {listening}"
+        );
+        assert_eq!(daemon.stop().await, Some(0));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_reloading_and_stopping_even_around_a_refused_reload() {
     within_timeout(async {
         let backend = TestBackend::spawn("b1").await;

@@ -80,7 +80,12 @@ fn pool() -> Pool {
         id: format!("s{n}"),
         ..BackendConfig::new(&format!("app{n}"), "127.0.0.1:1".parse().unwrap())
     };
-    Pool::new(&[backend(1), backend(2)], PoolPolicy::default(), None)
+    Pool::new(
+        "web",
+        &[backend(1), backend(2)],
+        PoolPolicy::default(),
+        None,
+    )
 }
 
 fn prefix(seal: SealConfig) -> Prefix {

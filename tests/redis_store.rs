@@ -51,14 +51,13 @@ impl Redis {
         let client = redis.client();
         // redis-server has no readiness signal: poll PING until it answers (bounded by the test timeout).
         loop {
-            if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
+            if let Ok(mut connection) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
                     .query_async::<String>(&mut connection)
                     .await
                     .is_ok()
-                {
-                    return redis;
-                }
+            {
+                return redis;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

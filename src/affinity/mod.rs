@@ -457,6 +457,6 @@ pub(crate) mod tests {
                 )
             })
             .collect();
-        Pool::new(&backends, crate::pool::PoolPolicy::default(), None)
+        Pool::new("web", &backends, crate::pool::PoolPolicy::default(), None)
     }
 }

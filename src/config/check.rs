@@ -102,15 +102,16 @@ impl Checker<'_> {
             }
             services.push(service);
         }
-        if let Some(level) = &raw.log_level {
-            if let Err(error) = tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
-                self.report_at(level, format!(r#"invalid log_level: {error}: write "error", "warn", "info", "debug" or "trace""#));
-            }
+        if let Some(level) = &raw.log_level
+            && let Err(error) = tracing_subscriber::EnvFilter::try_new(level.get_ref())
+        {
+            self.report_at(level, format!(r#"invalid log_level: {error}: write "error", "warn", "info", "debug" or "trace""#));
         }
         Config {
             log_level: raw
                 .log_level
                 .map_or_else(|| file::DEFAULT_LOG_LEVEL.to_string(), Spanned::into_inner),
+            access_log: raw.access_log.unwrap_or_default(),
             shutdown_grace: raw
                 .shutdown_grace
                 .map_or(file::DEFAULT_SHUTDOWN_GRACE, |d| d.into_inner().0),
@@ -677,15 +678,14 @@ impl Checker<'_> {
             passive_failures: None,
             passive_5xx: false,
         });
-        if let Some(path) = &raw.path {
-            if !path.get_ref().starts_with('/')
-                || path.get_ref().parse::<http::uri::PathAndQuery>().is_err()
-            {
-                self.report_at(
-                    path,
-                    r#"health check path must be an absolute path such as "/health""#.into(),
-                );
-            }
+        if let Some(path) = &raw.path
+            && (!path.get_ref().starts_with('/')
+                || path.get_ref().parse::<http::uri::PathAndQuery>().is_err())
+        {
+            self.report_at(
+                path,
+                r#"health check path must be an absolute path such as "/health""#.into(),
+            );
         }
         for threshold in [&raw.rise, &raw.fall].into_iter().flatten() {
             if *threshold.get_ref() == 0 {

@@ -12,6 +12,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
+use crate::telemetry::AccessFormat;
+
 /// Log level when neither `log_level` nor `RUST_LOG` says otherwise.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Time in-flight requests get to finish after SIGTERM/SIGINT. Default: 30 s.
@@ -61,6 +63,7 @@ pub const MAX_WEIGHT: u32 = 1000;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub log_level: Option<Spanned<String>>,
+    pub access_log: Option<AccessFormat>,
     pub threads: Option<Spanned<usize>>,
     pub pin_threads: Option<bool>,
     pub shutdown_grace: Option<Spanned<DurationValue>>,

@@ -17,6 +17,7 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 
 pub use crate::seal::{SealConfig, SealMode};
+pub use crate::telemetry::AccessFormat;
 pub use file::{AdminState, Balance, Fallback, SameSite};
 
 /// Everything stickyd runs on.
@@ -24,6 +25,9 @@ pub use file::{AdminState, Balance, Fallback, SameSite};
 pub struct Config {
     /// `tracing` filter directive used when `RUST_LOG` is unset. Default: `info`.
     pub log_level: String,
+    /// How access lines (target `stickyd::access`, at `info`) are written: `text` (default)
+    /// or `json`. A reload applies it.
+    pub access_log: AccessFormat,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT. Default: 30 s.
     pub shutdown_grace: Duration,
     /// Threads that serve connections; `None` means one per CPU core the process may use.

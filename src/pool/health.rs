@@ -65,7 +65,7 @@ pub async fn run(
                         && passes[index] >= config.rise
                         && pool.set_healthy(index, true)
                     {
-                        tracing::info!(backend = %backend.name, passes = passes[index], "backend up: health checks pass");
+                        tracing::info!(service = %pool.service(), backend = %backend.name, passes = passes[index], "backend up: health checks pass");
                         transitions[index].inc();
                     }
                 }
@@ -76,7 +76,7 @@ pub async fn run(
                         && failures[index] >= config.fall
                         && pool.set_healthy(index, false)
                     {
-                        tracing::warn!(backend = %backend.name, %reason, failures = failures[index], "backend down: health checks fail");
+                        tracing::warn!(service = %pool.service(), backend = %backend.name, %reason, failures = failures[index], "backend down: health checks fail");
                         transitions[index].inc();
                     }
                 }

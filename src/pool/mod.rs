@@ -113,6 +113,8 @@ impl Backend {
 /// The backends of one service, in config order; indexes are stable for the pool's life.
 #[derive(Debug)]
 pub struct Pool {
+    /// The service's name, for every log line about one of its backends.
+    service: String,
     backends: Vec<Backend>,
     policy: PoolPolicy,
     /// Bumped on every state change (health, admin state, the start of an ejection), for
@@ -121,8 +123,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds the pool. Backends also in `previous` (same name and address) keep its live state.
-    pub fn new(backends: &[BackendConfig], policy: PoolPolicy, previous: Option<&Pool>) -> Pool {
+    /// Builds the pool of service `service`. Backends also in `previous` (same name and
+    /// address) keep its live state.
+    pub fn new(
+        service: &str,
+        backends: &[BackendConfig],
+        policy: PoolPolicy,
+        previous: Option<&Pool>,
+    ) -> Pool {
         let backends = backends
             .iter()
             .map(|config| {
@@ -162,10 +170,16 @@ impl Pool {
             |pool| Arc::clone(&pool.changes),
         );
         Pool {
+            service: service.to_string(),
             backends,
             policy,
             changes,
         }
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        &self.service
     }
 
     /// All backends, indexable by the indexes this pool hands out.
@@ -219,7 +233,7 @@ impl Pool {
             .admin
             .swap(state as u8, Ordering::Relaxed);
         if previous != state as u8 {
-            tracing::info!(backend = %self.backends[index].name, state = %state.as_str(), "admin state changed");
+            tracing::info!(service = %self.service, backend = %self.backends[index].name, state = %state.as_str(), "admin state changed");
             self.changed();
         }
     }
@@ -306,7 +320,7 @@ pub(crate) mod tests {
     }
 
     fn pool(policy: PoolPolicy) -> Pool {
-        Pool::new(&[backend("a"), backend("b")], policy, None)
+        Pool::new("web", &[backend("a"), backend("b")], policy, None)
     }
 
     #[test]
@@ -368,7 +382,12 @@ pub(crate) mod tests {
             backup: true,
             ..backend("spare")
         };
-        let pool = Pool::new(&[backend("a"), backup.clone()], PoolPolicy::default(), None);
+        let pool = Pool::new(
+            "web",
+            &[backend("a"), backup.clone()],
+            PoolPolicy::default(),
+            None,
+        );
         assert!(!pool.accepts_new(1));
         pool.set_healthy(0, false);
         assert!(pool.accepts_new(1) && pool.accepts_bound(1));
@@ -378,6 +397,7 @@ pub(crate) mod tests {
             "failback moves the backup's sessions home"
         );
         let stay = Pool::new(
+            "web",
             &[backend("a"), backup],
             PoolPolicy {
                 failback: false,
@@ -400,7 +420,12 @@ pub(crate) mod tests {
             address: "127.0.0.1:2".parse().unwrap(),
             ..backend("b")
         };
-        let new = Pool::new(&[backend("a"), moved], PoolPolicy::default(), Some(&old));
+        let new = Pool::new(
+            "web",
+            &[backend("a"), moved],
+            PoolPolicy::default(),
+            Some(&old),
+        );
         assert!(
             !new.get(0).is_healthy(),
             "same name and address: state kept"
@@ -414,6 +439,7 @@ pub(crate) mod tests {
         let old = pool(PoolPolicy::default());
         old.set_admin_state(0, AdminState::Drain);
         let same = Pool::new(
+            "web",
             &[backend("a"), backend("b")],
             PoolPolicy::default(),
             Some(&old),
@@ -427,7 +453,12 @@ pub(crate) mod tests {
             state: AdminState::Maint,
             ..backend("b")
         };
-        let changed = Pool::new(&[backend("a"), maint], PoolPolicy::default(), Some(&same));
+        let changed = Pool::new(
+            "web",
+            &[backend("a"), maint],
+            PoolPolicy::default(),
+            Some(&same),
+        );
         assert_eq!(
             changed.get(1).admin_state(),
             AdminState::Maint,

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ pub trait BodyWatcher: Send + Sync {
 /// Whether a request body has ended, for whoever waits on it (the response timeout).
 pub struct BodyProgress {
     ended: AtomicBool,
+    /// Body bytes read from the client so far.
+    bytes: AtomicU64,
     notify: Notify,
     watcher: Option<Arc<dyn BodyWatcher>>,
 }
@@ -42,6 +44,11 @@ impl std::fmt::Debug for BodyProgress {
 }
 
 impl BodyProgress {
+    /// The body bytes read from the client so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     fn end(&self, complete: bool) {
         if !self.ended.swap(true, Ordering::AcqRel) {
             self.notify.notify_waiters();
@@ -104,6 +111,7 @@ impl RequestBody {
             }
             Arc::new(BodyProgress {
                 ended: AtomicBool::new(false),
+                bytes: AtomicU64::new(0),
                 notify: Notify::new(),
                 watcher,
             })
@@ -164,6 +172,11 @@ impl Body for RequestBody {
         };
         match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(progress)) = (frame.data_ref(), &this.progress) {
+                    progress
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 if inner.is_end_stream() {
                     this.finish(true);
                 } else if let Some(timer) = &mut this.timer {

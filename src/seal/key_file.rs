@@ -54,7 +54,7 @@ pub fn read(path: &Path) -> Result<Vec<Vec<u8>>, KeyError> {
 /// One key file line: hex when it is an even number of hex digits, else base64 in the
 /// alphabet its characters say (`-`/`_` URL-safe, else standard), padding optional.
 fn decode_key(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return hex::decode(text).ok();
     }
     let engine = if text.contains(['-', '_']) {

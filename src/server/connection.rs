@@ -691,7 +691,7 @@ async fn run_tunnel<S: Socket>(
         upgraded = tunnel.backend => match upgraded {
             Ok(upgraded) => upgraded,
             Err(error) => {
-                tracing::debug!(%error, "backend upgrade did not complete");
+                tracing::debug!(service = %context.listener.service, %error, "backend upgrade did not complete");
                 return;
             }
         },

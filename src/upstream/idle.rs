@@ -83,6 +83,8 @@ pub struct IdleConnections {
     /// `workers::count()` blocks of `backends` lists.
     idle: Vec<Mutex<Vec<Idle>>>,
     backends: usize,
+    /// The service's name, for log lines.
+    service: Arc<str>,
     connect_timeout: Duration,
     reaper: tokio::task::JoinHandle<()>,
 }
@@ -107,12 +109,13 @@ impl IdleConnections {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn new(backends: usize, connect_timeout: Duration) -> Arc<IdleConnections> {
+    pub fn new(service: &str, backends: usize, connect_timeout: Duration) -> Arc<IdleConnections> {
         Arc::new_cyclic(|this| IdleConnections {
             idle: (0..backends * workers::count())
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             backends,
+            service: Arc::from(service),
             connect_timeout,
             reaper: tokio::spawn(reap(this.clone())),
         })
@@ -142,6 +145,11 @@ impl IdleConnections {
             }
         }
         self.connect(address).await
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        &self.service
     }
 
     /// This worker's idle list of `backend`.
@@ -178,9 +186,10 @@ impl IdleConnections {
             .handshake(TokioIo::new(io))
             .await
             .map_err(io::Error::other)?;
+        let service = Arc::clone(&self.service);
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%address, %error, "backend connection closed with an error");
+                tracing::debug!(%service, %address, %error, "backend connection closed with an error");
             }
         });
         Ok(Connection {

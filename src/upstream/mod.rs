@@ -37,13 +37,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A pool for `backends` backends with the service's timeouts.
+    /// A pool for the `backends` backends of service `service`, with its timeouts.
     ///
     /// # Panics
     /// Outside a tokio runtime: the pool starts its reaper task.
-    pub fn new(backends: usize, connect_timeout: Duration, response_timeout: Duration) -> Upstream {
+    pub fn new(
+        service: &str,
+        backends: usize,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Upstream {
         Upstream {
-            connections: IdleConnections::new(backends, connect_timeout),
+            connections: IdleConnections::new(service, backends, connect_timeout),
             response_timeout,
         }
     }
@@ -154,7 +159,7 @@ impl Upstream {
                     // byte: the one retry, on a new connection.
                     if let Some(copy) = replay.filter(|_| !connection.received_any()) {
                         let error = failed.into_error();
-                        tracing::debug!(backend = %backend_name, %error, "sending again");
+                        tracing::debug!(service = %self.connections.service(), backend = %backend_name, %error, "sending again");
                         request = copy;
                         retrying = true;
                         continue;

@@ -521,16 +521,16 @@ impl Shared {
             _ => with_status(StatusCode::OK),
         };
         let headers = response.headers_mut();
-        if let Some(cookie) = path.strip_prefix("/session/") {
-            if stickyd::affinity::cookies::find(&head.headers, cookie).is_none() {
-                let n = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-                headers.append(
-                    header::SET_COOKIE,
-                    format!("{cookie}={}-{n}; Path=/", self.name)
-                        .parse()
-                        .unwrap(),
-                );
-            }
+        if let Some(cookie) = path.strip_prefix("/session/")
+            && stickyd::affinity::cookies::find(&head.headers, cookie).is_none()
+        {
+            let n = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+            headers.append(
+                header::SET_COOKIE,
+                format!("{cookie}={}-{n}; Path=/", self.name)
+                    .parse()
+                    .unwrap(),
+            );
         }
         for (key, value) in query_pairs(head.uri.query().unwrap_or("")) {
             if key == "set-cookie" {

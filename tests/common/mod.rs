@@ -393,18 +393,37 @@ impl Daemon {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start stickyd");
-        let (lines_in, lines) = mpsc::unbounded_channel::<String>();
         let stderr = child.stderr.take().expect("piped stderr");
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = lines_in.send(line);
-            }
-        });
-        Daemon { child, lines }
+        Daemon {
+            child,
+            lines: read_lines(stderr),
+        }
+    }
+
+    /// [`Daemon::start_on`] with stderr connected to the journal as systemd does it:
+    /// `JOURNAL_STREAM` names the stderr pipe's device and inode (systemd.exec(5)).
+    pub fn start_under_journal(name: &str, text: &str) -> Daemon {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let path = temp_file(name);
+        std::fs::write(&path, text).unwrap();
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        let stream = std::fs::metadata(format!("/proc/self/fd/{}", writer.as_raw_fd())).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_stickyd"))
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .env(
+                "JOURNAL_STREAM",
+                format!("{}:{}", stream.dev(), stream.ino()),
+            )
+            .stderr(writer)
+            .spawn()
+            .expect("start stickyd");
+        Daemon {
+            child,
+            lines: read_lines(reader),
+        }
     }
 
     /// The next stderr line containing `text`.
@@ -456,6 +475,21 @@ impl Daemon {
             .await
             .expect("join")
     }
+}
+
+/// The lines of `stderr`, read on a thread of their own.
+fn read_lines(stderr: impl std::io::Read + Send + 'static) -> mpsc::UnboundedReceiver<String> {
+    let (lines_in, lines) = mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_in.send(line);
+        }
+    });
+    lines
 }
 
 impl Drop for Daemon {
