@@ -1,4 +1,5 @@
-//! The command line: `stickyd [run] --config PATH`, `stickyd check --config PATH`, `stickyd demo`.
+//! The command line: `stickyd [run] --config PATH`, `stickyd check --config PATH` (the
+//! option before or after the command), `stickyd demo`.
 
 use std::path::PathBuf;
 
@@ -10,10 +11,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/stickyd/stickyd.toml";
 /// stickyd: a reverse-proxy load balancer for sticky HTTP sessions: insert, prefix,
 /// stick-table or hash affinity.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(version, about, long_about = None)]
 pub struct Cli {
-    /// Config file of the daemon (when no command is given).
-    #[arg(long, short, global = false, default_value = DEFAULT_CONFIG_PATH)]
+    /// Config file, for the daemon and for `check`. Before or after the command:
+    /// `stickyd --config F check` and `stickyd check --config F` are the same.
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
     /// What to do; runs the daemon when absent.
     #[command(subcommand)]
@@ -23,19 +25,11 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon on a config file.
-    Run {
-        /// Config file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-    },
-    /// Validate a config file: one summary line per service, or every problem as
+    /// Run the daemon on the config file.
+    Run,
+    /// Validate the config file: one summary line per service, or every problem as
     /// PATH:LINE:COL: message and exit status 1.
-    Check {
-        /// Config file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-    },
+    Check,
     /// Start three demo backends behind stickyd on 127.0.0.1:8080 (insert affinity) and print
     /// curl commands to try.
     Demo,

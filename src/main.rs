@@ -14,8 +14,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run { config: cli.config }) {
-        Command::Check { config: path } => match Config::load(&path) {
+    let path = cli.config;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => match Config::load(&path) {
             Ok(config) => {
                 for service in &config.services {
                     println!("{}", service.summary());
@@ -29,7 +30,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Run { config: path } => {
+        Command::Run => {
             let config = match Config::load(&path) {
                 Ok(config) => config,
                 Err(error) => {

@@ -31,12 +31,17 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(chain, key_der, &provider)
         .map(Arc::new)
-        .map_err(|error| {
-            format!(
+        .map_err(|error| match error {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
+                "the private key {} does not belong to the certificate {}: the key's public half differs from the certificate's. Give the key that was made with this certificate (compare `openssl pkey -in KEY -pubout` with `openssl x509 -in CERT -noout -pubkey`)",
+                key.display(),
+                cert.display()
+            ),
+            error => format!(
                 "certificate {} and key {} do not make a usable pair: {error}",
                 cert.display(),
                 key.display()
-            )
+            ),
         })
 }
 

@@ -25,6 +25,29 @@ fn write_config(name: &str, text: &str) -> PathBuf {
 }
 
 #[test]
+fn the_config_option_goes_before_or_after_check() {
+    let path = write_config(
+        "either-order",
+        "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+    );
+    for args in [["check", "--config"], ["--config", "check"]] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stickyd"));
+        if args[0] == "check" {
+            command.args(args).arg(&path);
+        } else {
+            command.arg(args[0]).arg(&path).arg(args[1]);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success()
+                && String::from_utf8_lossy(&output.stdout).contains("service web"),
+            "stickyd {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
 fn every_shipped_config_loads() {
     let mut checked = 0;
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
@@ -114,12 +137,42 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
         (
             "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\ntimeout = \"5s\"\n",
             "4:1",
-            "unknown field `timeout`",
+            "unknown key `timeout`: the keys here are `name`, `listen`,",
         ),
         (
             "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nbalance = \"fastest\"\n",
             "4:11",
             "unknown variant `fastest`",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nbalanse = \"random\"\n",
+            "4:1",
+            "unknown key `balanse`: did you mean `balance`?",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[service.affinity]\nstrategy = \"prefix\"\ncookie = \"JSESSIONID\"\ndelimeter = \"-\"\n",
+            "7:1",
+            "unknown key `delimeter`: did you mean `delimiter`? The keys here for strategy = \"prefix\" are `strategy`, `cookie`, `delimiter`, `seal`, `key_file`, `max_idle`, `max_life`\n",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nweight = \"2\"\n",
+            "7:10",
+            "expected a whole number: write `weight = 2`",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"localhost:8280\"]\n",
+            "3:11",
+            "listen takes an IP address, not a host name: write \"127.0.0.1:8280\"",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"a\"\naddress = \"app1\"\n",
+            "6:11",
+            "backend address \"app1\" has no port: write \"host:port\", e.g. \"app1:3001\"",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"a\"\naddress = \"no-such-host.invalid:80\"\n",
+            "6:11",
+            "cannot resolve backend address \"no-such-host.invalid:80\": ",
         ),
         (
             "access_log = \"xml\"\n",

@@ -189,6 +189,28 @@ async fn an_http2_client_gets_the_same_affinity() {
 }
 
 #[tokio::test]
+async fn a_key_of_another_certificate_is_named_as_such() {
+    let (first, _) = certificate("first.example");
+    let (second, _) = certificate("second.example");
+    let cert_line = |table: &str| table.lines().nth(1).unwrap().to_string();
+    let key_line = |table: &str| table.lines().nth(2).unwrap().to_string();
+    let text = format!(
+        "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.tls]]\n{}\n{}\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+        cert_line(&first),
+        key_line(&second)
+    );
+    let error = stickyd::config::Config::parse(&text, "<test>")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("<test>:5:8: the private key ")
+            && error.contains("second.example.key does not belong to the certificate")
+            && error.contains("first.example.crt"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_certificate_file_fails_the_config_at_its_line() {
     let text = "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.tls]]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
     let error = stickyd::config::Config::parse(text, "<test>")

@@ -12,6 +12,7 @@ use rustls::sign::CertifiedKey;
 use toml::Spanned;
 
 use super::file::{self, RawAffinity, RawBackend, RawConfig, RawHealth, RawService, Strategy};
+use super::hints;
 use super::*;
 use crate::seal::Sealer;
 
@@ -25,7 +26,8 @@ pub(super) fn check(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(error) => {
-            checker.report(error.span(), error.message().trim_end().to_string());
+            let message = hints::explain(text, error.span().as_ref(), error.message().trim_end());
+            checker.report(error.span(), message);
             return Err(ConfigError::Invalid(checker.problems));
         }
     };
@@ -266,16 +268,33 @@ impl Checker<'_> {
 
     fn resolve(&mut self, address: &Spanned<String>) -> SocketAddr {
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-        match address
-            .get_ref()
-            .to_socket_addrs()
-            .map(|mut found| found.next())
-        {
+        let text = address.get_ref();
+        let has_port = text
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !has_port {
+            self.report_at(
+                address,
+                format!(
+                    r#"backend address {text:?} has no port: write "host:port", e.g. "{}:3001""#,
+                    text.trim_end_matches(':')
+                ),
+            );
+            return unspecified;
+        }
+        match text.to_socket_addrs().map(|mut found| found.next()) {
             Ok(Some(resolved)) => resolved,
-            Ok(None) | Err(_) => {
+            Ok(None) => {
                 self.report_at(
                     address,
-                    format!(r#"cannot resolve backend address {:?}: write "host:port", e.g. "127.0.0.1:3001""#, address.get_ref()),
+                    format!("cannot resolve backend address {text:?}: the resolver found no address for it: check the host name, or write an IP address"),
+                );
+                unspecified
+            }
+            Err(error) => {
+                self.report_at(
+                    address,
+                    format!("cannot resolve backend address {text:?}: {error}: check the host name and the resolver (/etc/resolv.conf), or write an IP address"),
                 );
                 unspecified
             }
@@ -297,36 +316,33 @@ impl Checker<'_> {
                 "`trusted_proxies` is a [[service]] key (it also governs X-Forwarded-For and Forwarded): move it above [service.affinity]".into(),
             );
         }
-        let misplaced: [(Option<Range<usize>>, &str, &str); 23] = [
-            (span_of(&raw.path), "path", "insert"),
-            (span_of(&raw.domain), "domain", "insert"),
-            (span_of(&raw.max_age), "max_age", "insert"),
-            (span_of(&raw.http_only), "http_only", "insert"),
-            (span_of(&raw.secure), "secure", "insert"),
-            (span_of(&raw.same_site), "same_site", "insert"),
-            (span_of(&raw.indirect), "indirect", "insert"),
-            (span_of(&raw.nocache), "nocache", "insert"),
-            (span_of(&raw.delimiter), "delimiter", "prefix"),
-            (span_of(&raw.ttl), "ttl", "stick-table"),
-            (span_of(&raw.max_entries), "max_entries", "stick-table"),
-            (span_of(&raw.store), "store", "stick-table"),
-            (span_of(&raw.seal), "seal", "insert or prefix"),
-            (span_of(&raw.key_file), "key_file", "insert or prefix"),
-            (span_of(&raw.max_idle), "max_idle", "insert or prefix"),
-            (span_of(&raw.max_life), "max_life", "insert or prefix"),
-            (span_of(&raw.redis_url), "redis_url", "stick-table"),
-            (span_of(&raw.key_prefix), "key_prefix", "stick-table"),
-            (span_of(&raw.redis_timeout), "redis_timeout", "stick-table"),
-            (span_of(&raw.key), "key", "hash"),
-            (
-                span_of(&raw.reservation_ttl),
-                "reservation_ttl",
-                "stick-table",
-            ),
-            (span_of(&raw.fallback), "fallback", "hash"),
-            (span_of(&raw.balance_factor), "balance_factor", "hash"),
+        let misplaced: [(Option<Range<usize>>, &str); hints::AFFINITY_KEYS.len()] = [
+            (span_of(&raw.path), "path"),
+            (span_of(&raw.domain), "domain"),
+            (span_of(&raw.max_age), "max_age"),
+            (span_of(&raw.http_only), "http_only"),
+            (span_of(&raw.secure), "secure"),
+            (span_of(&raw.same_site), "same_site"),
+            (span_of(&raw.indirect), "indirect"),
+            (span_of(&raw.nocache), "nocache"),
+            (span_of(&raw.delimiter), "delimiter"),
+            (span_of(&raw.ttl), "ttl"),
+            (span_of(&raw.max_entries), "max_entries"),
+            (span_of(&raw.store), "store"),
+            (span_of(&raw.seal), "seal"),
+            (span_of(&raw.key_file), "key_file"),
+            (span_of(&raw.max_idle), "max_idle"),
+            (span_of(&raw.max_life), "max_life"),
+            (span_of(&raw.redis_url), "redis_url"),
+            (span_of(&raw.key_prefix), "key_prefix"),
+            (span_of(&raw.redis_timeout), "redis_timeout"),
+            (span_of(&raw.key), "key"),
+            (span_of(&raw.reservation_ttl), "reservation_ttl"),
+            (span_of(&raw.fallback), "fallback"),
+            (span_of(&raw.balance_factor), "balance_factor"),
         ];
-        for (span, key, owner) in misplaced {
+        for (span, key) in misplaced {
+            let owner = hints::affinity_owner(key).expect("an affinity key of one strategy");
             if span.is_some() && !owner.split(" or ").any(|one| one == strategy_name) {
                 self.report(
                     span,

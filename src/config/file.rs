@@ -72,6 +72,26 @@ pub struct RawConfig {
     pub services: Vec<Spanned<RawService>>,
 }
 
+/// Why `text` is not a listen address, and what to write. A listener binds an IP address: a
+/// host name would bind whatever it resolves to at that moment, so it is explained rather than
+/// resolved.
+fn listen_hint(text: &str) -> String {
+    let host_and_port = text.rsplit_once(':').filter(|(host, port)| {
+        !host.is_empty() && !host.contains([':', '[']) && port.parse::<u16>().is_ok()
+    });
+    match host_and_port {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => format!(
+            r#"invalid listen address {text:?}: listen takes an IP address, not a host name: write "127.0.0.1:{port}" (and "[::1]:{port}" for IPv6) for localhost only, or "0.0.0.0:{port}" for every interface"#
+        ),
+        Some((_, port)) => format!(
+            r#"invalid listen address {text:?}: listen takes an IP address, not a host name: write the IP of the interface, e.g. "10.0.0.5:{port}", or "0.0.0.0:{port}" for every interface"#
+        ),
+        None => format!(
+            r#"invalid listen address {text:?}: write "IP:port", e.g. "0.0.0.0:8080" or "[::]:8080""#
+        ),
+    }
+}
+
 /// The `[admin]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,11 +165,7 @@ impl<'de> Deserialize<'de> for RawListener {
                 )
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<RawListener, E> {
-                let address = text.parse().map_err(|_| {
-                    E::custom(format!(
-                        r#"invalid listen address {text:?}: write "IP:port", e.g. "0.0.0.0:8080" or "[::]:8080""#
-                    ))
-                })?;
+                let address = text.parse().map_err(|_| E::custom(listen_hint(text)))?;
                 Ok(RawListener {
                     address,
                     h2c: false,

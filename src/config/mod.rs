@@ -7,6 +7,7 @@
 
 mod check;
 pub(crate) mod file;
+mod hints;
 
 use std::fmt;
 use std::net::SocketAddr;
