@@ -28,8 +28,16 @@ pub enum Command {
     /// Run the daemon on the config file.
     Run,
     /// Validate the config file: one summary line per service, or every problem as
-    /// PATH:LINE:COL: message and exit status 1.
-    Check,
+    /// PATH:LINE:COL: message and exit status 1. Warnings (PATH:LINE:COL: warning: ...) do not
+    /// fail it.
+    Check {
+        /// Also bind each listen address and the admin address for a moment, and fail on any
+        /// that cannot be bound (in use, not an address of this host, a port below 1024
+        /// without the capability). For a first start: while the daemon runs, its own ports
+        /// are in use, so `ExecReload` runs `check` without it.
+        #[arg(long)]
+        bind: bool,
+    },
     /// Start three demo backends behind stickyd on 127.0.0.1:8080 (insert affinity) and print
     /// curl commands to try.
     Demo,

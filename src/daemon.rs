@@ -143,6 +143,9 @@ impl Reloader {
         let previous_level = self.services.config().log_level;
         let level = config.log_level.clone();
         let access_log = config.access_log;
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
         let admin = config.admin.clone();
         let restart = config.needs_restart(&self.started);
         if let Err(error) = self.services.reload(config).await {

@@ -16,8 +16,23 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let path = cli.config;
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => match Config::load(&path) {
+        Command::Check { bind } => match Config::load(&path) {
             Ok(config) => {
+                if bind {
+                    let failures = server::bind_probe(&config);
+                    for (owner, address, error) in &failures {
+                        eprintln!(
+                            "{}: {owner}: cannot bind {address}: {error}",
+                            path.display()
+                        );
+                    }
+                    if !failures.is_empty() {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+                for warning in &config.warnings {
+                    eprintln!("{warning}");
+                }
                 for service in &config.services {
                     println!("{}", service.summary());
                 }
@@ -39,6 +54,9 @@ fn main() -> anyhow::Result<ExitCode> {
                 }
             };
             telemetry::init(&config.log_level, config.access_log);
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
             runtime(config.threads, config.pin_threads)?.block_on(daemon::run(&path, config))?;
             Ok(ExitCode::SUCCESS)
         }

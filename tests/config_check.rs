@@ -48,6 +48,93 @@ fn the_config_option_goes_before_or_after_check() {
 }
 
 #[test]
+fn likely_mistakes_are_warned_about_and_still_load() {
+    use std::os::unix::fs::PermissionsExt;
+    let token = write_config("world-readable-token", "s3cret\n");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = write_config(
+        "warnings",
+        "shutdown_grace = \"0s\"\n[admin]\nbind = \"0.0.0.0:0\"\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nconnect_timeout = \"0s\"\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+    );
+    let (ok, stdout, stderr) = check(&path);
+    assert!(ok, "warnings do not fail check: {stderr}");
+    assert!(stdout.contains("service web"), "{stdout}");
+    let origin = path.display();
+    for expected in [
+        format!("{origin}:1:18: warning: shutdown_grace is zero"),
+        format!(
+            "{origin}:3:8: warning: the admin listener on 0.0.0.0:0 is reachable beyond this host and asks for no token"
+        ),
+        format!(
+            "{origin}:7:19: warning: connect_timeout is zero: every connection to a backend fails at once"
+        ),
+    ] {
+        assert!(stderr.contains(&expected), "{expected}\nnot in\n{stderr}");
+    }
+    let with_token = write_config(
+        "warnings-token",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            token.display()
+        ),
+    );
+    let (ok, _, stderr) = check(&with_token);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:3:14: warning: admin token file {} is readable by every user (mode 644)",
+            with_token.display(),
+            token.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, _, stderr) = check(&with_token);
+    assert!(
+        ok && stderr.is_empty(),
+        "a private token file is no warning: {stderr}"
+    );
+}
+
+#[test]
+fn check_bind_reports_a_port_in_use_and_plain_check_does_not_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let path = write_config(
+        "bind",
+        &format!(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:{port}\"]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
+        ),
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(ok, "plain check binds nothing: {stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(["check", "--bind", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "check --bind must fail: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "service web: cannot bind 127.0.0.1:{port}: Address already in use"
+        )) && stderr.contains("another process listens there"),
+        "{stderr}"
+    );
+    drop(taken);
+    let output = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(["check", "--bind", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn every_shipped_config_loads() {
     let mut checked = 0;
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {

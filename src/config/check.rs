@@ -22,6 +22,7 @@ pub(super) fn check(text: &str, origin: &str) -> Result<Config, ConfigError> {
         text,
         origin,
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -31,10 +32,15 @@ pub(super) fn check(text: &str, origin: &str) -> Result<Config, ConfigError> {
             return Err(ConfigError::Invalid(checker.problems));
         }
     };
-    let config = checker.config(raw);
+    let mut config = checker.config(raw);
     if checker.problems.is_empty() {
+        checker
+            .warnings
+            .sort_by_key(|warning| (warning.line, warning.column));
+        config.warnings = checker.warnings;
         Ok(config)
     } else {
+        checker.problems.append(&mut checker.warnings);
         checker
             .problems
             .sort_by_key(|problem| (problem.line, problem.column));
@@ -47,6 +53,8 @@ struct Checker<'a> {
     text: &'a str,
     origin: &'a str,
     problems: Vec<Problem>,
+    /// What loads but is likely a mistake (`warning: ...`).
+    warnings: Vec<Problem>,
 }
 
 impl Checker<'_> {
@@ -66,6 +74,37 @@ impl Checker<'_> {
 
     fn report_at<T>(&mut self, at: &Spanned<T>, message: String) {
         self.report(Some(at.span()), message);
+    }
+
+    /// A warning at `at`: kept apart from the problems, so the config still loads.
+    fn warn_at<T>(&mut self, at: &Spanned<T>, message: String) {
+        self.report(Some(at.span()), format!("warning: {message}"));
+        let warning = self.problems.pop().expect("the problem just reported");
+        self.warnings.push(warning);
+    }
+
+    /// Warns when the duration at `value` is zero, saying what that does.
+    fn warn_zero(&mut self, value: Option<&Spanned<file::DurationValue>>, key: &str, effect: &str) {
+        if let Some(value) = value.filter(|value| value.get_ref().0.is_zero()) {
+            self.warn_at(value, format!("{key} is zero: {effect}"));
+        }
+    }
+
+    /// Warns when the secret file at `path` may be read by every user of the host.
+    fn warn_if_readable_by_others(&mut self, path: &Spanned<String>, what: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(path.get_ref())
+            && metadata.permissions().mode() & 0o004 != 0
+        {
+            self.warn_at(
+                path,
+                format!(
+                    "{what} {} is readable by every user (mode {:o}): `chmod 600` it, or 640 with the group stickyd runs as",
+                    path.get_ref(),
+                    metadata.permissions().mode() & 0o777
+                ),
+            );
+        }
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
@@ -116,6 +155,13 @@ impl Checker<'_> {
             access_log: raw.access_log.unwrap_or_default(),
             shutdown_grace: raw
                 .shutdown_grace
+                .inspect(|value| {
+                    self.warn_zero(
+                        Some(value),
+                        "shutdown_grace",
+                        "requests in flight are cut at once on stop",
+                    );
+                })
                 .map_or(file::DEFAULT_SHUTDOWN_GRACE, |d| d.into_inner().0),
             admin: raw.admin.map(|admin| self.admin(admin.into_inner())),
             threads: raw.threads.map(|threads| {
@@ -129,6 +175,7 @@ impl Checker<'_> {
             }),
             pin_threads: raw.pin_threads.unwrap_or(false),
             services,
+            warnings: Vec::new(),
         }
     }
 
@@ -158,6 +205,7 @@ impl Checker<'_> {
             .iter()
             .filter_map(|entry| {
                 let entry = entry.get_ref();
+                self.warn_if_readable_by_others(&entry.key, "TLS private key");
                 crate::tls::load(
                     Path::new(entry.cert.get_ref()),
                     Path::new(entry.key.get_ref()),
@@ -193,9 +241,23 @@ impl Checker<'_> {
             underscores_in_headers: raw.underscores_in_headers,
             connect_timeout: raw
                 .connect_timeout
+                .inspect(|value| {
+                    self.warn_zero(
+                        Some(value),
+                        "connect_timeout",
+                        "every connection to a backend fails at once",
+                    );
+                })
                 .map_or(file::DEFAULT_CONNECT_TIMEOUT, |d| d.into_inner().0),
             response_timeout: raw
                 .response_timeout
+                .inspect(|value| {
+                    self.warn_zero(
+                        Some(value),
+                        "response_timeout",
+                        "every request gets 504 at once",
+                    );
+                })
                 .map_or(file::DEFAULT_RESPONSE_TIMEOUT, |d| d.into_inner().0),
             ejection_time: raw
                 .ejection_time
@@ -540,6 +602,9 @@ impl Checker<'_> {
                 max_life: None,
             };
         }
+        if let Some(path) = &raw.key_file {
+            self.warn_if_readable_by_others(path, "cookie key file");
+        }
         let keys = match &raw.key_file {
             None => {
                 let at = raw.seal.as_ref().expect("a sealed mode was written");
@@ -721,6 +786,16 @@ impl Checker<'_> {
                 }
             },
         };
+        self.warn_zero(
+            raw.interval.as_ref(),
+            "health interval",
+            "checks run back to back, without pause",
+        );
+        self.warn_zero(
+            raw.timeout.as_ref(),
+            "health timeout",
+            "every check fails and every backend goes down",
+        );
         let duration = |value: &Option<Spanned<file::DurationValue>>, default| {
             value.as_ref().map_or(default, |d| d.get_ref().0)
         };
@@ -740,6 +815,23 @@ impl Checker<'_> {
     }
 
     fn admin(&mut self, raw: file::RawAdmin) -> AdminConfig {
+        if let Some(path) = &raw.token_file {
+            self.warn_if_readable_by_others(path, "admin token file");
+        }
+        if let Some(bind) = raw
+            .bind
+            .as_ref()
+            .filter(|bind| !bind.get_ref().ip().is_loopback())
+            && raw.token_file.is_none()
+        {
+            self.warn_at(
+                bind,
+                format!(
+                    "the admin listener on {} is reachable beyond this host and asks for no token: whoever reaches it can drain backends and read the stick table: set token_file, or bind 127.0.0.1",
+                    bind.get_ref()
+                ),
+            );
+        }
         let token = raw.token_file.as_ref().and_then(|path| {
             match std::fs::read_to_string(path.get_ref()) {
                 Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),

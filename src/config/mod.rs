@@ -41,6 +41,9 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// The admin listener; off when `[admin]` is absent.
     pub admin: Option<AdminConfig>,
+    /// What loads but is likely a mistake, as `PATH:LINE:COL: warning: ...`: `check` prints
+    /// them, the daemon logs them at start and reload.
+    pub warnings: Vec<Problem>,
 }
 
 /// The admin listener: metrics, status, backend states, stick-table inspection.

@@ -84,6 +84,46 @@ pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
     Ok(listeners)
 }
 
+/// Tries to bind, for a moment, every listen address of `config` and its admin address, as
+/// `stickyd check --bind` does before a first start. Returns each that failed: its owner
+/// (`service NAME` or `admin`), the address, and why, with a hint when it is in use
+/// (`EADDRINUSE`), not an address of this host (`EADDRNOTAVAIL`) or a privileged port
+/// (`EACCES`).
+pub fn bind_probe(config: &Config) -> Vec<(String, SocketAddr, String)> {
+    let services = config.services.iter().flat_map(|service| {
+        service
+            .listeners
+            .iter()
+            .map(|listener| (format!("service {}", service.name), listener.address))
+    });
+    let admin = config
+        .admin
+        .iter()
+        .map(|admin| ("admin".to_string(), admin.bind));
+    services
+        .chain(admin)
+        .filter_map(|(owner, address)| {
+            let error = std::net::TcpListener::bind(address).err()?;
+            let hint = match error.kind() {
+                std::io::ErrorKind::AddrInUse => format!(
+                    ": another process listens there (`ss -ltnp 'sport = :{}'` names it)",
+                    address.port()
+                ),
+                std::io::ErrorKind::AddrNotAvailable => {
+                    ": no interface of this host has that address (`ip -br addr` lists them)"
+                        .to_string()
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    ": ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it)"
+                        .to_string()
+                }
+                _ => String::new(),
+            };
+            Some((owner, address, format!("{error}{hint}")))
+        })
+        .collect()
+}
+
 /// Binds one listen address of `service`.
 ///
 /// # Errors
