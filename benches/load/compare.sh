@@ -8,6 +8,11 @@
 #   RUNS=1 MODES_STICKYD="insert" benches/load/compare.sh
 #   benches/load/summarize.sh /tmp/stickyd-bench/RUN/*.tsv   # reprint a run's table
 #
+# The harness is not in this repository: it is the team's shared sticky-session load harness
+# (compare.sh, its HAProxy and nginx configs and a wrk Lua script), which CI and every
+# developer machine have checked out beside the repository as ../shared/bench, the same
+# directory CI gets with ../shared. Point HARNESS=DIR at another copy of it.
+#
 # Needs haproxy, nginx and wrk (apt-get install haproxy nginx wrk). Everything runs on
 # 127.0.0.1 and stops by itself. Each call writes its rows and table to a directory of its own
 # under $RESULTS_DIR (default /tmp/stickyd-bench).
@@ -15,6 +20,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 harness=${HARNESS:-$repo/../shared/bench}
+[[ -x $harness/compare.sh ]] || { echo "no load harness at $harness: check out ../shared beside the repository, or set HARNESS=DIR" >&2; exit 2; }
 out=${RESULTS_DIR:-/tmp/stickyd-bench}/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 (cd "$repo" && cargo build --release --locked -q)
