@@ -119,27 +119,33 @@ impl Reloader {
     /// stall a worker, the only one with `threads = 1`) and applies it: the services's
     /// services, `log_level`, the admin listener's token, head timeout and connection cap.
     /// Logs the changed keys only a restart applies (`threads`, `pin_threads`, `[admin]`
-    /// `bind`). A bad config leaves the running one in place.
+    /// `bind`). A bad config leaves the running one in place. The result becomes the unit's
+    /// status line (`STATUS=`, shown by `systemctl status`).
     async fn reload(&self) {
         let mut reloading = vec![NotifyState::Reloading];
         reloading.extend(NotifyState::monotonic_usec_now().ok());
         notify(&reloading);
         let path = self.path.clone();
-        match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+        let status = match tokio::task::spawn_blocking(move || Config::load(&path)).await {
             Ok(Ok(config)) => self.apply(config).await,
             Ok(Err(error)) => {
                 self.services.count_reload(false);
                 tracing::error!("reload refused, still running the previous config:\n{error}");
+                let first = error.to_string();
+                let first = first.lines().next().unwrap_or_default().to_string();
+                format!("reload refused, running the previous config: {first}")
             }
             Err(error) => {
                 self.services.count_reload(false);
                 tracing::error!(%error, "reload failed while loading the config: still running the previous config");
+                format!("reload failed, running the previous config: {error}")
             }
-        }
-        notify(&[NotifyState::Ready]);
+        };
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     }
 
-    async fn apply(&self, config: Config) {
+    /// Applies a loaded `config`; returns what happened, for the unit's status.
+    async fn apply(&self, config: Config) -> String {
         let previous_level = self.services.config().log_level;
         let level = config.log_level.clone();
         let access_log = config.access_log;
@@ -150,7 +156,7 @@ impl Reloader {
         let restart = config.needs_restart(&self.started);
         if let Err(error) = self.services.reload(config).await {
             tracing::error!(%error, "reload failed: still running the previous config");
-            return;
+            return format!("reload failed, running the previous config: {error}");
         }
         telemetry::set_access_format(access_log);
         if level != previous_level {
@@ -177,11 +183,14 @@ impl Reloader {
         }
         if restart.is_empty() {
             tracing::info!("reload applied");
+            "reload applied".to_string()
         } else {
-            tracing::warn!(
+            let status = format!(
                 "reload applied; needs a restart to take effect: {}",
                 restart.join(", ")
             );
+            tracing::warn!("{status}");
+            status
         }
     }
 }

@@ -97,6 +97,46 @@ fn likely_mistakes_are_warned_about_and_still_load() {
 }
 
 #[test]
+fn secrets_can_come_from_systemd_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    let directory =
+        std::env::temp_dir().join(format!("stickyd-test-{}-credentials", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let token = directory.join("admin.token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = write_config(
+        "credentials",
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"${CREDENTIALS_DIRECTORY}/admin.token\"\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+    );
+    let run = |directory: Option<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stickyd"));
+        command.args(["check", "--config"]).arg(&path);
+        match directory {
+            Some(directory) => command.env("CREDENTIALS_DIRECTORY", directory),
+            None => command.env_remove("CREDENTIALS_DIRECTORY"),
+        };
+        command.output().unwrap()
+    };
+    let under_systemd = run(Some(&directory));
+    assert!(
+        under_systemd.status.success() && under_systemd.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&under_systemd.stderr)
+    );
+    let outside = run(None);
+    let stderr = String::from_utf8_lossy(&outside.stderr);
+    assert!(!outside.status.success());
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:3:14: \"${{CREDENTIALS_DIRECTORY}}/admin.token\" names $CREDENTIALS_DIRECTORY, which is not set",
+            path.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_bind_reports_a_port_in_use_and_plain_check_does_not_bind() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

@@ -233,15 +233,16 @@ async fn systemd_hears_ready_reloading_and_stopping_even_around_a_refused_reload
         std::fs::write(&config_path, "this is not toml").unwrap();
         signal("-HUP");
         assert!(next().await.starts_with("RELOADING=1"));
-        assert_eq!(
-            next().await,
-            "READY=1",
-            "a refused reload still reports ready"
+        let refused = next().await;
+        assert!(
+            refused.starts_with("READY=1\nSTATUS=reload refused, running the previous config: ")
+                && refused.contains("stickyd.toml:1:"),
+            "a refused reload still reports ready, and says why in the unit's status: {refused}"
         );
         std::fs::write(&config_path, &good).unwrap();
         signal("-HUP");
         assert!(next().await.starts_with("RELOADING=1"));
-        assert_eq!(next().await, "READY=1");
+        assert_eq!(next().await, "READY=1\nSTATUS=reload applied");
         let stopped = tokio::spawn(daemon.stop());
         assert_eq!(next().await, "STOPPING=1");
         assert_eq!(stopped.await.unwrap(), Some(0));

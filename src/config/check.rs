@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,21 +90,47 @@ impl Checker<'_> {
         }
     }
 
-    /// Warns when the secret file at `path` may be read by every user of the host.
-    fn warn_if_readable_by_others(&mut self, path: &Spanned<String>, what: &str) {
+    /// The file `path` names, with `$CREDENTIALS_DIRECTORY` (or `${CREDENTIALS_DIRECTORY}`)
+    /// replaced by the directory systemd gives a unit's credentials (`LoadCredential=`,
+    /// systemd.exec(5) "Credentials"); `None`, reported, when the variable is unset.
+    fn expand(&mut self, path: &Spanned<String>) -> Option<PathBuf> {
+        let text = path.get_ref();
+        let variable = ["${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY"]
+            .into_iter()
+            .find(|variable| text.contains(variable));
+        let Some(variable) = variable else {
+            return Some(PathBuf::from(text));
+        };
+        match std::env::var("CREDENTIALS_DIRECTORY") {
+            Ok(directory) => Some(PathBuf::from(text.replace(variable, &directory))),
+            Err(_) => {
+                self.report_at(
+                    path,
+                    format!("{text:?} names $CREDENTIALS_DIRECTORY, which is not set: systemd sets it for a unit with LoadCredential=; outside systemd, write the file's own path"),
+                );
+                None
+            }
+        }
+    }
+
+    /// [`Checker::expand`] for a secret (`what`: "TLS private key"), with a warning when every
+    /// user of the host may read it.
+    fn secret(&mut self, path: &Spanned<String>, what: &str) -> Option<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
-        if let Ok(metadata) = std::fs::metadata(path.get_ref())
+        let expanded = self.expand(path)?;
+        if let Ok(metadata) = std::fs::metadata(&expanded)
             && metadata.permissions().mode() & 0o004 != 0
         {
             self.warn_at(
                 path,
                 format!(
-                    "{what} {} is readable by every user (mode {:o}): `chmod 600` it, or 640 with the group stickyd runs as",
-                    path.get_ref(),
+                    "{what} {} is readable by every user (mode {:o}): `chmod 600` it, or 640 with the group stickyd runs as, or hand it over with LoadCredential=",
+                    expanded.display(),
                     metadata.permissions().mode() & 0o777
                 ),
             );
         }
+        Some(expanded)
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
@@ -205,13 +231,11 @@ impl Checker<'_> {
             .iter()
             .filter_map(|entry| {
                 let entry = entry.get_ref();
-                self.warn_if_readable_by_others(&entry.key, "TLS private key");
-                crate::tls::load(
-                    Path::new(entry.cert.get_ref()),
-                    Path::new(entry.key.get_ref()),
-                )
-                .map_err(|message| self.report_at(&entry.cert, message))
-                .ok()
+                let cert = self.expand(&entry.cert);
+                let key = self.secret(&entry.key, "TLS private key");
+                crate::tls::load(&cert?, &key?)
+                    .map_err(|message| self.report_at(&entry.cert, message))
+                    .ok()
             })
             .collect();
         let affinity = match raw.affinity {
@@ -602,18 +626,19 @@ impl Checker<'_> {
                 max_life: None,
             };
         }
-        if let Some(path) = &raw.key_file {
-            self.warn_if_readable_by_others(path, "cookie key file");
-        }
         let keys = match &raw.key_file {
             None => {
                 let at = raw.seal.as_ref().expect("a sealed mode was written");
                 self.report_at(at, r#"sealed ids need key_file = "/etc/stickyd/keys" (one key of 32+ bytes per line, base64 or hex)"#.into());
                 Vec::new()
             }
-            Some(path) => match crate::seal::key_file::read(Path::new(path.get_ref())) {
-                Ok(keys) => keys,
-                Err(error) => {
+            Some(path) => match self
+                .secret(path, "cookie key file")
+                .map(|expanded| crate::seal::key_file::read(&expanded))
+            {
+                None => Vec::new(),
+                Some(Ok(keys)) => keys,
+                Some(Err(error)) => {
                     self.report_at(path, format!("{error}: write one key of at least 32 bytes per line, base64 or hex (e.g. `openssl rand -base64 32`)"));
                     Vec::new()
                 }
@@ -815,9 +840,6 @@ impl Checker<'_> {
     }
 
     fn admin(&mut self, raw: file::RawAdmin) -> AdminConfig {
-        if let Some(path) = &raw.token_file {
-            self.warn_if_readable_by_others(path, "admin token file");
-        }
         if let Some(bind) = raw
             .bind
             .as_ref()
@@ -833,7 +855,8 @@ impl Checker<'_> {
             );
         }
         let token = raw.token_file.as_ref().and_then(|path| {
-            match std::fs::read_to_string(path.get_ref()) {
+            let expanded = self.secret(path, "admin token file")?;
+            match std::fs::read_to_string(expanded) {
                 Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
                 Ok(_) => {
                     self.report_at(
