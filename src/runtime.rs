@@ -102,9 +102,18 @@ impl Services {
                     &running.metrics,
                 )));
                 let health = running.start_health(service, &slot);
+                // A redirect to a TLS listener on port 0 (tests) goes to the port it was given.
+                let https_port = bound
+                    .iter()
+                    .find(|bound| bound.config.tls)
+                    .and_then(|bound| bound.listener.local_addr().ok())
+                    .map(|address| address.port());
                 let listeners = bound
                     .into_iter()
-                    .filter_map(|bound| {
+                    .filter_map(|mut bound| {
+                        if bound.config.redirect_https == Some(0) {
+                            bound.config.redirect_https = https_port;
+                        }
                         running.start_listener(service, bound.config, bound.listener, &slot)
                     })
                     .collect();

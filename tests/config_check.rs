@@ -302,6 +302,16 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
             "cannot resolve backend address \"no-such-host.invalid:80\": ",
         ),
         (
+            "[[service]]\nname = \"web\"\nlisten = [{ address = \"127.0.0.1:0\", tls = true }]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            "3:11",
+            "tls = true needs the service's certificates: add a [[service.tls]] table",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [{ address = \"127.0.0.1:0\", redirect_https = true }]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            "3:11",
+            "redirect_https needs a TLS listener in this service",
+        ),
+        (
             "access_log = \"xml\"\n",
             "1:14",
             "unknown variant `xml`, expected `text` or `json`",

@@ -188,6 +188,49 @@ async fn an_http2_client_gets_the_same_affinity() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_service_listens_with_and_without_tls_and_redirects_to_https() {
+    within_timeout(async {
+        let (table, cert) = certificate("mixed.test");
+        let backends = spawn_backends(1).await;
+        let text = format!(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\", {{ address = \"127.0.0.1:0\", tls = false }}, {{ address = \"127.0.0.1:0\", tls = false, redirect_https = true }}]\n{table}[[service.backend]]\nname = \"b1\"\naddress = \"{}\"\n",
+            backends[0].addr
+        );
+        let config = stickyd::config::Config::parse(&text, "<test>").unwrap();
+        let listeners = stickyd::server::bind(&config).await.unwrap();
+        let addresses: Vec<std::net::SocketAddr> = listeners
+            .iter()
+            .map(|listener| listener.local_addr().unwrap())
+            .collect();
+        let runtime = stickyd::runtime::Services::start(config, listeners);
+
+        let stream = connect(addresses[0], "mixed.test", &[cert], b"http/1.1").await;
+        let mut tls = common::raw::RawConn::over(stream);
+        assert_eq!(tls.get("/over-tls").await.status, 200, "the TLS listener");
+
+        let mut plain = common::raw::RawConn::open(addresses[1]).await;
+        let reply = plain.get("/in-clear").await;
+        assert_eq!(reply.status, 200, "the cleartext listener proxies");
+        assert_eq!(reply.backend(), "b1");
+
+        let mut redirecting = common::raw::RawConn::open(addresses[2]).await;
+        redirecting
+            .send(b"POST /cart?item=7 HTTP/1.1\r\nHost: shop.example:8080\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = redirecting.response().await;
+        assert_eq!(reply.status, 308, "a redirect that keeps the method");
+        assert_eq!(
+            reply.header("location"),
+            Some(format!("https://shop.example:{}/cart?item=7", addresses[0].port()).as_str())
+        );
+        assert_eq!(reply.backend(), "", "a redirect never reaches a backend");
+        runtime.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_key_of_another_certificate_is_named_as_such() {
     let (first, _) = certificate("first.example");

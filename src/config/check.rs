@@ -246,20 +246,10 @@ impl Checker<'_> {
             Some(list) => self.networks(list.get_ref()),
             None => Vec::new(),
         };
+        let listeners = self.listeners(raw.listen.into_inner(), !raw.tls.is_empty());
         ServiceConfig {
             name: raw.name.into_inner(),
-            listeners: raw
-                .listen
-                .into_inner()
-                .into_iter()
-                .map(|listener| {
-                    let listener = listener.into_inner();
-                    ListenerConfig {
-                        address: listener.address,
-                        h2c: listener.h2c,
-                    }
-                })
-                .collect(),
+            listeners,
             balance: raw.balance,
             trusted_proxies,
             underscores_in_headers: raw.underscores_in_headers,
@@ -899,6 +889,54 @@ impl Checker<'_> {
             ),
             max_connections,
         }
+    }
+
+    /// The listeners of a service that has certificates when `certificates`: TLS by default
+    /// then, and a cleartext one may redirect to the first TLS one.
+    fn listeners(
+        &mut self,
+        raw: Vec<Spanned<file::RawListener>>,
+        certificates: bool,
+    ) -> Vec<ListenerConfig> {
+        let https_port = raw
+            .iter()
+            .find(|listener| listener.get_ref().tls.unwrap_or(certificates))
+            .map(|listener| listener.get_ref().address.port());
+        raw.iter()
+            .map(|spanned| {
+                let listener = spanned.get_ref();
+                let tls = listener.tls.unwrap_or(certificates);
+                if tls && !certificates {
+                    self.report_at(
+                        spanned,
+                        "tls = true needs the service's certificates: add a [[service.tls]] table with cert and key".into(),
+                    );
+                }
+                let redirect_https = listener.redirect_https.then_some(()).and_then(|()| {
+                    if tls {
+                        self.report_at(
+                            spanned,
+                            "redirect_https is for a cleartext listener (tls = false): this one already speaks HTTPS".into(),
+                        );
+                        None
+                    } else if https_port.is_none() {
+                        self.report_at(
+                            spanned,
+                            "redirect_https needs a TLS listener in this service to send clients to: add [[service.tls]] and a listener with TLS".into(),
+                        );
+                        None
+                    } else {
+                        https_port
+                    }
+                });
+                ListenerConfig {
+                    address: listener.address,
+                    h2c: listener.h2c,
+                    tls: tls && certificates,
+                    redirect_https,
+                }
+            })
+            .collect()
     }
 
     fn hash(&mut self, raw: RawAffinity) -> HashConfig {

@@ -143,6 +143,9 @@ pub struct RawService {
 pub struct RawListener {
     pub address: std::net::SocketAddr,
     pub h2c: bool,
+    /// `None`: TLS when the service has certificates.
+    pub tls: Option<bool>,
+    pub redirect_https: bool,
 }
 
 /// The table form of a `listen` entry.
@@ -152,6 +155,9 @@ struct RawListenerTable {
     address: std::net::SocketAddr,
     #[serde(default)]
     h2c: bool,
+    tls: Option<bool>,
+    #[serde(default)]
+    redirect_https: bool,
 }
 
 impl<'de> Deserialize<'de> for RawListener {
@@ -169,6 +175,8 @@ impl<'de> Deserialize<'de> for RawListener {
                 Ok(RawListener {
                     address,
                     h2c: false,
+                    tls: None,
+                    redirect_https: false,
                 })
             }
             fn visit_map<M: de::MapAccess<'de>>(self, map: M) -> Result<RawListener, M::Error> {
@@ -177,6 +185,8 @@ impl<'de> Deserialize<'de> for RawListener {
                 Ok(RawListener {
                     address: table.address,
                     h2c: table.h2c,
+                    tls: table.tls,
+                    redirect_https: table.redirect_https,
                 })
             }
         }

@@ -69,6 +69,14 @@ pub struct ListenerConfig {
     /// apart by the connection preface. Off by default, as in nginx: only ask for it behind a
     /// balancer that speaks it. TLS listeners offer HTTP/2 by ALPN regardless. Default: false.
     pub h2c: bool,
+    /// Speak TLS with the service's certificates (`[[service.tls]]`). Default: true when the
+    /// service has certificates, so one service can listen with and without TLS
+    /// (`{ address = "0.0.0.0:80", tls = false }` beside `"0.0.0.0:443"`).
+    pub tls: bool,
+    /// Answer every request with `308 Permanent Redirect` to the same host and target over
+    /// HTTPS on this port (the service's first TLS listener's), instead of proxying it: a
+    /// cleartext listener's `redirect_https = true`. RFC 9110 §15.4.9.
+    pub redirect_https: Option<u16>,
 }
 
 /// One service: listeners, backends, and how sessions stick to them.

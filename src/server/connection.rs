@@ -331,6 +331,14 @@ fn service(
                 .then(|| Arc::clone(&context.state) as Arc<dyn BodyWatcher>);
             let idle = context.listener.limits.body_timeout;
             let request = request.map(|body| RequestBody::new(body, idle, watcher));
+            if let Some(port) = context.listener.redirect_https {
+                let response =
+                    crate::upstream::body::https_redirect(request.uri(), request.headers(), port);
+                return Ok(response.map(|body| ServedBody {
+                    body,
+                    _exchange: exchange,
+                }));
+            }
             let router = context.router.load_full();
             let mut response = router.handle(request, &context.peer).await;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -154,6 +154,8 @@ pub struct Listener {
     pub proxy_protocol: bool,
     /// Terminates TLS, when the service has certificates.
     pub tls: Option<Acceptor>,
+    /// Answer with a redirect to HTTPS on this port rather than proxy (`redirect_https`).
+    pub redirect_https: Option<u16>,
     /// Deadlines and sizes.
     pub limits: LimitsConfig,
     /// Clients whose forwarding fields are believed.
@@ -176,7 +178,8 @@ impl Listener {
             service: service.name.clone(),
             h2c: listener.h2c,
             proxy_protocol: service.proxy_protocol,
-            tls: (!service.tls.is_empty()).then(|| crate::tls::acceptor(&service.tls)),
+            tls: listener.tls.then(|| crate::tls::acceptor(&service.tls)),
+            redirect_https: listener.redirect_https,
             limits: service.limits.clone(),
             trusted_proxies: service.trusted_proxies.clone(),
             metrics,

@@ -102,6 +102,48 @@ impl Body for ProxyBody {
     }
 }
 
+/// The answer of a listener with `redirect_https`: `308 Permanent Redirect` (RFC 9110
+/// §15.4.9, which keeps the method and body) to `https://HOST[:port]TARGET`, the port left out
+/// when it is 443; 400 when the request names no valid host.
+pub fn https_redirect(
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    port: u16,
+) -> Response<ProxyBody> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| uri.authority().map(http::uri::Authority::as_str))
+        .and_then(|host| host.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return error_response(&ProxyError::BadRequest {
+            reason: "no valid Host to redirect to",
+        });
+    };
+    let target = uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let location = match port {
+        443 => format!("https://{}{target}", host.host()),
+        port => format!("https://{}:{port}{target}", host.host()),
+    };
+    let Ok(location) = header::HeaderValue::from_str(&location) else {
+        return error_response(&ProxyError::BadRequest {
+            reason: "no valid Host to redirect to",
+        });
+    };
+    let mut response = Response::new(ProxyBody::full(Bytes::from_static(
+        b"308 Permanent Redirect\n",
+    )));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    response.headers_mut().insert(header::LOCATION, location);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 /// stickyd's own answer for `error`: its status ([`ProxyError::status`]) with a short
 /// plain-text body that names the status and nothing internal; `Connection: close` for a
 /// client error.
