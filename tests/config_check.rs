@@ -137,6 +137,24 @@ fn secrets_can_come_from_systemd_credentials() {
 }
 
 #[test]
+fn a_repeated_backend_name_is_reported_once() {
+    let path = write_config(
+        "repeated-backend",
+        "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\n",
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert_eq!(
+        stderr,
+        format!(
+            "{}:8:8: backend name is used twice in this service: give each backend its own name\n",
+            path.display()
+        ),
+        "the id it defaults to is not a second problem"
+    );
+}
+
+#[test]
 fn check_bind_reports_a_port_in_use_and_plain_check_does_not_bind() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -310,6 +328,11 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
             "[[service]]\nname = \"web\"\nlisten = [{ address = \"127.0.0.1:0\", redirect_https = true }]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
             "3:11",
             "redirect_https needs a TLS listener in this service",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:8280\", \"127.0.0.1:8280\"]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            "1:1",
+            "listen address 127.0.0.1:8280 is listed twice in service \"web\": list it once",
         ),
         (
             "access_log = \"xml\"\n",

@@ -153,7 +153,21 @@ impl Checker<'_> {
                     ),
                 );
             }
-            for address in service.listeners.iter().map(|listener| &listener.address) {
+            for (index, address) in service
+                .listeners
+                .iter()
+                .map(|listener| &listener.address)
+                .enumerate()
+            {
+                let repeated = service.listeners[..index]
+                    .iter()
+                    .any(|listener| listener.address == *address);
+                if address.port() != 0 && repeated {
+                    self.report(
+                        Some(span.clone()),
+                        format!("listen address {address} is listed twice in service {:?}: list it once", service.name),
+                    );
+                }
                 let taken = services.iter().any(|other| {
                     other
                         .listeners
@@ -308,8 +322,8 @@ impl Checker<'_> {
                     "backend name is used twice in this service: give each backend its own name"
                         .into(),
                 );
-            }
-            if backends.iter().any(|other| &other.id == id.get_ref()) {
+            } else if backends.iter().any(|other| &other.id == id.get_ref()) {
+                // Reported once: a repeated name repeats the id it defaults to.
                 self.report_at(
                     id,
                     format!(
