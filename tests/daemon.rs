@@ -262,9 +262,8 @@ fn allowed_cpus(pid: u32, thread: &str) -> String {
         .to_string()
 }
 
-/// The voluntary context switches of each worker thread of `pid`, by thread id. A worker
-/// with nothing to do sleeps in `epoll_wait`, so its count stays put.
-fn worker_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+/// The thread ids of `pid`'s worker threads.
+fn worker_threads(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .map(|task| task.unwrap().file_name().into_string().unwrap())
@@ -272,6 +271,14 @@ fn worker_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
             std::fs::read_to_string(format!("/proc/{pid}/task/{thread}/comm"))
                 .is_ok_and(|name| name.trim_end() == stickyd::workers::THREAD_NAME)
         })
+        .collect()
+}
+
+/// The voluntary context switches of each worker thread of `pid`, by thread id. A worker
+/// with nothing to do sleeps in `epoll_wait`, so its count stays put.
+fn worker_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    worker_threads(pid)
+        .into_iter()
         .map(|thread| {
             let status =
                 std::fs::read_to_string(format!("/proc/{pid}/task/{thread}/status")).unwrap();
@@ -357,14 +364,7 @@ async fn pin_threads_pins_each_worker_thread_to_one_core() {
             200
         );
         let pid = daemon.child.id();
-        let workers: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .map(|task| task.unwrap().file_name().into_string().unwrap())
-            .filter(|thread| {
-                std::fs::read_to_string(format!("/proc/{pid}/task/{thread}/comm"))
-                    .is_ok_and(|name| name.trim_end() == stickyd::workers::THREAD_NAME)
-            })
-            .collect();
+        let workers = worker_threads(pid);
         assert_eq!(
             workers.len(),
             threads,

@@ -926,23 +926,18 @@ impl Checker<'_> {
                         "tls = true needs the service's certificates: add a [[service.tls]] table with cert and key".into(),
                     );
                 }
-                let redirect_https = listener.redirect_https.then_some(()).and_then(|()| {
-                    if tls {
-                        self.report_at(
-                            spanned,
-                            "redirect_https is for a cleartext listener (tls = false): this one already speaks HTTPS".into(),
-                        );
-                        None
-                    } else if https_port.is_none() {
-                        self.report_at(
-                            spanned,
-                            "redirect_https needs a TLS listener in this service to send clients to: add [[service.tls]] and a listener with TLS".into(),
-                        );
-                        None
-                    } else {
-                        https_port
-                    }
-                });
+                if listener.redirect_https && tls {
+                    self.report_at(
+                        spanned,
+                        "redirect_https is for a cleartext listener (tls = false): this one already speaks HTTPS".into(),
+                    );
+                } else if listener.redirect_https && https_port.is_none() {
+                    self.report_at(
+                        spanned,
+                        "redirect_https needs a TLS listener in this service to send clients to: add [[service.tls]] and a listener with TLS".into(),
+                    );
+                }
+                let redirect_https = https_port.filter(|_| listener.redirect_https && !tls);
                 ListenerConfig {
                     address: listener.address,
                     h2c: listener.h2c,
