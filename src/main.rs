@@ -1,10 +1,11 @@
 //! The `stickyd` binary: parses the command line and calls into the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use stickyd::cli::{Cli, Command};
+use stickyd::cli::{self, Cli, Command};
 use stickyd::config::Config;
 use stickyd::{daemon, demo, server, telemetry, workers};
 
@@ -60,6 +61,15 @@ fn main() -> anyhow::Result<ExitCode> {
             runtime(config.threads, config.pin_threads)?.block_on(daemon::run(&path, config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Man { dir } => {
+            cli::write_man_pages(&dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            print_generated(&cli::completion_script(shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo => {
             telemetry::init("info", telemetry::AccessFormat::Text);
             runtime(None, false)?
@@ -68,6 +78,15 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Writes a generated script to stdout; an error (a closed pipe) is the error of the run.
+fn print_generated(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("cannot write to standard output")
 }
 
 fn runtime(threads: Option<usize>, pin: bool) -> anyhow::Result<tokio::runtime::Runtime> {

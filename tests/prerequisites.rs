@@ -76,9 +76,32 @@ fn every_program_the_tests_start_has_its_debian_install_line() {
         ("php", "apt-get install php-cli"),
         ("redis-server", "apt-get install redis-server"),
         ("curl", "apt-get install curl"),
+        ("chromium", "apt-get install chromium chromium-driver"),
+        ("chromedriver", "apt-get install chromium chromium-driver"),
+        ("cargo-deb", "cargo install cargo-deb --locked"),
+        ("dpkg", "apt-get install dpkg"),
+        ("dpkg-deb", "apt-get install dpkg"),
+        ("dpkg-shlibdeps", "apt-get install dpkg-dev"),
+        ("adduser", "apt-get install adduser"),
     ] {
         assert_eq!(common::install_line(program), install, "{program}");
     }
+}
+
+#[test]
+#[should_panic(expected = "needs root (uid 0, not 1000) for `dpkg -i`")]
+fn a_test_that_needs_root_fails_for_another_user_without_the_opt_out() {
+    common::may_run_as(1000, "`dpkg -i`", Some(OsStr::new("true")));
+}
+
+#[test]
+fn a_test_that_needs_root_runs_as_root_and_returns_early_for_another_user_with_the_opt_out() {
+    assert!(common::may_run_as(0, "`dpkg -i`", None));
+    assert!(!common::may_run_as(
+        1000,
+        "`dpkg -i`",
+        Some(OsStr::new("1"))
+    ));
 }
 
 #[test]

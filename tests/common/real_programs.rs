@@ -20,7 +20,8 @@ pub const ALLOW_MISSING: &str = "STICKYD_TEST_ALLOW_MISSING";
 pub struct MissingProgram {
     /// The command name, as the test runs it: `php`.
     pub program: String,
-    /// The Debian command that installs it: `apt-get install php-cli`.
+    /// The command that installs it on Debian: `apt-get install php-cli`, or
+    /// `cargo install cargo-deb --locked` for a cargo tool.
     pub install: &'static str,
 }
 
@@ -34,14 +35,19 @@ impl MissingProgram {
     }
 }
 
-/// The Debian command that installs `program`. Panics for a program not listed here, so a test
-/// that starts a new program has to say how to install it.
+/// The command that installs `program` on Debian. Panics for a program not listed here, so a
+/// test that starts a new program has to say how to install it.
 pub fn install_line(program: &str) -> &'static str {
     match program {
         "node" | "npm" => "apt-get install nodejs npm",
         "php" => "apt-get install php-cli",
         "redis-server" => "apt-get install redis-server",
         "curl" => "apt-get install curl",
+        "cargo-deb" => "cargo install cargo-deb --locked",
+        "dpkg" | "dpkg-deb" => "apt-get install dpkg",
+        "dpkg-shlibdeps" => "apt-get install dpkg-dev",
+        "adduser" => "apt-get install adduser",
+        "chromium" | "chromedriver" => "apt-get install chromium chromium-driver",
         other => panic!(
             "no install line for {other:?}: add one to install_line in tests/common/real_programs.rs"
         ),
@@ -95,6 +101,45 @@ pub fn opted_out_line(missing: &MissingProgram) -> String {
 pub fn require_program(program: &str) -> bool {
     may_run(
         find_program(program),
+        std::env::var_os(ALLOW_MISSING).as_deref(),
+    )
+}
+
+/// Whether a test that must run as root may run, by the rule of [`may_run`]: true when `euid`
+/// (the effective user id) is 0; otherwise a panic saying what needs root, or under
+/// [`ALLOW_MISSING`]`=1` one printed line and false. Pure, like [`may_run`].
+pub fn may_run_as(euid: u32, needs_root_for: &str, allow_missing: Option<&OsStr>) -> bool {
+    if euid == 0 {
+        return true;
+    }
+    if allow_missing != Some(OsStr::new("1")) {
+        panic!(
+            "this test needs root (uid 0, not {euid}) for {needs_root_for}. Run it as root, \
+             e.g. in a throwaway container or VM. A developer who cannot can set \
+             {ALLOW_MISSING}=1 so it returns early; CI never does."
+        );
+    }
+    println!(
+        "{ALLOW_MISSING}=1: not root (uid {euid}), so this test returned without running \
+         (it needs root for {needs_root_for})"
+    );
+    false
+}
+
+/// True when this process runs as root (`id -u` prints 0); otherwise the rule of
+/// [`may_run_as`] with this process's [`ALLOW_MISSING`].
+pub fn require_root(needs_root_for: &str) -> bool {
+    let output = Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("cannot run `id -u`");
+    let euid = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("`id -u` prints a number");
+    may_run_as(
+        euid,
+        needs_root_for,
         std::env::var_os(ALLOW_MISSING).as_deref(),
     )
 }
