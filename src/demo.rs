@@ -1,5 +1,6 @@
 //! `stickyd demo`: three demo backends in this process behind stickyd on 127.0.0.1:8080 with
-//! insert affinity, so a newcomer sees stickiness with curl and nothing to set up.
+//! insert affinity, so a newcomer sees stickiness with curl and nothing to set up, and the
+//! admin listener with its live status page on 127.0.0.1:9901.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -16,13 +17,19 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
+use crate::admin;
 use crate::affinity::cookies;
 use crate::config::Config;
+use crate::runtime::Services;
 use crate::server::{self, ServerError};
 
 /// Where the demo proxy listens.
 pub const DEMO_LISTEN: &str = "127.0.0.1:8080";
+/// Where the demo's admin listener (and its status page) listens: the default `[admin]` bind.
+pub const DEMO_ADMIN: &str = crate::config::file::DEFAULT_ADMIN_BIND;
 /// The session cookie the demo backends set, as an app would.
 pub const DEMO_SESSION_COOKIE: &str = "demo_session";
 
@@ -35,12 +42,16 @@ pub enum DemoError {
     /// The proxy could not listen on 127.0.0.1:8080.
     #[error("{0}")]
     Proxy(#[from] ServerError),
+    /// The admin listener could not listen on 127.0.0.1:9901.
+    #[error("cannot listen on {DEMO_ADMIN} for the status page: {0}")]
+    Admin(std::io::Error),
 }
 
 /// Runs the demo until `shutdown` completes.
 ///
 /// # Errors
-/// [`DemoError`] when a backend or the proxy cannot listen (port 8080 taken, for one).
+/// [`DemoError`] when a backend, the proxy or the admin listener cannot listen (port 8080 or
+/// 9901 taken, for one).
 pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     let mut backends = String::new();
     for n in 1..=3 {
@@ -52,10 +63,15 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     }
     let text = format!(
         "[[service]]\nname = \"demo\"\nlisten = [\"{DEMO_LISTEN}\"]\n\
-         [service.affinity]\nstrategy = \"insert\"\ncookie = \"SERVERID\"\n{backends}"
+         [service.affinity]\nstrategy = \"insert\"\ncookie = \"SERVERID\"\n{backends}\
+         [admin]\nbind = \"{DEMO_ADMIN}\"\n"
     );
     let config = Config::parse(&text, "<demo>").expect("the demo config is valid");
     let listeners = server::bind(&config).await?;
+    let admin_config = config.admin.clone().expect("the demo config has [admin]");
+    let admin_listener = TcpListener::bind(admin_config.bind)
+        .await
+        .map_err(DemoError::Admin)?;
     println!(
         "stickyd demo: three backends (demo-1, demo-2, demo-3) behind http://{DEMO_LISTEN}/ with insert affinity.\n\
          \n\
@@ -64,10 +80,23 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
          \x20 cat jar                                    (SERVERID names the backend)\n\
          New sessions (no jar) spread over the backends round-robin:\n\
          \x20 curl http://{DEMO_LISTEN}/\n\
+         The live status page, where a backend can be drained and its sessions watched:\n\
+         \x20 http://{DEMO_ADMIN}/\n\
          \n\
          Ctrl-C stops the demo."
     );
-    crate::runtime::run(&config, listeners, shutdown).await;
+    let services = Services::start(config, listeners);
+    let (_settings, settings) = watch::channel(admin_config);
+    let stop = CancellationToken::new();
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&services),
+        settings,
+        stop.clone(),
+    ));
+    shutdown.await;
+    stop.cancel();
+    services.shutdown().await;
     Ok(())
 }
 

@@ -249,13 +249,7 @@ impl Metrics {
                 .collect(),
             own_answers: per_backend("-"),
             latency: self.latency.get_or_create_owned(&labels),
-            outcomes: [
-                Outcome::Hit,
-                Outcome::New,
-                Outcome::Redispatch,
-                Outcome::Invalid,
-            ]
-            .map(outcome),
+            outcomes: OUTCOMES.map(outcome),
             connections: self.connections.get_or_create_owned(&labels),
             proxy_header_rejected: self.proxy_header_rejected.get_or_create_owned(&labels),
             redis_errors: self.redis_errors.get_or_create_owned(&labels),
@@ -294,6 +288,14 @@ impl Metrics {
         text
     }
 }
+
+/// The affinity outcomes counted, in the order of `ServiceMetrics::outcomes`.
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Hit,
+    Outcome::New,
+    Outcome::Redispatch,
+    Outcome::Invalid,
+];
 
 /// The pre-built metric handles of one service.
 #[derive(Debug, Clone)]
@@ -337,14 +339,34 @@ impl ServiceMetrics {
         let by_class = backend.map_or(&self.own_answers, |index| &self.requests[index]);
         by_class[class].inc();
         if let Some(outcome) = outcome {
-            let index = match outcome {
-                Outcome::Hit => 0,
-                Outcome::New => 1,
-                Outcome::Redispatch => 2,
-                Outcome::Invalid => 3,
-            };
-            self.outcomes[index].inc();
+            self.outcomes[Self::outcome_index(outcome)].inc();
         }
         self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Responses from the backend at pool index `index` so far, per status class (`1xx` at
+    /// 0 to `5xx` at 4). The counters outlive a reload that keeps the backend's id.
+    pub fn backend_responses(&self, index: usize) -> [u64; 5] {
+        self.requests[index].each_ref().map(Counter::get)
+    }
+
+    /// stickyd's own answers so far (no backend response: 400, 502, 503, 504), per status
+    /// class as in [`ServiceMetrics::backend_responses`].
+    pub fn own_responses(&self) -> [u64; 5] {
+        self.own_answers.each_ref().map(Counter::get)
+    }
+
+    /// Requests so far per affinity outcome: hit, new, redispatch, invalid.
+    pub fn outcomes(&self) -> [(Outcome, u64); 4] {
+        OUTCOMES.map(|outcome| (outcome, self.outcomes[Self::outcome_index(outcome)].get()))
+    }
+
+    fn outcome_index(outcome: Outcome) -> usize {
+        match outcome {
+            Outcome::Hit => 0,
+            Outcome::New => 1,
+            Outcome::Redispatch => 2,
+            Outcome::Invalid => 3,
+        }
     }
 }

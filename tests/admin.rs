@@ -3,134 +3,13 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use serde_json::Value;
 use stickyd::config::Config;
-use stickyd::runtime::Services;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
+use common::admin::{Admin, TOKEN};
 use common::raw::RawConn;
-use common::{
-    Browser, TestBackend, config, get_with_cookie_fields, spawn_backends, within_timeout,
-};
-
-const TOKEN: &str = "s3cret-token";
-
-/// stickyd with its admin listener, both in process.
-struct Admin {
-    runtime: Arc<Services>,
-    proxy: String,
-    admin: String,
-    stop: CancellationToken,
-    /// The admin listener's settings, as a reload would send them.
-    settings: tokio::sync::watch::Sender<stickyd::config::AdminConfig>,
-}
-
-impl Admin {
-    async fn start(backends: &[TestBackend], extra: &str) -> Admin {
-        let text = config(&backends.iter().collect::<Vec<_>>(), extra);
-        let config = Config::parse(&text, "<test>").unwrap_or_else(|error| panic!("{error}"));
-        let listeners = stickyd::server::bind(&config).await.unwrap();
-        let proxy = format!("http://{}", listeners[0].local_addr().unwrap());
-        let runtime = Services::start(config, listeners);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = format!("http://{}", listener.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        let admin_config = stickyd::config::AdminConfig {
-            bind: listener.local_addr().unwrap(),
-            token: Some(TOKEN.into()),
-            head_timeout: std::time::Duration::from_millis(400),
-            max_connections: 2,
-        };
-        let (settings, receiver) = tokio::sync::watch::channel(admin_config);
-        tokio::spawn(stickyd::admin::serve(
-            listener,
-            Arc::clone(&runtime),
-            receiver,
-            stop.clone(),
-        ));
-        Admin {
-            runtime,
-            proxy,
-            admin,
-            stop,
-            settings,
-        }
-    }
-
-    /// Sends an admin request with the token; returns status and body text.
-    async fn call(&self, method: Method, path: &str, body: &str) -> (StatusCode, String) {
-        self.call_with(method, path, body, Some(TOKEN)).await
-    }
-
-    async fn call_with(
-        &self,
-        method: Method,
-        path: &str,
-        body: &str,
-        token: Option<&str>,
-    ) -> (StatusCode, String) {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.admin));
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let response = client
-            .request(
-                request
-                    .body(Full::new(Bytes::from(body.to_string())))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = response.status();
-        let text = String::from_utf8(
-            response
-                .into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap();
-        (status, text)
-    }
-
-    async fn json(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
-        let (status, text) = self.call(method, path, body).await;
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
-        )
-    }
-
-    async fn backend_status(&self, backend: &str) -> Value {
-        let (_, status) = self.json(Method::GET, "/status", "").await;
-        let backends = status["services"][0]["backends"]
-            .as_array()
-            .unwrap()
-            .clone();
-        backends
-            .into_iter()
-            .find(|entry| entry["name"] == backend)
-            .unwrap()
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.runtime.shutdown().await;
-    }
-}
+use common::{Browser, config, get_with_cookie_fields, spawn_backends, within_timeout};
 
 const INSERT: &str = "[service.affinity]\nstrategy = \"insert\"\n";
 
@@ -505,6 +384,44 @@ async fn resolve_says_where_a_cookie_or_key_routes_and_why() {
             "the resolver agrees with the proxy: {answer}"
         );
         hashed.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_status_page_needs_no_token_but_what_it_shows_does() {
+    within_timeout(async {
+        let backends = spawn_backends(1).await;
+        let admin = Admin::start(&backends, INSERT).await;
+        let (status, headers, html) = admin.get_untokened("/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("<title>stickyd status</title>"), "{html}");
+        assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+        // Only its own scripts and calls, and never inside another site's frame.
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"));
+        assert_eq!(headers["x-frame-options"], "DENY");
+        for (path, holds) in [("/ui/app.js", "/status"), ("/ui/style.css", "badge")] {
+            let (status, _, text) = admin.get_untokened(path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(text.contains(holds), "{path}");
+        }
+        // The data and every change still need the token.
+        let (status, ..) = admin.get_untokened("/status").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = admin.call_with(Method::PUT, "/", "", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = admin
+            .call_with(
+                Method::PUT,
+                "/services/web/backends/b1/state",
+                "drain",
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(admin.backend_status("b1").await["state"], "ready");
+        admin.stop().await;
     })
     .await;
 }

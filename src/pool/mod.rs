@@ -57,6 +57,33 @@ pub struct BackendState {
     consecutive_failures: AtomicU32,
     admin: AtomicU8,
     healthy: AtomicBool,
+    /// [`now_ms`] of the last health flip or ejection start; [`NEVER`] when there was none.
+    health_changed_ms: AtomicU64,
+}
+
+/// `health_changed_ms` of a backend whose health has not changed since it was added.
+const NEVER: u64 = u64::MAX;
+
+/// What the health checks and passive ejection say of a backend now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Active checks (if any) pass and it is not ejected.
+    Up,
+    /// Active checks fail (`fall` in a row, until `rise` pass).
+    Down,
+    /// Passive ejection keeps it out for `ejection_time` after failed requests.
+    Ejected,
+}
+
+impl Health {
+    /// `up`, `down` or `ejected`, as `/status` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+            Health::Ejected => "ejected",
+        }
+    }
 }
 
 /// One backend server of a service.
@@ -108,6 +135,35 @@ impl Backend {
     fn is_up(&self) -> bool {
         self.is_healthy() && !self.is_ejected()
     }
+
+    /// Its health now: down (active checks) before ejected (passive).
+    pub fn health(&self) -> Health {
+        if !self.is_healthy() {
+            Health::Down
+        } else if self.is_ejected() {
+            Health::Ejected
+        } else {
+            Health::Up
+        }
+    }
+
+    /// Milliseconds since its health last changed (a check flip, the start or the end of an
+    /// ejection), on [`now_ms`]'s clock; `None` when it has not changed since the backend
+    /// was added (a reload that keeps the backend keeps its history).
+    pub fn health_changed_ms_ago(&self) -> Option<u64> {
+        let now = now_ms();
+        let changed = self.state.health_changed_ms.load(Ordering::Relaxed);
+        let ejection_end = self.state.ejected_until_ms.load(Ordering::Relaxed);
+        // An ejection ends by time alone, so its end is a transition nobody recorded.
+        let last = match (changed, ejection_end) {
+            (NEVER, 0) => return None,
+            (NEVER, end) if end <= now => end,
+            (NEVER, _) => return None,
+            (changed, end) if end != 0 && end <= now => changed.max(end),
+            (changed, _) => changed,
+        };
+        Some(now.saturating_sub(last))
+    }
 }
 
 /// The backends of one service, in config order; indexes are stable for the pool's life.
@@ -152,6 +208,7 @@ impl Pool {
                         consecutive_failures: AtomicU32::new(0),
                         admin: AtomicU8::new(config.state as u8),
                         healthy: AtomicBool::new(true),
+                        health_changed_ms: AtomicU64::new(NEVER),
                     }),
                 };
                 Backend {
@@ -246,6 +303,10 @@ impl Pool {
             .swap(healthy, Ordering::Relaxed)
             != healthy;
         if flipped {
+            self.backends[index]
+                .state
+                .health_changed_ms
+                .store(now_ms(), Ordering::Relaxed);
             self.changed();
         }
         flipped
@@ -261,8 +322,10 @@ impl Pool {
             return false;
         }
         state.consecutive_failures.store(0, Ordering::Relaxed);
-        let until = now_ms() + self.policy.ejection_time.as_millis() as u64;
+        let now = now_ms();
+        let until = now + self.policy.ejection_time.as_millis() as u64;
         state.ejected_until_ms.store(until, Ordering::Relaxed);
+        state.health_changed_ms.store(now, Ordering::Relaxed);
         self.changed();
         true
     }
@@ -356,6 +419,38 @@ pub(crate) mod tests {
         });
         assert!(!never.record_failure(0));
         assert!(never.accepts_new(0));
+    }
+
+    #[test]
+    fn health_says_down_before_ejected_and_when_it_last_changed() {
+        let pool = pool(PoolPolicy {
+            ejection_time: Duration::from_secs(60),
+            ..PoolPolicy::default()
+        });
+        let backend = pool.get(0);
+        assert_eq!(
+            (backend.health(), backend.health_changed_ms_ago()),
+            (Health::Up, None)
+        );
+        pool.record_failure(0);
+        assert_eq!(backend.health(), Health::Ejected);
+        assert!(
+            backend
+                .health_changed_ms_ago()
+                .is_some_and(|ms| ms < 60_000)
+        );
+        pool.set_healthy(0, false);
+        assert_eq!(backend.health(), Health::Down);
+        // An ejection that ended by time is a change too, though nothing recorded it.
+        let ended = pool.get(1);
+        while now_ms() < 2 {
+            std::thread::yield_now(); // the clock starts at this process's first reading
+        }
+        let end = now_ms() - 1;
+        ended.state.ejected_until_ms.store(end, Ordering::Relaxed);
+        let since_end = ended.health_changed_ms_ago().unwrap();
+        assert!(since_end >= 1 && since_end <= now_ms() - end);
+        assert_eq!(ended.health(), Health::Up);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod admin;
 mod backend;
 pub mod raw;
 mod raw_backend;

@@ -4,8 +4,9 @@
 //!
 //! | method and path | answer |
 //! |---|---|
+//! | `GET /` | the live status page ([`page`]: served without the token; it reads `/status`) |
 //! | `GET /metrics` | OpenMetrics text |
-//! | `GET /status` | services, backends, states and live-session counts |
+//! | `GET /status` | per service and backend: state, health and seconds since it changed, live sessions, in flight, responses per status class, affinity outcomes, open connections and tunnels |
 //! | `PUT /services/{service}/backends/{backend}/state` | body `ready`, `drain` or `maint` |
 //! | `GET /services/{service}/stick-table?limit=N` | up to N entries (default 100) |
 //! | `PUT /services/{service}/stick-table/{session}` | body: backend name; binds the session to it |
@@ -14,6 +15,8 @@
 //!
 //! Errors are JSON `{"error": "..."}`: 401 bad or missing token, 404 unknown name or path,
 //! 405 wrong method, 400 bad body or query.
+
+pub mod page;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr};
@@ -90,7 +93,9 @@ pub async fn serve(
         let head_timeout = settings.borrow().head_timeout;
         let (services, per_request) = (Arc::clone(&services), settings.clone());
         let service = service_fn(move |request: Request<Incoming>| {
-            let authorized = authorized(per_request.borrow().token.as_deref(), &request);
+            // The page's files hold no data (its script asks for `/status` with the token).
+            let public = request.method() == Method::GET && page::is_page(request.uri().path());
+            let authorized = public || authorized(per_request.borrow().token.as_deref(), &request);
             let services = Arc::clone(&services);
             async move {
                 if !authorized {
@@ -159,6 +164,11 @@ fn authorized(token: Option<&str>, request: &Request<Incoming>) -> bool {
 }
 
 async fn answer(services: &Services, request: Request<Incoming>) -> AdminResponse {
+    if request.method() == Method::GET
+        && let Some(page) = page::serve(request.uri().path())
+    {
+        return page;
+    }
     let (head, body) = request.into_parts();
     let segments: Vec<&str> = head.uri.path().trim_matches('/').split('/').collect();
     let query = head.uri.query().unwrap_or("");
@@ -230,11 +240,17 @@ fn status(running: &Services) -> Value {
         .map(|router| {
             let sessions = router.sessions_per_backend();
             let pool = router.pool();
+            let metrics = router.metrics();
+            let mut service_responses = metrics.own_responses();
             let backends: Vec<Value> = pool
                 .backends()
                 .iter()
                 .enumerate()
                 .map(|(index, backend)| {
+                    let responses = metrics.backend_responses(index);
+                    for (total, count) in service_responses.iter_mut().zip(responses) {
+                        *total += count;
+                    }
                     json!({
                         "name": backend.name,
                         "id": &*backend.id,
@@ -242,24 +258,45 @@ fn status(running: &Services) -> Value {
                         "weight": backend.weight,
                         "backup": backend.backup,
                         "state": backend.admin_state().as_str(),
+                        "health": backend.health().as_str(),
+                        "health_changed_seconds_ago": backend
+                            .health_changed_ms_ago()
+                            .map(|ms| ms as f64 / 1000.0),
                         "healthy": backend.is_healthy(),
                         "ejected": backend.is_ejected(),
                         "accepts_new_sessions": pool.accepts_new(index),
                         "in_flight": backend.in_flight(),
                         "sessions": sessions.get(&backend.id).copied().unwrap_or(0),
+                        "responses": by_class(responses),
                     })
                 })
+                .collect();
+            let outcomes: serde_json::Map<String, Value> = metrics
+                .outcomes()
+                .into_iter()
+                .map(|(outcome, count)| (outcome.as_str().to_string(), count.into()))
                 .collect();
             json!({
                 "name": router.name(),
                 "strategy": strategy_name(router.affinity()),
                 "stick_table_entries": router.stick_table().map(|table| table.entry_count()),
+                "open_connections": metrics.connections.get(),
+                "open_tunnels": metrics.open_tunnels.get(),
+                "responses": by_class(service_responses),
+                "affinity": outcomes,
                 "backends": backends,
             })
         })
         .collect();
     let (reloads, failed) = running.reload_counts();
     json!({ "services": services, "reloads": { "ok": reloads, "failed": failed } })
+}
+
+/// Response counts per status class, as `/status` writes them: `{"1xx": n, ..., "5xx": n}`.
+fn by_class(counts: [u64; 5]) -> Value {
+    json!({
+        "1xx": counts[0], "2xx": counts[1], "3xx": counts[2], "4xx": counts[3], "5xx": counts[4],
+    })
 }
 
 fn strategy_name(affinity: &Affinity) -> &'static str {
