@@ -5,6 +5,7 @@
 //! Debian package ships both, written by the built binary (`scripts/package-deb`), so they
 //! cannot drift from the options the binary parses.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser, Subcommand, ValueHint};
@@ -58,9 +59,16 @@ pub enum Command {
         #[arg(long)]
         bind: bool,
     },
-    /// Start three demo backends behind stickyd on 127.0.0.1:8080 (insert affinity) and print
-    /// curl commands to try.
-    Demo,
+    /// Start three demo backends behind stickyd on 127.0.0.1:8080 (insert affinity), with the
+    /// status page on 127.0.0.1:9901, and print curl commands to try.
+    Demo {
+        /// Where the demo proxy listens; port 0 takes a free one.
+        #[arg(long, default_value = crate::demo::DEMO_LISTEN)]
+        listen: SocketAddr,
+        /// Where the admin listener and its status page listen; port 0 takes a free one.
+        #[arg(long, default_value = crate::demo::DEMO_ADMIN)]
+        admin: SocketAddr,
+    },
     /// Write the man pages (roff, section 1) into DIR: stickyd.1, and stickyd-COMMAND.1 for
     /// each command. Then `man -l DIR/stickyd.1`.
     Man {

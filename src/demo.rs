@@ -1,6 +1,7 @@
-//! `stickyd demo`: three demo backends in this process behind stickyd on 127.0.0.1:8080 with
-//! insert affinity, so a newcomer sees stickiness with curl and nothing to set up, and the
-//! admin listener with its live status page on 127.0.0.1:9901.
+//! `stickyd demo`: three demo backends in this process behind stickyd (127.0.0.1:8080 unless
+//! `--listen` says otherwise) with insert affinity, so a newcomer sees stickiness with curl and
+//! nothing to set up, and the admin listener with its live status page (127.0.0.1:9901 unless
+//! `--admin` says otherwise).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,9 +27,10 @@ use crate::config::Config;
 use crate::runtime::Services;
 use crate::server::{self, ServerError};
 
-/// Where the demo proxy listens.
+/// Where the demo proxy listens unless `stickyd demo --listen` says otherwise.
 pub const DEMO_LISTEN: &str = "127.0.0.1:8080";
-/// Where the demo's admin listener (and its status page) listens: the default `[admin]` bind.
+/// Where the demo's admin listener (and its status page) listens unless `stickyd demo
+/// --admin` says otherwise: the default `[admin]` bind.
 pub const DEMO_ADMIN: &str = crate::config::file::DEFAULT_ADMIN_BIND;
 /// The session cookie the demo backends set, as an app would.
 pub const DEMO_SESSION_COOKIE: &str = "demo_session";
@@ -39,20 +41,32 @@ pub enum DemoError {
     /// A demo backend could not listen on loopback.
     #[error("cannot start a demo backend: {0}")]
     Backend(#[from] std::io::Error),
-    /// The proxy could not listen on 127.0.0.1:8080.
-    #[error("{0}")]
+    /// The proxy could not listen on its address.
+    #[error(
+        "the demo proxy cannot listen (choose another address with \
+         `stickyd demo --listen 127.0.0.1:PORT`)"
+    )]
     Proxy(#[from] ServerError),
-    /// The admin listener could not listen on 127.0.0.1:9901.
-    #[error("cannot listen on {DEMO_ADMIN} for the status page: {0}")]
-    Admin(std::io::Error),
+    /// The admin listener could not listen on its address.
+    #[error(
+        "cannot listen on {0} for the status page (choose another address with \
+         `stickyd demo --admin 127.0.0.1:PORT`)"
+    )]
+    Admin(SocketAddr, #[source] std::io::Error),
 }
 
-/// Runs the demo until `shutdown` completes.
+/// Runs the demo until `shutdown` completes: the proxy on `listen`, the admin listener and
+/// its status page on `admin`. Port 0 takes a free port; the addresses printed are the ones
+/// bound.
 ///
 /// # Errors
 /// [`DemoError`] when a backend, the proxy or the admin listener cannot listen (port 8080 or
 /// 9901 taken, for one).
-pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+pub async fn run(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DemoError> {
     let mut backends = String::new();
     for n in 1..=3 {
         let name = format!("demo-{n}");
@@ -62,26 +76,33 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
         ));
     }
     let text = format!(
-        "[[service]]\nname = \"demo\"\nlisten = [\"{DEMO_LISTEN}\"]\n\
+        "[[service]]\nname = \"demo\"\nlisten = [\"{listen}\"]\n\
          [service.affinity]\nstrategy = \"insert\"\ncookie = \"SERVERID\"\n{backends}\
-         [admin]\nbind = \"{DEMO_ADMIN}\"\n"
+         [admin]\nbind = \"{admin}\"\n"
     );
     let config = Config::parse(&text, "<demo>").expect("the demo config is valid");
     let listeners = server::bind(&config).await?;
-    let admin_config = config.admin.clone().expect("the demo config has [admin]");
-    let admin_listener = TcpListener::bind(admin_config.bind)
+    let proxy = listeners[0]
+        .local_addr()
+        .expect("a bound listener has an address");
+    let mut admin_config = config.admin.clone().expect("the demo config has [admin]");
+    let admin_listener = TcpListener::bind(admin)
         .await
-        .map_err(DemoError::Admin)?;
+        .map_err(|error| DemoError::Admin(admin, error))?;
+    admin_config.bind = admin_listener
+        .local_addr()
+        .map_err(|error| DemoError::Admin(admin, error))?;
+    let admin = admin_config.bind;
     println!(
-        "stickyd demo: three backends (demo-1, demo-2, demo-3) behind http://{DEMO_LISTEN}/ with insert affinity.\n\
+        "stickyd demo: three backends (demo-1, demo-2, demo-3) behind http://{proxy}/ with insert affinity.\n\
          \n\
          One session, kept in a cookie jar, sticks to one backend and its view count goes up:\n\
-         \x20 curl -c jar -b jar http://{DEMO_LISTEN}/   (run it a few times)\n\
+         \x20 curl -c jar -b jar http://{proxy}/   (run it a few times)\n\
          \x20 cat jar                                    (SERVERID names the backend)\n\
          New sessions (no jar) spread over the backends round-robin:\n\
-         \x20 curl http://{DEMO_LISTEN}/\n\
+         \x20 curl http://{proxy}/\n\
          The live status page, where a backend can be drained and its sessions watched:\n\
-         \x20 http://{DEMO_ADMIN}/\n\
+         \x20 http://{admin}/\n\
          \n\
          Ctrl-C stops the demo."
     );

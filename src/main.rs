@@ -70,10 +70,10 @@ fn main() -> anyhow::Result<ExitCode> {
             print_generated(&cli::completion_script(shell))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => {
+        Command::Demo { listen, admin } => {
             telemetry::init("info", telemetry::AccessFormat::Text);
             runtime(None, false)?
-                .block_on(demo::run(server::shutdown_signal()))
+                .block_on(demo::run(listen, admin, server::shutdown_signal()))
                 .context("demo failed")?;
             Ok(ExitCode::SUCCESS)
         }
