@@ -188,13 +188,30 @@ async fn an_http2_client_gets_the_same_affinity() {
     .await;
 }
 
+/// The `Set-Cookie` of a request through `listener` (a TLS one when `tls` has the name and
+/// certificate to trust).
+async fn insert_cookie(
+    listener: std::net::SocketAddr,
+    tls: Option<(&str, &CertificateDer<'static>)>,
+) -> String {
+    let reply = match tls {
+        Some((name, cert)) => {
+            let stream = connect(listener, name, std::slice::from_ref(cert), b"http/1.1").await;
+            common::raw::RawConn::over(stream).get("/").await
+        }
+        None => common::raw::RawConn::open(listener).await.get("/").await,
+    };
+    assert_eq!(reply.status, 200);
+    reply.header("set-cookie").expect("an insert cookie").into()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_service_listens_with_and_without_tls_and_redirects_to_https() {
     within_timeout(async {
         let (table, cert) = certificate("mixed.test");
         let backends = spawn_backends(1).await;
         let text = format!(
-            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\", {{ address = \"127.0.0.1:0\", tls = false }}, {{ address = \"127.0.0.1:0\", tls = false, redirect_https = true }}]\n{table}[[service.backend]]\nname = \"b1\"\naddress = \"{}\"\n",
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\", {{ address = \"127.0.0.1:0\", tls = false }}, {{ address = \"127.0.0.1:0\", tls = false, redirect_https = true }}]\n{table}[service.affinity]\nstrategy = \"insert\"\n[[service.backend]]\nname = \"b1\"\naddress = \"{}\"\n",
             backends[0].addr
         );
         let config = stickyd::config::Config::parse(&text, "<test>").unwrap();
@@ -205,7 +222,7 @@ async fn one_service_listens_with_and_without_tls_and_redirects_to_https() {
             .collect();
         let runtime = stickyd::runtime::Services::start(config, listeners);
 
-        let stream = connect(addresses[0], "mixed.test", &[cert], b"http/1.1").await;
+        let stream = connect(addresses[0], "mixed.test", std::slice::from_ref(&cert), b"http/1.1").await;
         let mut tls = common::raw::RawConn::over(stream);
         assert_eq!(tls.get("/over-tls").await.status, 200, "the TLS listener");
 
@@ -226,6 +243,33 @@ async fn one_service_listens_with_and_without_tls_and_redirects_to_https() {
             Some(format!("https://shop.example:{}/cart?item=7", addresses[0].port()).as_str())
         );
         assert_eq!(reply.backend(), "", "a redirect never reaches a backend");
+
+        // Cleartext clients proxied here would never send a Secure cookie back, so the insert
+        // cookie is not Secure by default, on either listener.
+        for (listener, tls) in [(addresses[0], Some(("mixed.test", &cert))), (addresses[1], None)] {
+            let cookie = insert_cookie(listener, tls).await;
+            assert!(!cookie.contains("Secure"), "{cookie}");
+        }
+        runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beside_a_cleartext_listener_that_only_redirects_the_insert_cookie_stays_secure() {
+    within_timeout(async {
+        let (table, cert) = certificate("redirecting.test");
+        let backends = spawn_backends(1).await;
+        let text = format!(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\", {{ address = \"127.0.0.1:0\", tls = false, redirect_https = true }}]\n{table}[service.affinity]\nstrategy = \"insert\"\n[[service.backend]]\nname = \"b1\"\naddress = \"{}\"\n",
+            backends[0].addr
+        );
+        let config = stickyd::config::Config::parse(&text, "<test>").unwrap();
+        let listeners = stickyd::server::bind(&config).await.unwrap();
+        let https = listeners[0].local_addr().unwrap();
+        let runtime = stickyd::runtime::Services::start(config, listeners);
+        let cookie = insert_cookie(https, Some(("redirecting.test", &cert))).await;
+        assert!(cookie.contains("; Secure"), "{cookie}");
         runtime.shutdown().await;
     })
     .await;

@@ -252,8 +252,16 @@ impl Checker<'_> {
                     .ok()
             })
             .collect();
+        // A browser never sends a Secure cookie back over http://, so an insert cookie is
+        // Secure by default only when every listener that proxies speaks TLS (a redirecting
+        // cleartext listener proxies nothing).
+        let https_only = !raw.tls.is_empty()
+            && raw.listen.get_ref().iter().all(|listener| {
+                let listener = listener.get_ref();
+                listener.tls.unwrap_or(true) || listener.redirect_https
+            });
         let affinity = match raw.affinity {
-            Some(affinity) => self.affinity(affinity.into_inner(), !raw.tls.is_empty()),
+            Some(affinity) => self.affinity(affinity.into_inner(), https_only),
             None => AffinityConfig::None,
         };
         let trusted_proxies = match &raw.trusted_proxies {
@@ -391,7 +399,9 @@ impl Checker<'_> {
         }
     }
 
-    fn affinity(&mut self, raw: RawAffinity, tls: bool) -> AffinityConfig {
+    /// `https_only`: every listener that proxies speaks TLS (the insert cookie's `Secure`
+    /// default).
+    fn affinity(&mut self, raw: RawAffinity, https_only: bool) -> AffinityConfig {
         let strategy = *raw.strategy.get_ref();
         let strategy_name = match strategy {
             Strategy::Insert => "insert",
@@ -467,7 +477,7 @@ impl Checker<'_> {
             }
         };
         match strategy {
-            Strategy::Insert => AffinityConfig::Insert(self.insert(raw, cookie, tls)),
+            Strategy::Insert => AffinityConfig::Insert(self.insert(raw, cookie, https_only)),
             Strategy::Prefix => {
                 let delimiter = match &raw.delimiter {
                     Some(text) => self.delimiter(text),
@@ -553,7 +563,7 @@ impl Checker<'_> {
         }
     }
 
-    fn insert(&mut self, raw: RawAffinity, cookie: String, tls: bool) -> InsertConfig {
+    fn insert(&mut self, raw: RawAffinity, cookie: String, https_only: bool) -> InsertConfig {
         let seal = self.seal(&raw);
         for attribute in [&raw.path, &raw.domain].into_iter().flatten() {
             if attribute
@@ -570,7 +580,7 @@ impl Checker<'_> {
         let flag = |value: &Option<Spanned<bool>>, default: bool| {
             value.as_ref().map_or(default, |v| *v.get_ref())
         };
-        let secure = flag(&raw.secure, tls);
+        let secure = flag(&raw.secure, https_only);
         let same_site = raw
             .same_site
             .as_ref()

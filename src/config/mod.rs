@@ -358,7 +358,9 @@ pub struct InsertConfig {
     pub max_age: Option<Duration>,
     /// `HttpOnly` attribute. Default: true.
     pub http_only: bool,
-    /// `Secure` attribute. Default: false.
+    /// `Secure` attribute. Default: true when the service has certificates and every listener
+    /// that proxies speaks TLS (a browser never sends a `Secure` cookie over `http://`, RFC 6265
+    /// section 5.4), false otherwise.
     pub secure: bool,
     /// `SameSite` attribute. Default: Lax.
     pub same_site: SameSite,
