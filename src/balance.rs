@@ -1,6 +1,7 @@
 //! How a new session (or a redispatched one) picks its backend.
 //!
-//! Every algorithm honours weights and considers only the backends `accept` allows (those
+//! Every algorithm honours weights, ramped by slow start ([`Pool::effective_weight`]), and
+//! considers only the backends `accept` allows (those
 //! taking new sessions that have not already failed this request), asking it once per backend
 //! per pick, like pingora's `select_with`. A backend `accept` refuses takes no part in the pick,
 //! so its share goes to the others by weight, never to one neighbour.
@@ -14,7 +15,7 @@ use std::sync::{Mutex, PoisonError};
 use rand::RngExt as _;
 
 use crate::config::Balance;
-use crate::pool::Pool;
+use crate::pool::{Backend, Pool};
 
 /// Picks backends for one service.
 #[derive(Debug)]
@@ -25,7 +26,8 @@ pub struct Balancer {
     /// backend's `lbprm` lock (`LBPRM_LOCK`) around each roundrobin pick
     /// (`fwrr_get_next_server` in `src/lb_fwrr.c`). Empty for the other algorithms.
     current: Mutex<Box<[i64]>>,
-    /// Least-connections: where the scan starts, so ties go round the backends in turn.
+    /// Least-connections and least-sessions: where the scan starts, so ties go round the
+    /// backends in turn.
     cursor: AtomicUsize,
 }
 
@@ -34,7 +36,7 @@ impl Balancer {
     pub fn new(algorithm: Balance, pool: &Pool) -> Balancer {
         let backends = match algorithm {
             Balance::RoundRobin => pool.backends().len(),
-            Balance::LeastConnections | Balance::Random => 0,
+            Balance::LeastConnections | Balance::Random | Balance::LeastSessions => 0,
         };
         Balancer {
             algorithm,
@@ -49,8 +51,13 @@ impl Balancer {
     pub fn pick(&self, pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<usize> {
         match self.algorithm {
             Balance::RoundRobin => self.round_robin(pool, accept),
-            Balance::LeastConnections => self.least_connections(pool, accept),
+            Balance::LeastConnections => self.least_loaded(pool, accept, in_flight),
             Balance::Random => power_of_two_choices(pool, accept),
+            Balance::LeastSessions => {
+                let chosen = self.least_loaded(pool, accept, Backend::session_load)?;
+                pool.count_placement(chosen);
+                Some(chosen)
+            }
         }
     }
 
@@ -65,11 +72,11 @@ impl Balancer {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for (index, backend) in pool.backends().iter().enumerate().take(current.len()) {
+        for index in 0..current.len().min(pool.backends().len()) {
             if !accept(index) {
                 continue;
             }
-            let weight = i64::from(backend.weight);
+            let weight = pool.effective_weight(index) as i64;
             current[index] += weight;
             total += weight;
             if best.is_none_or(|top| current[index] > current[top]) {
@@ -81,23 +88,41 @@ impl Balancer {
         Some(chosen)
     }
 
-    /// Fewest in-flight requests per unit of weight; ties go round the backends in turn.
-    fn least_connections(&self, pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<usize> {
+    /// The accepted backend with the least `load` per unit of (effective) weight; ties go round
+    /// the backends in turn. `least-connections` weighs in-flight requests; `least-sessions`
+    /// live sessions ([`Backend::session_load`]), an exact minimum rather than power of two
+    /// choices: a service has tens of backends, so the scan is cheap, and only the exact
+    /// minimum fills a backend added to a full farm to its share without overshoot.
+    fn least_loaded(
+        &self,
+        pool: &Pool,
+        accept: impl Fn(usize) -> bool,
+        load: impl Fn(&Backend) -> u64,
+    ) -> Option<usize> {
         let backends = pool.backends();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let mut best: Option<usize> = None;
+        let mut best: Option<(usize, u64, u64)> = None;
         for step in 0..backends.len() {
             let index = (start + step) % backends.len();
             if !accept(index) {
                 continue;
             }
-            best = match best {
-                Some(current) if !less_loaded(pool, index, current) => Some(current),
-                _ => Some(index),
-            };
+            let (load, weight) = (load(&backends[index]), pool.effective_weight(index));
+            // load / weight < best load / best weight, cross-multiplied.
+            if best.is_none_or(|(_, top_load, top_weight)| {
+                u128::from(load) * u128::from(top_weight)
+                    < u128::from(top_load) * u128::from(weight)
+            }) {
+                best = Some((index, load, weight));
+            }
         }
-        best
+        best.map(|(index, ..)| index)
     }
+}
+
+/// A backend's in-flight requests, as `least-connections` weighs them.
+fn in_flight(backend: &Backend) -> u64 {
+    u64::from(backend.in_flight())
 }
 
 /// Weighted rendezvous (highest random weight) hashing, Schindelhauer and Schomaker's
@@ -187,10 +212,13 @@ impl HashRing {
     }
 }
 
-/// Whether `a` carries less load per unit of weight than `b` (cross-multiplied, no division).
+/// Whether `a` carries fewer in-flight requests per unit of effective weight than `b`
+/// (cross-multiplied, no division).
 fn less_loaded(pool: &Pool, a: usize, b: usize) -> bool {
+    let (a_weight, b_weight) = (pool.effective_weight(a), pool.effective_weight(b));
     let (a, b) = (pool.get(a), pool.get(b));
-    u64::from(a.in_flight()) * u64::from(b.weight) < u64::from(b.in_flight()) * u64::from(a.weight)
+    u128::from(a.in_flight()) * u128::from(b_weight)
+        < u128::from(b.in_flight()) * u128::from(a_weight)
 }
 
 /// Two weighted random candidates; the less loaded one wins (Mitzenmacher's power of two
@@ -204,8 +232,8 @@ fn power_of_two_choices(pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<u
     let mut rng = rand::rng();
     let mut seen = 0u64;
     let (mut first, mut second) = (None, None);
-    for (index, backend) in pool.backends().iter().enumerate() {
-        let weight = u64::from(backend.weight);
+    for index in 0..pool.backends().len() {
+        let weight = pool.effective_weight(index);
         if weight == 0 || !accept(index) {
             continue;
         }
@@ -229,8 +257,10 @@ fn power_of_two_choices(pool: &Pool, accept: impl Fn(usize) -> bool) -> Option<u
 mod tests {
     use std::sync::Arc;
 
+    use std::time::Duration;
+
     use super::*;
-    use crate::config::BackendConfig;
+    use crate::config::{AdminState, BackendConfig};
     use crate::pool::PoolPolicy;
 
     /// Backend `b<index>` (its id too).
@@ -343,6 +373,7 @@ mod tests {
             Balance::Random,
             Balance::RoundRobin,
             Balance::LeastConnections,
+            Balance::LeastSessions,
         ] {
             let balancer = Balancer::new(algorithm, &pool);
             let calls = Cell::new(0u64);
@@ -529,5 +560,125 @@ mod tests {
         assert!((0.70..0.80).contains(&heavy_share), "{counts:?}");
         assert_eq!(balancer.pick(&pool, |index| index == 0), Some(0));
         assert_eq!(balancer.pick(&pool, |_| false), None);
+    }
+
+    /// A pool of `weights` that joins a farm of `farm` backends (weight 1 each, ids b0..):
+    /// the backends past the farm's are added as a reload adds them, under `slow_start`.
+    fn grown_pool(farm: usize, weights: &[u32], slow_start: Duration) -> Pool {
+        let configs = |count: usize| -> Vec<BackendConfig> {
+            (0..count)
+                .map(|index| BackendConfig {
+                    weight: weights[index],
+                    ..backend(index)
+                })
+                .collect()
+        };
+        let policy = PoolPolicy {
+            slow_start,
+            ..PoolPolicy::default()
+        };
+        let before = Pool::new("web", &configs(farm), policy, None);
+        Pool::new("web", &configs(weights.len()), policy, Some(&before))
+    }
+
+    /// Sets the live-session counts of `pool`'s backends, in index order.
+    fn set_sessions(pool: &Pool, sessions: &[u64]) {
+        let counts = pool
+            .backends()
+            .iter()
+            .zip(sessions)
+            .map(|(backend, &count)| (backend.id.clone(), count))
+            .collect();
+        pool.set_live_sessions(&counts);
+    }
+
+    #[test]
+    fn least_sessions_fills_an_added_backend_to_its_share_then_spreads_evenly() {
+        let pool = grown_pool(3, &[1, 1, 1, 1], Duration::ZERO);
+        let balancer = Balancer::new(Balance::LeastSessions, &pool);
+        set_sessions(&pool, &[100, 100, 100, 0]);
+        // The first 100 new sessions all go to the empty backend, the next 200 round all four.
+        let first = counts(&balancer, &pool, 100);
+        assert_eq!(first, [0, 0, 0, 100]);
+        assert_eq!(counts(&balancer, &pool, 200), [50, 50, 50, 50]);
+        let loads: Vec<u64> = pool.backends().iter().map(Backend::session_load).collect();
+        assert_eq!(loads, [150, 150, 150, 150]);
+        // A recount replaces what was placed since the last one.
+        set_sessions(&pool, &[10, 150, 150, 150]);
+        assert_eq!(balancer.pick(&pool, |_| true), Some(0));
+    }
+
+    #[test]
+    fn least_sessions_follows_weights_and_skips_refused_backends() {
+        let pool = pool(&[1, 2, 1]);
+        let balancer = Balancer::new(Balance::LeastSessions, &pool);
+        assert_eq!(counts(&balancer, &pool, 400), [100, 200, 100]);
+        assert_eq!(
+            counts_accepting(&balancer, &pool, 300, |index| index != 1),
+            [150, 0, 150]
+        );
+    }
+
+    #[test]
+    fn slow_start_keeps_a_joining_backend_from_being_flooded() {
+        // An hour's ramp: within this test the added backend's weight stays near nothing.
+        let pool = grown_pool(3, &[1, 1, 1, 1], Duration::from_secs(3600));
+        let full = 1000;
+        let ramping = pool.effective_weight(3);
+        assert!((1..full / 100).contains(&ramping), "{ramping}");
+        assert_eq!(pool.effective_weight(0), full, "there from the start");
+
+        let least = Balancer::new(Balance::LeastSessions, &pool);
+        set_sessions(&pool, &[100, 100, 100, 0]);
+        let placed = counts(&least, &pool, 300);
+        assert!(placed[3] <= 2, "least-sessions flooded it: {placed:?}");
+        let round = Balancer::new(Balance::RoundRobin, &pool);
+        let placed = counts(&round, &pool, 300);
+        assert!(placed[3] <= 1, "round-robin: {placed:?}");
+
+        // Back from failed health checks, or out of maint: it joins again.
+        pool.set_healthy(0, false);
+        pool.set_healthy(0, true);
+        assert!(pool.effective_weight(0) < full / 100);
+        pool.set_admin_state(1, AdminState::Maint);
+        assert_eq!(pool.effective_weight(1), full, "maint itself is no join");
+        pool.set_admin_state(1, AdminState::Ready);
+        assert!(pool.effective_weight(1) < full / 100);
+        // Drain back to ready is no join: the backend was serving all along.
+        pool.set_admin_state(2, AdminState::Drain);
+        pool.set_admin_state(2, AdminState::Ready);
+        assert_eq!(pool.effective_weight(2), full);
+    }
+
+    #[test]
+    fn without_slow_start_an_added_backend_has_its_full_weight_at_once() {
+        let pool = grown_pool(1, &[1, 3], Duration::ZERO);
+        assert_eq!(pool.effective_weight(1), 3000);
+    }
+
+    #[test]
+    fn a_slow_start_ramps_linearly_to_the_full_weight() {
+        use std::time::Instant;
+        let ramp = Duration::from_millis(200);
+        let created = Instant::now();
+        let pool = grown_pool(1, &[1, 4], ramp);
+        let joined = Instant::now();
+        // The weight at each reading lies between the ramp's value at the earliest and at the
+        // latest moment the join can have happened (the clock counts whole milliseconds).
+        let expected = |since: Duration| 4000 * since.as_millis().min(200) as u64 / 200;
+        let mut weight = 0;
+        while weight < 4000 {
+            let before = Instant::now();
+            weight = pool.effective_weight(1);
+            let after = Instant::now();
+            let low = expected(before.saturating_duration_since(joined)).saturating_sub(20);
+            let high = expected(after.duration_since(created)) + 20;
+            assert!(
+                (low.max(1)..=high).contains(&weight),
+                "{weight} outside {low}..={high}"
+            );
+            std::thread::sleep(Duration::from_millis(10)); // paces the readings
+        }
+        assert!(created.elapsed() >= ramp - Duration::from_millis(2));
     }
 }

@@ -98,6 +98,7 @@ impl Router {
             ejection_time: config.ejection_time,
             passive_failures: config.health.passive_failures,
             failback: config.failback,
+            slow_start: config.slow_start,
         };
         let pool = Arc::new(Pool::new(
             &config.name,
@@ -189,6 +190,11 @@ impl Router {
             (None, Some(sessions)) => sessions.per_backend(),
             (None, None) => std::collections::HashMap::new(),
         }
+    }
+
+    /// Stores [`Router::sessions_per_backend`] in the pool, where `least-sessions` reads it.
+    pub fn count_sessions(&self) {
+        self.pool.set_live_sessions(&self.sessions_per_backend());
     }
 
     /// Full lifetime of a stick-table binding made without the app's cookie lifetime (an

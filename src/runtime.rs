@@ -1,5 +1,6 @@
 //! The running configuration: one router per service behind an `ArcSwap` slot that accept
-//! loops read per request, the health-check task of each service, and the listeners.
+//! loops read per request, the tasks of each service (health checks, and the live-session
+//! count `least-sessions` balances on), and the listeners.
 //!
 //! A reload ([`Services::reload`]) binds any new listen address first (so a failure changes
 //! nothing), then swaps each service's router atomically: requests in flight finish on the old
@@ -10,12 +11,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AdminState, Config, ListenerConfig, ServiceConfig};
+use crate::config::{AdminState, Balance, Config, ListenerConfig, ServiceConfig};
 use crate::metrics::{BackendLabels, Metrics, ServiceLabels, StateLabels};
 use crate::pool::health;
 use crate::router::Router;
@@ -56,7 +58,8 @@ struct State {
 struct ServiceHandle {
     name: String,
     slot: Arc<ArcSwap<Router>>,
-    health: CancellationToken,
+    /// Stops the service's tasks ([`Services::start_tasks`]); a reload restarts them.
+    tasks: CancellationToken,
     listeners: Vec<ListenerHandle>,
 }
 
@@ -101,7 +104,7 @@ impl Services {
                     None,
                     &running.metrics,
                 )));
-                let health = running.start_health(service, &slot);
+                let tasks = running.start_tasks(service, &slot);
                 // A redirect to a TLS listener on port 0 (tests) goes to the port it was given.
                 let https_port = bound
                     .iter()
@@ -120,7 +123,7 @@ impl Services {
                 ServiceHandle {
                     name: service.name.clone(),
                     slot,
-                    health,
+                    tasks,
                     listeners,
                 }
             })
@@ -290,8 +293,8 @@ impl Services {
                     let router = Router::new(service, Some(&handle.slot.load()), &self.metrics);
                     let metrics = router.metrics().clone();
                     handle.slot.store(Arc::new(router));
-                    handle.health.cancel();
-                    handle.health = self.start_health(service, &handle.slot);
+                    handle.tasks.cancel();
+                    handle.tasks = self.start_tasks(service, &handle.slot);
                     handle.listeners.retain(|listener| {
                         let configured = service
                             .listeners
@@ -319,11 +322,11 @@ impl Services {
                         None,
                         &self.metrics,
                     )));
-                    let health = self.start_health(service, &slot);
+                    let tasks = self.start_tasks(service, &slot);
                     ServiceHandle {
                         name: service.name.clone(),
                         slot,
-                        health,
+                        tasks,
                         listeners: Vec::new(),
                     }
                 }
@@ -345,7 +348,7 @@ impl Services {
         }
         for removed in previous {
             tracing::info!(service = %removed.name, "service removed");
-            removed.health.cancel();
+            removed.tasks.cancel();
             removed
                 .listeners
                 .iter()
@@ -368,9 +371,11 @@ impl Services {
         self.clients.drain(grace).await;
     }
 
-    fn start_health(&self, service: &ServiceConfig, slot: &ArcSwap<Router>) -> CancellationToken {
+    /// Starts the tasks of the service whose router is in `slot`: its health checks, and
+    /// under `least-sessions` the live-session count every [`SESSION_COUNT_EVERY`].
+    fn start_tasks(&self, service: &ServiceConfig, slot: &ArcSwap<Router>) -> CancellationToken {
         let stop = self.stop.child_token();
-        let router = slot.load();
+        let router = slot.load_full();
         let transitions = router.metrics().health_transitions.clone();
         let pool = Arc::clone(router.pool());
         tokio::spawn(health::run(
@@ -379,6 +384,9 @@ impl Services {
             transitions,
             stop.clone(),
         ));
+        if service.balance == Balance::LeastSessions {
+            tokio::spawn(count_sessions(router, stop.clone()));
+        }
         stop
     }
 
@@ -409,5 +417,22 @@ impl Services {
             settings,
             stop,
         })
+    }
+}
+
+/// How often `least-sessions` recounts each backend's live sessions; between counts it adds
+/// the sessions it placed itself ([`crate::pool::Pool::count_placement`]).
+pub const SESSION_COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// Recounts `router`'s live sessions per backend every [`SESSION_COUNT_EVERY`] until `stop`:
+/// one walk of the session tracker or stick table, off the request path.
+async fn count_sessions(router: Arc<Router>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(SESSION_COUNT_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => router.count_sessions(),
+        }
     }
 }

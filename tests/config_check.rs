@@ -54,7 +54,7 @@ fn likely_mistakes_are_warned_about_and_still_load() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let path = write_config(
         "warnings",
-        "shutdown_grace = \"0s\"\n[admin]\nbind = \"0.0.0.0:0\"\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nconnect_timeout = \"0s\"\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+        "shutdown_grace = \"0s\"\n[admin]\nbind = \"0.0.0.0:0\"\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nconnect_timeout = \"0s\"\nbalance = \"least-sessions\"\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
     );
     let (ok, stdout, stderr) = check(&path);
     assert!(ok, "warnings do not fail check: {stderr}");
@@ -67,6 +67,9 @@ fn likely_mistakes_are_warned_about_and_still_load() {
         ),
         format!(
             "{origin}:7:19: warning: connect_timeout is zero: every connection to a backend fails at once"
+        ),
+        format!(
+            "{origin}:4:1: warning: balance = \"least-sessions\" with no affinity has no sessions to count"
         ),
     ] {
         assert!(stderr.contains(&expected), "{expected}\nnot in\n{stderr}");
@@ -226,7 +229,7 @@ fn check_prints_one_summary_line_per_service_and_the_restart_only_keys() {
         "summary",
         "[[service]]\nname = \"shop\"\nlisten = [\"127.0.0.1:0\"]\n[service.affinity]\nstrategy = \"prefix\"\ncookie = \"JSESSIONID\"\n\
          [[service.backend]]\nname = \"app1\"\naddress = \"127.0.0.1:3001\"\nweight = 3\n\
-         [[service]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"api1\"\naddress = \"127.0.0.1:3002\"\n",
+         [[service]]\nname = \"api\"\nlisten = [\"127.0.0.1:0\"]\nbalance = \"least-sessions\"\nslow_start = \"90s\"\n[[service.backend]]\nname = \"api1\"\naddress = \"127.0.0.1:3002\"\n",
     );
     let (ok, stdout, _) = check(&path);
     assert!(ok);
@@ -243,7 +246,8 @@ fn check_prints_one_summary_line_per_service_and_the_restart_only_keys() {
         lines[0]
     );
     assert!(
-        lines[1].starts_with("service api:") && lines[1].contains("affinity none"),
+        lines[1].starts_with("service api:")
+            && lines[1].contains("balance least-sessions slow_start 90s; affinity none"),
         "{}",
         lines[1]
     );

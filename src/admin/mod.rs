@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `GET /` | the live status page ([`page`]: served without the token; it reads `/status`) |
 //! | `GET /metrics` | OpenMetrics text |
-//! | `GET /status` | per service and backend: state, health and seconds since it changed, live sessions, in flight, responses per status class, affinity outcomes, open connections and tunnels |
+//! | `GET /status` | per service and backend: state, health and seconds since it changed, weight and effective weight (slow start), live sessions, in flight, responses per status class, affinity outcomes, open connections and tunnels |
 //! | `PUT /services/{service}/backends/{backend}/state` | body `ready`, `drain` or `maint` |
 //! | `GET /services/{service}/stick-table?limit=N` | up to N entries (default 100) |
 //! | `PUT /services/{service}/stick-table/{session}` | body: backend name; binds the session to it |
@@ -256,6 +256,8 @@ fn status(running: &Services) -> Value {
                         "id": &*backend.id,
                         "address": backend.address.to_string(),
                         "weight": backend.weight,
+                        // Below `weight` while slow start ramps it.
+                        "effective_weight": pool.effective_weight(index) as f64 / 1000.0,
                         "backup": backend.backup,
                         "state": backend.admin_state().as_str(),
                         "health": backend.health().as_str(),

@@ -78,7 +78,12 @@ impl Checker<'_> {
 
     /// A warning at `at`: kept apart from the problems, so the config still loads.
     fn warn_at<T>(&mut self, at: &Spanned<T>, message: String) {
-        self.report(Some(at.span()), format!("warning: {message}"));
+        self.warn(Some(at.span()), message);
+    }
+
+    /// A warning at `span`: reported by `check`, and the config still loads.
+    fn warn(&mut self, span: Option<Range<usize>>, message: String) {
+        self.report(span, format!("warning: {message}"));
         let warning = self.problems.pop().expect("the problem just reported");
         self.warnings.push(warning);
     }
@@ -233,7 +238,7 @@ impl Checker<'_> {
         };
         if backends.is_empty() {
             self.report(
-                Some(span),
+                Some(span.clone()),
                 format!(
                     "service {:?} has no backend: add a [[service.backend]] table",
                     raw.name.get_ref()
@@ -264,6 +269,12 @@ impl Checker<'_> {
             Some(affinity) => self.affinity(affinity.into_inner(), https_only),
             None => AffinityConfig::None,
         };
+        if raw.balance == Balance::LeastSessions && matches!(affinity, AffinityConfig::None) {
+            self.warn(
+                Some(span),
+                "balance = \"least-sessions\" with no affinity has no sessions to count: it places requests in turn, as round-robin does".into(),
+            );
+        }
         let trusted_proxies = match &raw.trusted_proxies {
             Some(list) => self.networks(list.get_ref()),
             None => Vec::new(),
@@ -298,6 +309,7 @@ impl Checker<'_> {
             ejection_time: raw
                 .ejection_time
                 .map_or(file::DEFAULT_EJECTION_TIME, |d| d.into_inner().0),
+            slow_start: raw.slow_start.map_or(Duration::ZERO, |d| d.into_inner().0),
             proxy_protocol: raw.proxy_protocol,
             tls,
             failback: raw.failback.unwrap_or(true),

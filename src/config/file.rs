@@ -122,6 +122,7 @@ pub struct RawService {
     pub connect_timeout: Option<Spanned<DurationValue>>,
     pub response_timeout: Option<Spanned<DurationValue>>,
     pub ejection_time: Option<Spanned<DurationValue>>,
+    pub slow_start: Option<Spanned<DurationValue>>,
     #[serde(default)]
     pub proxy_protocol: bool,
     #[serde(default)]
@@ -205,6 +206,9 @@ pub enum Balance {
     LeastConnections,
     /// Power of two choices: two weighted random picks, the less loaded wins.
     Random,
+    /// Fewest live sessions per unit of weight (the count drain reports), so a backend added
+    /// to a full farm takes new sessions until it holds its share.
+    LeastSessions,
 }
 
 impl Balance {
@@ -214,6 +218,7 @@ impl Balance {
             Balance::RoundRobin => "round-robin",
             Balance::LeastConnections => "least-connections",
             Balance::Random => "random",
+            Balance::LeastSessions => "least-sessions",
         }
     }
 }

@@ -104,6 +104,12 @@ pub struct ServiceConfig {
     pub response_timeout: Duration,
     /// How long a backend that refused a connection is skipped. Default: 5 s.
     pub ejection_time: Duration,
+    /// How long a backend that joins (added by a reload, back up after its health checks
+    /// failed, or out of `maint`) takes to reach its full weight for new sessions, rising
+    /// linearly from nothing (HAProxy `slowstart`, Envoy `slow_start_config`), so a cold
+    /// backend is not flooded. Zero: at once. Default: 0. The hash strategy's placement
+    /// ignores it: keys must not move as a weight ramps.
+    pub slow_start: Duration,
     /// Every connection to this service's listeners starts with a PROXY protocol v1 or v2
     /// header (HAProxy's `accept-proxy`) naming the real client. Default: false.
     pub proxy_protocol: bool,
@@ -179,8 +185,13 @@ impl ServiceConfig {
                 )
             })
             .collect();
+        let slow_start = if self.slow_start.is_zero() {
+            String::new()
+        } else {
+            format!(" slow_start {}s", self.slow_start.as_secs_f64())
+        };
         format!(
-            "service {}: listen {}; balance {}; affinity {}; {} backend(s): {}",
+            "service {}: listen {}; balance {}{slow_start}; affinity {}; {} backend(s): {}",
             self.name,
             listen.join(", "),
             self.balance.as_str(),

@@ -1,5 +1,5 @@
 //! The backends of one service and their live state: admin state, health, passive ejection,
-//! in-flight requests.
+//! in-flight requests, live sessions, and the slow start of a backend that joins.
 //!
 //! Which backend may take what:
 //! - a **new session** goes to a backend that is `ready`, healthy and not ejected, and to a
@@ -14,6 +14,7 @@
 
 pub mod health;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -36,6 +37,9 @@ pub struct PoolPolicy {
     pub passive_failures: u32,
     /// Sessions bound to a backup move back once a primary can take new sessions. Default: true.
     pub failback: bool,
+    /// How long a joining backend's weight takes to ramp up (see [`Pool::effective_weight`]).
+    /// Default: 0 (no ramp).
+    pub slow_start: Duration,
 }
 
 impl Default for PoolPolicy {
@@ -44,6 +48,7 @@ impl Default for PoolPolicy {
             ejection_time: Duration::from_secs(5),
             passive_failures: 1,
             failback: true,
+            slow_start: Duration::ZERO,
         }
     }
 }
@@ -59,6 +64,29 @@ pub struct BackendState {
     healthy: AtomicBool,
     /// [`now_ms`] of the last health flip or ejection start; [`NEVER`] when there was none.
     health_changed_ms: AtomicU64,
+    /// Live sessions at the last count ([`Pool::set_live_sessions`]).
+    sessions: AtomicU64,
+    /// New sessions placed here since that count ([`Pool::count_placement`]).
+    placed: AtomicU64,
+    /// [`now_ms`] when it last joined (added by a reload, back up, out of maint), the start of
+    /// its slow start; [`NEVER`] when it has been there since the service started.
+    joined_ms: AtomicU64,
+}
+
+impl BackendState {
+    fn new(admin: AdminState, joined_ms: u64) -> BackendState {
+        BackendState {
+            in_flight: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            admin: AtomicU8::new(admin as u8),
+            healthy: AtomicBool::new(true),
+            health_changed_ms: AtomicU64::new(NEVER),
+            sessions: AtomicU64::new(0),
+            placed: AtomicU64::new(0),
+            joined_ms: AtomicU64::new(joined_ms),
+        }
+    }
 }
 
 /// `health_changed_ms` of a backend whose health has not changed since it was added.
@@ -136,6 +164,12 @@ impl Backend {
         self.is_healthy() && !self.is_ejected()
     }
 
+    /// Its live sessions as `least-sessions` weighs them: those at the last count plus those
+    /// placed on it since.
+    pub fn session_load(&self) -> u64 {
+        self.state.sessions.load(Ordering::Relaxed) + self.state.placed.load(Ordering::Relaxed)
+    }
+
     /// Its health now: down (active checks) before ejected (passive).
     pub fn health(&self) -> Health {
         if !self.is_healthy() {
@@ -202,14 +236,11 @@ impl Pool {
                         }
                         Arc::clone(&old.state)
                     }
-                    None => Arc::new(BackendState {
-                        in_flight: AtomicU32::new(0),
-                        ejected_until_ms: AtomicU64::new(0),
-                        consecutive_failures: AtomicU32::new(0),
-                        admin: AtomicU8::new(config.state as u8),
-                        healthy: AtomicBool::new(true),
-                        health_changed_ms: AtomicU64::new(NEVER),
-                    }),
+                    // One added by a reload joins a farm that is already serving.
+                    None => Arc::new(BackendState::new(
+                        config.state,
+                        if previous.is_some() { now_ms() } else { NEVER },
+                    )),
                 };
                 Backend {
                     name: config.name.clone(),
@@ -290,6 +321,9 @@ impl Pool {
             .admin
             .swap(state as u8, Ordering::Relaxed);
         if previous != state as u8 {
+            if previous == AdminState::Maint as u8 {
+                self.join(index);
+            }
             tracing::info!(service = %self.service, backend = %self.backends[index].name, state = %state.as_str(), "admin state changed");
             self.changed();
         }
@@ -307,9 +341,59 @@ impl Pool {
                 .state
                 .health_changed_ms
                 .store(now_ms(), Ordering::Relaxed);
+            if healthy {
+                self.join(index);
+            }
             self.changed();
         }
         flipped
+    }
+
+    /// `index` joins the farm now: its slow start begins.
+    fn join(&self, index: usize) {
+        self.backends[index]
+            .state
+            .joined_ms
+            .store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The weight `index` takes new sessions with now, in thousandths of a weight unit: its
+    /// weight times the share of `slow_start` elapsed since it joined (HAProxy's `slowstart`
+    /// ramp, linear), at least 1 so a joining backend is never left out; its full weight when
+    /// `slow_start` is zero or over, or when it never joined (there from the service's start).
+    pub fn effective_weight(&self, index: usize) -> u64 {
+        let full = u64::from(self.backends[index].weight) * 1000;
+        let ramp = self.policy.slow_start.as_millis() as u64;
+        let joined = self.backends[index].state.joined_ms.load(Ordering::Relaxed);
+        if ramp == 0 || joined == NEVER {
+            return full;
+        }
+        let elapsed = now_ms().saturating_sub(joined);
+        if elapsed >= ramp {
+            full
+        } else {
+            (full * elapsed / ramp).max(1)
+        }
+    }
+
+    /// Stores a count of live sessions per backend id (from the session tracker or the stick
+    /// table), and starts counting new placements afresh from it. A backend the count does not
+    /// name has none.
+    pub fn set_live_sessions(&self, counts: &HashMap<BackendId, u64>) {
+        for backend in &self.backends {
+            let count = counts.get(&backend.id).copied().unwrap_or(0);
+            backend.state.sessions.store(count, Ordering::Relaxed);
+            backend.state.placed.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A new session was placed on `index`: it weighs in its [`Backend::session_load`] until
+    /// the next count.
+    pub fn count_placement(&self, index: usize) {
+        self.backends[index]
+            .state
+            .placed
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request to `index` failed (connection refused or timed out, or a 5xx where that
