@@ -17,8 +17,10 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AdminState, Balance, Config, ListenerConfig, ServiceConfig};
-use crate::metrics::{BackendLabels, Metrics, ServiceLabels, StateLabels};
+use crate::config::{
+    AdminState, BackendConfig, BackendRefused, Balance, Config, ListenerConfig, ServiceConfig,
+};
+use crate::metrics::{BackendLabels, Metrics, ServiceLabels, ServiceMetrics, StateLabels};
 use crate::pool::health;
 use crate::router::Router;
 use crate::server::{self, BoundListener, ClientConnections, Listener, ServerError};
@@ -48,6 +50,34 @@ pub struct Services {
     metrics: Arc<Metrics>,
 }
 
+/// Why a backend could not be added or removed at run time ([`Services::add_backend`],
+/// [`Services::remove_backend`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendChangeError {
+    /// No service has this name.
+    #[error("no service named {0:?}")]
+    NoService(String),
+    /// The service has no backend of this name.
+    #[error("service {service:?} has no backend named {backend:?}")]
+    NoBackend {
+        /// The service.
+        service: String,
+        /// The backend asked for.
+        backend: String,
+    },
+    /// The backend to add breaks a rule of the config file.
+    #[error(transparent)]
+    Refused(#[from] BackendRefused),
+    /// Removing the backend would leave the service none that is not being removed.
+    #[error("{backend:?} is the last backend of service {service:?}: add another one first")]
+    LastBackend {
+        /// The service.
+        service: String,
+        /// The backend asked for.
+        backend: String,
+    },
+}
+
 #[derive(Debug)]
 struct State {
     config: Config,
@@ -57,6 +87,9 @@ struct State {
 #[derive(Debug)]
 struct ServiceHandle {
     name: String,
+    /// Backends being removed at run time, each draining until it is dropped; a reload
+    /// forgets them (the file says which backends there are).
+    removing: Vec<String>,
     slot: Arc<ArcSwap<Router>>,
     /// Stops the service's tasks ([`Services::start_tasks`]); a reload restarts them.
     tasks: CancellationToken,
@@ -71,6 +104,17 @@ struct ListenerHandle {
     /// What its connections need; a reload stores the new settings.
     settings: Arc<ArcSwap<Listener>>,
     stop: CancellationToken,
+}
+
+impl State {
+    /// The index of service `name` in both `config.services` and `services`.
+    fn service_index(&self, name: &str) -> Result<usize, BackendChangeError> {
+        self.config
+            .services
+            .iter()
+            .position(|service| service.name == name)
+            .ok_or_else(|| BackendChangeError::NoService(name.into()))
+    }
 }
 
 impl Services {
@@ -122,6 +166,7 @@ impl Services {
                     .collect();
                 ServiceHandle {
                     name: service.name.clone(),
+                    removing: Vec::new(),
                     slot,
                     tasks,
                     listeners,
@@ -159,6 +204,16 @@ impl Services {
             .iter()
             .find(|service| service.name == name)
             .map(|service| service.slot.load_full())
+    }
+
+    /// The backends of service `name` being removed at run time (draining until dropped).
+    pub fn removing(&self, name: &str) -> Vec<String> {
+        let state = self.state.lock().expect("runtime state lock");
+        state
+            .services
+            .iter()
+            .find(|service| service.name == name)
+            .map_or_else(Vec::new, |service| service.removing.clone())
     }
 
     /// The addresses the service called `name` listens on now (ports resolved).
@@ -290,11 +345,8 @@ impl Services {
             let handle = match previous.iter().position(|old| old.name == service.name) {
                 Some(position) => {
                     let mut handle = previous.swap_remove(position);
-                    let router = Router::new(service, Some(&handle.slot.load()), &self.metrics);
-                    let metrics = router.metrics().clone();
-                    handle.slot.store(Arc::new(router));
-                    handle.tasks.cancel();
-                    handle.tasks = self.start_tasks(service, &handle.slot);
+                    handle.removing.clear();
+                    let metrics = self.renew_router(&mut handle, service);
                     handle.listeners.retain(|listener| {
                         let configured = service
                             .listeners
@@ -325,6 +377,7 @@ impl Services {
                     let tasks = self.start_tasks(service, &slot);
                     ServiceHandle {
                         name: service.name.clone(),
+                        removing: Vec::new(),
                         slot,
                         tasks,
                         listeners: Vec::new(),
@@ -357,6 +410,113 @@ impl Services {
         state.services = services;
         state.config = config;
         Ok(())
+    }
+
+    /// Adds `backend` to service `service` until the next reload, as HAProxy's `add server`:
+    /// its router is rebuilt with it (every other backend keeps its state, the stick table and
+    /// live sessions stay), and under slow start it ramps up as a backend a reload adds.
+    ///
+    /// # Errors
+    /// [`BackendChangeError::NoService`]; [`BackendChangeError::Refused`] when the config
+    /// file would refuse the backend (name or id taken or malformed, weight out of range).
+    pub async fn add_backend(
+        &self,
+        service: &str,
+        backend: BackendConfig,
+    ) -> Result<(), BackendChangeError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let mut state = self.state.lock().expect("runtime state lock");
+        let index = state.service_index(service)?;
+        let mut config = state.config.services[index].clone();
+        config.add_backend(backend.clone())?;
+        tracing::info!(service = %service, backend = %backend.name, address = %backend.address, "backend added through the admin API");
+        self.renew_router(&mut state.services[index], &config);
+        state.config.services[index] = config;
+        Ok(())
+    }
+
+    /// Removes backend `backend` of service `service` until the next reload, as a drain: it
+    /// takes no new session at once, keeps its bound sessions, and is dropped once it has
+    /// no live session and no request in flight, or when the service's `drain_timeout` has
+    /// passed, whichever comes first. A reload before that cancels the removal.
+    ///
+    /// # Errors
+    /// [`BackendChangeError::NoService`], [`BackendChangeError::NoBackend`], and
+    /// [`BackendChangeError::LastBackend`] when every other backend is gone or going.
+    pub async fn remove_backend(
+        self: &Arc<Self>,
+        service: &str,
+        backend: &str,
+    ) -> Result<Duration, BackendChangeError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let mut state = self.state.lock().expect("runtime state lock");
+        let index = state.service_index(service)?;
+        let config = &state.config.services[index];
+        let drain_timeout = config.drain_timeout;
+        let handle = &mut state.services[index];
+        let router = handle.slot.load_full();
+        let Some(position) = router.pool().find_name(backend) else {
+            return Err(BackendChangeError::NoBackend {
+                service: service.into(),
+                backend: backend.into(),
+            });
+        };
+        let staying = router
+            .pool()
+            .backends()
+            .iter()
+            .filter(|other| other.name != backend && !handle.removing.contains(&other.name))
+            .count();
+        if staying == 0 {
+            return Err(BackendChangeError::LastBackend {
+                service: service.into(),
+                backend: backend.into(),
+            });
+        }
+        router.pool().set_admin_state(position, AdminState::Drain);
+        if !handle.removing.iter().any(|name| name == backend) {
+            handle.removing.push(backend.to_string());
+            tracing::info!(service = %service, backend = %backend, ?drain_timeout, "backend removal: draining through the admin API");
+            tokio::spawn(finish_removal(
+                Arc::downgrade(self),
+                service.to_string(),
+                backend.to_string(),
+                drain_timeout,
+            ));
+        }
+        Ok(drain_timeout)
+    }
+
+    /// Drops backend `backend` of `service` if its removal is still pending (no reload
+    /// cancelled it); returns whether it did.
+    fn drop_backend(&self, service: &str, backend: &str) -> bool {
+        let mut state = self.state.lock().expect("runtime state lock");
+        let Ok(index) = state.service_index(service) else {
+            return false;
+        };
+        let handle = &mut state.services[index];
+        let Some(pending) = handle.removing.iter().position(|name| name == backend) else {
+            return false;
+        };
+        handle.removing.swap_remove(pending);
+        let mut config = state.config.services[index].clone();
+        config.backends.retain(|other| other.name != backend);
+        self.renew_router(&mut state.services[index], &config);
+        state.config.services[index] = config;
+        tracing::info!(service = %service, backend = %backend, "backend removed");
+        true
+    }
+
+    /// Builds `service`'s router anew from `config` (adopting the running one's backend
+    /// state, stick table and live sessions), swaps it in, and restarts the service's tasks on
+    /// it. Returns the new router's metric handles.
+    fn renew_router(&self, handle: &mut ServiceHandle, config: &ServiceConfig) -> ServiceMetrics {
+        let router = Router::new(config, Some(&handle.slot.load()), &self.metrics);
+        let metrics = router.metrics().clone();
+        handle.slot.store(Arc::new(router));
+        handle.tasks.cancel();
+        handle.tasks = self.start_tasks(config, &handle.slot);
+        metrics
     }
 
     /// Stops accepting, stops health checks, and gives in-flight requests the config's
@@ -433,6 +593,48 @@ async fn count_sessions(router: Arc<Router>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => router.count_sessions(),
+        }
+    }
+}
+
+/// How often a backend being removed is looked at: dropped once it has no live session and
+/// no request in flight.
+const REMOVAL_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Drops backend `backend` of `service` once it has no live session and no request in
+/// flight, or after `drain_timeout`; gives up when stickyd stops or a reload forgets the
+/// removal.
+async fn finish_removal(
+    services: std::sync::Weak<Services>,
+    service: String,
+    backend: String,
+    drain_timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    let mut ticker = tokio::time::interval(REMOVAL_CHECK_EVERY);
+    loop {
+        ticker.tick().await;
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        let Some(router) = services.router(&service) else {
+            return;
+        };
+        let Some(index) = router.pool().find_name(&backend) else {
+            return;
+        };
+        let id = &router.pool().get(index).id;
+        let idle = router.pool().get(index).in_flight() == 0
+            && router.sessions_per_backend().get(id).copied().unwrap_or(0) == 0;
+        if idle || tokio::time::Instant::now() >= deadline {
+            if !idle {
+                tracing::warn!(service = %service, backend = %backend, ?drain_timeout, "backend removed at its drain timeout with sessions still live");
+            }
+            services.drop_backend(&service, &backend);
+            return;
+        }
+        if services.stop.is_cancelled() {
+            return;
         }
     }
 }

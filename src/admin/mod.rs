@@ -8,6 +8,8 @@
 //! | `GET /metrics` | OpenMetrics text |
 //! | `GET /status` | per service and backend: state, health and seconds since it changed, weight and effective weight (slow start), live sessions, in flight, responses per status class, affinity outcomes, open connections and tunnels |
 //! | `PUT /services/{service}/backends/{backend}/state` | body `ready`, `drain` or `maint` |
+//! | `POST /services/{service}/backends/{backend}` | body `{"address": "10.0.0.4:8080", "weight": 1, "backup": false, "id": "s4", "state": "ready"}` (all but `address` optional): adds the backend until the next reload (201) |
+//! | `DELETE /services/{service}/backends/{backend}` | drains the backend, then drops it once no session is live on it and nothing is in flight, or at the service's `drain_timeout` (202); a reload cancels it |
 //! | `GET /services/{service}/stick-table?limit=N` | up to N entries (default 100) |
 //! | `PUT /services/{service}/stick-table/{session}` | body: backend name; binds the session to it |
 //! | `DELETE /services/{service}/stick-table/{session}` | drops the entry |
@@ -30,6 +32,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -37,9 +40,9 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{Affinity, Outcome, Stickiness, hash};
-use crate::config::{AdminConfig, AdminState, HashKey};
+use crate::config::{AdminConfig, AdminState, BackendConfig, BackendRefused, HashKey};
 use crate::router::{Intent, Router};
-use crate::runtime::Services;
+use crate::runtime::{BackendChangeError, Services};
 
 /// Largest request body the admin API reads (a state name, a backend name).
 const MAX_BODY_BYTES: usize = 4096;
@@ -163,7 +166,7 @@ fn authorized(token: Option<&str>, request: &Request<Incoming>) -> bool {
         .is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
 }
 
-async fn answer(services: &Services, request: Request<Incoming>) -> AdminResponse {
+async fn answer(services: &Arc<Services>, request: Request<Incoming>) -> AdminResponse {
     if request.method() == Method::GET
         && let Some(page) = page::serve(request.uri().path())
     {
@@ -204,6 +207,17 @@ async fn answer(services: &Services, request: Request<Incoming>) -> AdminRespons
                     StatusCode::METHOD_NOT_ALLOWED,
                     "use PUT with ready, drain or maint",
                 ),
+                ["backends", backend] => match *method {
+                    Method::POST => match read_text(body).await {
+                        Ok(text) => add_backend(services, service, backend, &text).await,
+                        Err(response) => response,
+                    },
+                    Method::DELETE => remove_backend(services, service, backend).await,
+                    _ => error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "use POST (body: {\"address\": \"IP:port\"}) or DELETE",
+                    ),
+                },
                 ["stick-table"] => only(method, Method::GET, || list_table(&router, query)),
                 ["stick-table", session] => match *method {
                     Method::PUT => match read_text(body).await {
@@ -239,6 +253,7 @@ fn status(running: &Services) -> Value {
         .iter()
         .map(|router| {
             let sessions = router.sessions_per_backend();
+            let removing = running.removing(router.name());
             let pool = router.pool();
             let metrics = router.metrics();
             let mut service_responses = metrics.own_responses();
@@ -260,6 +275,8 @@ fn status(running: &Services) -> Value {
                         "effective_weight": pool.effective_weight(index) as f64 / 1000.0,
                         "backup": backend.backup,
                         "state": backend.admin_state().as_str(),
+                        // Draining until dropped: `DELETE /services/S/backends/B`.
+                        "removing": removing.contains(&backend.name),
                         "health": backend.health().as_str(),
                         "health_changed_seconds_ago": backend
                             .health_changed_ms_ago()
@@ -338,6 +355,97 @@ fn set_state(router: &Router, backend: &str, body: &str) -> AdminResponse {
         StatusCode::OK,
         json!({ "service": router.name(), "backend": backend, "state": state.as_str() }),
     )
+}
+
+/// The body of `POST /services/S/backends/B`: the file's `[[service.backend]]` keys but `name`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBackend {
+    /// `IP:port`, or `host:port` resolved once, now.
+    address: String,
+    id: Option<String>,
+    weight: Option<u32>,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    state: AdminState,
+}
+
+async fn add_backend(services: &Services, service: &str, name: &str, body: &str) -> AdminResponse {
+    let new: NewBackend = match serde_json::from_str(body) {
+        Ok(new) => new,
+        Err(problem) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "{problem}: send {{\"address\": \"IP:port\"}}, with optional \"id\", \"weight\", \"backup\" and \"state\""
+                ),
+            );
+        }
+    };
+    let address = match tokio::net::lookup_host(new.address.as_str()).await {
+        Ok(mut addresses) => match addresses.next() {
+            Some(address) => address,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("address {:?} resolves to nothing", new.address),
+                );
+            }
+        },
+        Err(problem) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "address {:?}: {problem}: write IP:port or host:port",
+                    new.address
+                ),
+            );
+        }
+    };
+    let mut backend = BackendConfig::new(name, address);
+    backend.id = new.id.unwrap_or_else(|| name.to_string());
+    backend.weight = new.weight.unwrap_or(backend.weight);
+    backend.backup = new.backup;
+    backend.state = new.state;
+    let answer = json!({
+        "service": service, "backend": name, "id": &backend.id,
+        "address": address.to_string(), "weight": backend.weight,
+        "backup": backend.backup, "state": backend.state.as_str(),
+        "until": "the next reload",
+    });
+    match services.add_backend(service, backend).await {
+        Ok(()) => json_response(StatusCode::CREATED, answer),
+        Err(problem) => change_error(&problem),
+    }
+}
+
+async fn remove_backend(services: &Arc<Services>, service: &str, name: &str) -> AdminResponse {
+    match services.remove_backend(service, name).await {
+        Ok(drain_timeout) => json_response(
+            StatusCode::ACCEPTED,
+            json!({
+                "service": service, "backend": name, "state": "drain",
+                "removed": "once no session is live on it and no request is in flight",
+                "drain_timeout_seconds": drain_timeout.as_secs_f64(),
+            }),
+        ),
+        Err(problem) => change_error(&problem),
+    }
+}
+
+/// The answer to a refused backend change: 404 for an unknown name, 400 for a backend the
+/// config file would refuse, 409 for a name taken or the last backend.
+fn change_error(problem: &BackendChangeError) -> AdminResponse {
+    let status = match problem {
+        BackendChangeError::NoService(_) | BackendChangeError::NoBackend { .. } => {
+            StatusCode::NOT_FOUND
+        }
+        BackendChangeError::Refused(BackendRefused::Invalid(_)) => StatusCode::BAD_REQUEST,
+        BackendChangeError::Refused(BackendRefused::Taken(_))
+        | BackendChangeError::LastBackend { .. } => StatusCode::CONFLICT,
+    };
+    error(status, &problem.to_string())
 }
 
 fn list_table(router: &Router, query: &str) -> AdminResponse {

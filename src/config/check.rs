@@ -317,6 +317,9 @@ impl Checker<'_> {
             session_idle: raw
                 .session_idle
                 .map_or(file::DEFAULT_SESSION_IDLE, |d| d.into_inner().0),
+            drain_timeout: raw
+                .drain_timeout
+                .map_or(file::DEFAULT_DRAIN_TIMEOUT, |d| d.into_inner().0),
             health: self.health(raw.health.map(Spanned::into_inner)),
             limits: self.limits(raw.limits.map(Spanned::into_inner)),
             affinity,
@@ -356,12 +359,12 @@ impl Checker<'_> {
                 .weight
                 .as_ref()
                 .map_or(file::DEFAULT_WEIGHT, |w| *w.get_ref());
-            if !(1..=file::MAX_WEIGHT).contains(&weight) {
+            if let Some(problem) = weight_problem(weight) {
                 let at = raw_backend
                     .weight
                     .as_ref()
                     .expect("a weight out of range was written");
-                self.report_at(at, format!("weight must be from 1 to {}", file::MAX_WEIGHT));
+                self.report_at(at, problem);
             }
             let address = self.resolve(&raw_backend.address);
             backends.push(BackendConfig {
@@ -1049,19 +1052,33 @@ impl Checker<'_> {
 
     /// Names and ids travel in cookies and logs: letters, digits, `.`, `_`, `-` only.
     fn check_token(&mut self, value: &Spanned<String>, what: &str) {
-        let text = value.get_ref();
-        if text.is_empty() || !text.chars().all(is_token_char) {
-            self.report_at(value, format!("{what} {text:?} must be non-empty and use only letters, digits, '.', '_' and '-'"));
-        } else if text.len() > file::MAX_ID_BYTES {
-            self.report_at(
-                value,
-                format!(
-                    "{what} {text:?} is longer than {} bytes: shorten it",
-                    file::MAX_ID_BYTES
-                ),
-            );
+        if let Some(problem) = token_problem(value.get_ref(), what) {
+            self.report_at(value, problem);
         }
     }
+}
+
+/// What is wrong with `text` as a name or id (`what`: "backend name"), if anything: it must be
+/// non-empty, of letters, digits, `.`, `_` and `-`, and at most [`file::MAX_ID_BYTES`] long.
+pub(super) fn token_problem(text: &str, what: &str) -> Option<String> {
+    if text.is_empty() || !text.chars().all(is_token_char) {
+        Some(format!(
+            "{what} {text:?} must be non-empty and use only letters, digits, '.', '_' and '-'"
+        ))
+    } else if text.len() > file::MAX_ID_BYTES {
+        Some(format!(
+            "{what} {text:?} is longer than {} bytes: shorten it",
+            file::MAX_ID_BYTES
+        ))
+    } else {
+        None
+    }
+}
+
+/// What is wrong with `weight`, if anything: it must be 1 to [`file::MAX_WEIGHT`].
+pub(super) fn weight_problem(weight: u32) -> Option<String> {
+    (!(1..=file::MAX_WEIGHT).contains(&weight))
+        .then(|| format!("weight must be from 1 to {}", file::MAX_WEIGHT))
 }
 
 /// `"200"` or `"200-399"`, within 100..=599.

@@ -51,6 +51,10 @@ pub const DEFAULT_PASSIVE_FAILURES: u32 = 1;
 /// Window in which a cookie binding counts as a live session on its backend. Default: 30 min.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 
+/// Longest a backend being removed (admin `DELETE`) drains before it is dropped, whether or
+/// not sessions are still live on it. Default: 1 h.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
 /// Weight of a backend that names none.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Longest backend id, in bytes: ids travel in every cookie, sealed or not.
@@ -131,6 +135,7 @@ pub struct RawService {
     #[serde(default)]
     pub debug_header: bool,
     pub session_idle: Option<Spanned<DurationValue>>,
+    pub drain_timeout: Option<Spanned<DurationValue>>,
     pub health: Option<Spanned<RawHealth>>,
     pub limits: Option<Spanned<RawLimits>>,
     pub affinity: Option<Spanned<RawAffinity>>,

@@ -122,6 +122,10 @@ pub struct ServiceConfig {
     /// A cookie binding seen within this window counts as a live session of its backend, for
     /// session-aware drain. Default: 30 min.
     pub session_idle: Duration,
+    /// Longest a backend being removed at run time (admin `DELETE`) drains: it is dropped
+    /// once it has no live session and no request in flight, or when this has passed.
+    /// Default: 1 h.
+    pub drain_timeout: Duration,
     /// Health checking.
     pub health: HealthConfig,
     /// Limits on client requests and connections.
@@ -136,6 +140,35 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
+    /// Adds `backend` to the service, as the admin API's `POST` does; the file's rules apply.
+    ///
+    /// # Errors
+    /// [`BackendRefused::Invalid`] when the backend's name or id is not a token (letters,
+    /// digits, `.`, `_`, `-`; at most 64 bytes) or its weight is not 1 to 1000;
+    /// [`BackendRefused::Taken`] when its name or id is already a backend's.
+    pub fn add_backend(&mut self, backend: BackendConfig) -> Result<(), BackendRefused> {
+        if let Some(problem) = check::token_problem(&backend.name, "backend name")
+            .or_else(|| check::token_problem(&backend.id, "backend id"))
+            .or_else(|| check::weight_problem(backend.weight))
+        {
+            return Err(BackendRefused::Invalid(problem));
+        }
+        let taken = |what: &str, value: &str| {
+            BackendRefused::Taken(format!(
+                "backend {what} {value:?} is already used in service {:?}",
+                self.name
+            ))
+        };
+        if self.backends.iter().any(|other| other.name == backend.name) {
+            return Err(taken("name", &backend.name));
+        }
+        if self.backends.iter().any(|other| other.id == backend.id) {
+            return Err(taken("id", &backend.id));
+        }
+        self.backends.push(backend);
+        Ok(())
+    }
+
     /// One line for `stickyd check`: listeners, balance, affinity and backends.
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self
@@ -200,6 +233,17 @@ impl ServiceConfig {
             backends.join(", ")
         )
     }
+}
+
+/// Why [`ServiceConfig::add_backend`] refused a backend; the text says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendRefused {
+    /// A name, id or weight the config file would refuse.
+    #[error("{0}")]
+    Invalid(String),
+    /// The name or id is already a backend's.
+    #[error("{0}")]
+    Taken(String),
 }
 
 /// One backend server.
