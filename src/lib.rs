@@ -21,6 +21,8 @@
 //! - [`demo`]: `stickyd demo`, demo backends behind a proxy.
 //! - [`telemetry`]: logging setup.
 //! - [`clock`]: the monotonic millisecond clock of ejection and TTL deadlines.
+//! - [`dns`]: DNS lookups for backends: host names and SRV records, with their TTL.
+//! - [`discovery`]: what DNS says a service's backends are now.
 //! - [`tls`]: TLS termination: certificates, SNI, ALPN.
 //! - [`workers`]: the event loops: one runtime, or one per worker thread with connections
 //!   handed to the least loaded.
@@ -34,6 +36,8 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod discovery;
+pub mod dns;
 pub mod error;
 pub mod metrics;
 pub mod pool;

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{
     AdminState, BackendConfig, BackendRefused, Balance, Config, ListenerConfig, ServiceConfig,
 };
+use crate::discovery;
 use crate::metrics::{BackendLabels, Metrics, ServiceLabels, ServiceMetrics, StateLabels};
 use crate::pool::health;
 use crate::router::Router;
@@ -40,6 +41,8 @@ pub async fn run(
 /// Everything running; shared by the signal handler, the admin listener and tests.
 #[derive(Debug)]
 pub struct Services {
+    /// This, for the tasks it starts (they must not keep it alive).
+    this: Weak<Services>,
     state: Mutex<State>,
     /// Serialises reloads; the state lock is never held across an `.await`.
     reloading: tokio::sync::Mutex<()>,
@@ -120,7 +123,8 @@ impl State {
 impl Services {
     /// Starts serving `config` on `listeners` (from [`server::bind`]).
     pub fn start(config: Config, listeners: Vec<BoundListener>) -> Arc<Services> {
-        let running = Arc::new(Services {
+        let running = Arc::new_cyclic(|this| Services {
+            this: this.clone(),
             state: Mutex::new(State {
                 config: config.clone(),
                 services: Vec::new(),
@@ -339,6 +343,8 @@ impl Services {
             }
         }
         let mut state = self.state.lock().expect("runtime state lock");
+        let mut config = config;
+        keep_discovered(&mut config, &state.config);
         let mut previous = std::mem::take(&mut state.services);
         let mut services = Vec::with_capacity(config.services.len());
         for (index, service) in config.services.iter().enumerate() {
@@ -438,29 +444,28 @@ impl Services {
     /// Removes backend `backend` of service `service` until the next reload, as a drain: it
     /// takes no new session at once, keeps its bound sessions, and is dropped once it has
     /// no live session and no request in flight, or when the service's `drain_timeout` has
-    /// passed, whichever comes first. A reload before that cancels the removal.
+    /// passed, whichever comes first. A reload before that cancels the removal. Returns the
+    /// `drain_timeout`.
     ///
     /// # Errors
     /// [`BackendChangeError::NoService`], [`BackendChangeError::NoBackend`], and
     /// [`BackendChangeError::LastBackend`] when every other backend is gone or going.
     pub async fn remove_backend(
-        self: &Arc<Self>,
+        &self,
         service: &str,
         backend: &str,
     ) -> Result<Duration, BackendChangeError> {
         let _one_at_a_time = self.reloading.lock().await;
         let mut state = self.state.lock().expect("runtime state lock");
         let index = state.service_index(service)?;
-        let config = &state.config.services[index];
-        let drain_timeout = config.drain_timeout;
-        let handle = &mut state.services[index];
+        let handle = &state.services[index];
         let router = handle.slot.load_full();
-        let Some(position) = router.pool().find_name(backend) else {
+        if router.pool().find_name(backend).is_none() {
             return Err(BackendChangeError::NoBackend {
                 service: service.into(),
                 backend: backend.into(),
             });
-        };
+        }
         let staying = router
             .pool()
             .backends()
@@ -473,18 +478,67 @@ impl Services {
                 backend: backend.into(),
             });
         }
-        router.pool().set_admin_state(position, AdminState::Drain);
+        tracing::info!(service = %service, backend = %backend, "backend removal through the admin API");
+        Ok(self.start_removal(&mut state, index, backend))
+    }
+
+    /// Starts removing backend `backend` of service `index`: drain now, dropped later by
+    /// [`finish_removal`]. Returns the service's `drain_timeout`.
+    fn start_removal(&self, state: &mut State, index: usize, backend: &str) -> Duration {
+        let drain_timeout = state.config.services[index].drain_timeout;
+        let handle = &mut state.services[index];
+        let router = handle.slot.load_full();
+        if let Some(position) = router.pool().find_name(backend) {
+            router.pool().set_admin_state(position, AdminState::Drain);
+        }
         if !handle.removing.iter().any(|name| name == backend) {
             handle.removing.push(backend.to_string());
-            tracing::info!(service = %service, backend = %backend, ?drain_timeout, "backend removal: draining through the admin API");
+            tracing::info!(service = %handle.name, backend = %backend, ?drain_timeout, "backend draining until its sessions end, then removed");
             tokio::spawn(finish_removal(
-                Arc::downgrade(self),
-                service.to_string(),
+                self.this.clone(),
+                handle.name.clone(),
                 backend.to_string(),
                 drain_timeout,
             ));
         }
-        Ok(drain_timeout)
+        drain_timeout
+    }
+
+    /// Applies what DNS said of service `service` ([`discovery::plan`]): addresses, added
+    /// and changed SRV targets, the drain of targets gone, the return of targets back.
+    async fn apply_dns(&self, service: &str, found: &discovery::Found) {
+        let _one_at_a_time = self.reloading.lock().await;
+        let mut state = self.state.lock().expect("runtime state lock");
+        let Ok(index) = state.service_index(service) else {
+            return;
+        };
+        let removing = state.services[index].removing.clone();
+        let Some(plan) = discovery::plan(&state.config.services[index], &removing, found) else {
+            return;
+        };
+        let before = &state.config.services[index].backends;
+        let changed = plan.service.backends != *before;
+        for backend in &plan.service.backends {
+            if !before.iter().any(|old| old == backend) {
+                tracing::info!(service = %service, backend = %backend.name, address = %backend.address, "backend from DNS");
+            }
+        }
+        if changed {
+            self.renew_router(&mut state.services[index], &plan.service);
+            state.config.services[index] = plan.service;
+        }
+        for backend in &plan.drain {
+            self.start_removal(&mut state, index, backend);
+        }
+        let handle = &mut state.services[index];
+        for backend in &plan.keep {
+            handle.removing.retain(|name| name != backend);
+            let router = handle.slot.load_full();
+            if let Some(position) = router.pool().find_name(backend) {
+                router.pool().set_admin_state(position, AdminState::Ready);
+            }
+            tracing::info!(service = %service, backend = %backend, "backend back in DNS: its removal is cancelled");
+        }
     }
 
     /// Drops backend `backend` of `service` if its removal is still pending (no reload
@@ -531,8 +585,9 @@ impl Services {
         self.clients.drain(grace).await;
     }
 
-    /// Starts the tasks of the service whose router is in `slot`: its health checks, and
-    /// under `least-sessions` the live-session count every [`SESSION_COUNT_EVERY`].
+    /// Starts the tasks of the service whose router is in `slot`: its health checks, under
+    /// `least-sessions` the live-session count every [`SESSION_COUNT_EVERY`], and with host
+    /// names or SRV discovery the DNS lookups that follow them.
     fn start_tasks(&self, service: &ServiceConfig, slot: &ArcSwap<Router>) -> CancellationToken {
         let stop = self.stop.child_token();
         let router = slot.load_full();
@@ -546,6 +601,13 @@ impl Services {
         ));
         if service.balance == Balance::LeastSessions {
             tokio::spawn(count_sessions(router, stop.clone()));
+        }
+        if service.discovery.is_some() || service.backends.iter().any(|b| b.host.is_some()) {
+            tokio::spawn(follow_dns(
+                self.this.clone(),
+                service.name.clone(),
+                stop.clone(),
+            ));
         }
         stop
     }
@@ -635,6 +697,84 @@ async fn finish_removal(
         }
         if services.stop.is_cancelled() {
             return;
+        }
+    }
+}
+
+/// Carries the backends DNS discovered for a service into the reloaded `config` when it
+/// discovers from the same SRV name: the file does not list them, and dropping them until the
+/// next lookup would redispatch their sessions.
+fn keep_discovered(config: &mut Config, running: &Config) {
+    for service in &mut config.services {
+        let Some(old) = running.services.iter().find(|old| old.name == service.name) else {
+            continue;
+        };
+        let same_name = match (&service.discovery, &old.discovery) {
+            (Some(new), Some(old)) => new.dns_srv == old.dns_srv,
+            _ => false,
+        };
+        if !same_name {
+            continue;
+        }
+        for backend in old.backends.iter().filter(|backend| backend.discovered) {
+            if !service
+                .backends
+                .iter()
+                .any(|b| b.name == backend.name || b.id == backend.id)
+            {
+                service.backends.push(backend.clone());
+            }
+        }
+    }
+}
+
+/// Looks up what DNS says of service `service` ([`discovery::look_up`]) and applies it, again
+/// and again as the answers' TTLs run out, until `stop` (a reload or a change restarts it).
+async fn follow_dns(services: Weak<Services>, service: String, stop: CancellationToken) {
+    let Some((config, bounds)) = services.upgrade().and_then(|running| {
+        let state = running.state.lock().expect("runtime state lock");
+        let index = state.service_index(&service).ok()?;
+        Some((
+            state.config.services[index].clone(),
+            state.config.resolver.clone(),
+        ))
+    }) else {
+        return;
+    };
+    let nameservers = match &config.discovery {
+        Some(discovery) if !discovery.nameservers.is_empty() => &discovery.nameservers,
+        _ => &bounds.nameservers,
+    };
+    let resolver = match crate::dns::Resolver::new(nameservers) {
+        Ok(resolver) => resolver,
+        Err(problem) => {
+            tracing::error!(service = %service, "{problem}: backends are not followed in DNS");
+            return;
+        }
+    };
+    let mut config = config;
+    loop {
+        let found = tokio::select! {
+            () = stop.cancelled() => return,
+            found = discovery::look_up(&resolver, &config, &bounds) => found,
+        };
+        for problem in &found.problems {
+            tracing::warn!(service = %service, "DNS lookup failed, backends kept as they are: {problem}");
+        }
+        let Some(running) = services.upgrade() else {
+            return;
+        };
+        running.apply_dns(&service, &found).await;
+        {
+            let state = running.state.lock().expect("runtime state lock");
+            if let Ok(index) = state.service_index(&service) {
+                config = state.config.services[index].clone();
+            }
+        }
+        drop(running);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(found.refresh_in) => {}
         }
     }
 }

@@ -23,6 +23,7 @@ pub(super) fn check(text: &str, origin: &str) -> Result<Config, ConfigError> {
         origin,
         problems: Vec::new(),
         warnings: Vec::new(),
+        nameservers: Vec::new(),
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -55,6 +56,8 @@ struct Checker<'a> {
     problems: Vec<Problem>,
     /// What loads but is likely a mistake (`warning: ...`).
     warnings: Vec<Problem>,
+    /// `[resolver] nameservers`, for the backend host names resolved at load.
+    nameservers: Vec<SocketAddr>,
 }
 
 impl Checker<'_> {
@@ -139,6 +142,8 @@ impl Checker<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
+        let resolver = self.resolver(raw.resolver.map(Spanned::into_inner));
+        self.nameservers = resolver.nameservers.clone();
         if raw.services.is_empty() {
             self.report(
                 None,
@@ -209,6 +214,7 @@ impl Checker<'_> {
                 })
                 .map_or(file::DEFAULT_SHUTDOWN_GRACE, |d| d.into_inner().0),
             admin: raw.admin.map(|admin| self.admin(admin.into_inner())),
+            resolver,
             threads: raw.threads.map(|threads| {
                 if *threads.get_ref() == 0 {
                     self.report_at(
@@ -232,15 +238,22 @@ impl Checker<'_> {
                 r#"listen is empty: add an address such as "0.0.0.0:8080""#.into(),
             );
         }
+        let discovery = raw
+            .discovery
+            .map(|discovery| self.discovery(discovery.into_inner()));
+        let nameservers = match &discovery {
+            Some(discovery) if !discovery.nameservers.is_empty() => discovery.nameservers.clone(),
+            _ => self.nameservers.clone(),
+        };
         let backends = match raw.backends {
-            Some(backends) => self.backends(backends.into_inner()),
+            Some(backends) => self.backends(backends.into_inner(), &nameservers),
             None => Vec::new(),
         };
-        if backends.is_empty() {
+        if backends.is_empty() && discovery.is_none() {
             self.report(
                 Some(span.clone()),
                 format!(
-                    "service {:?} has no backend: add a [[service.backend]] table",
+                    "service {:?} has no backend: add a [[service.backend]] table, or discovery = {{ dns_srv = \"_http._tcp.app.example\" }}",
                     raw.name.get_ref()
                 ),
             );
@@ -320,6 +333,7 @@ impl Checker<'_> {
             drain_timeout: raw
                 .drain_timeout
                 .map_or(file::DEFAULT_DRAIN_TIMEOUT, |d| d.into_inner().0),
+            discovery,
             health: self.health(raw.health.map(Spanned::into_inner)),
             limits: self.limits(raw.limits.map(Spanned::into_inner)),
             affinity,
@@ -327,7 +341,13 @@ impl Checker<'_> {
         }
     }
 
-    fn backends(&mut self, raw: Vec<Spanned<RawBackend>>) -> Vec<BackendConfig> {
+    /// The `[[service.backend]]` tables; host names are resolved through `nameservers` (the
+    /// system's when empty).
+    fn backends(
+        &mut self,
+        raw: Vec<Spanned<RawBackend>>,
+        nameservers: &[SocketAddr],
+    ) -> Vec<BackendConfig> {
         let mut backends: Vec<BackendConfig> = Vec::with_capacity(raw.len());
         for raw_backend in raw {
             let raw_backend = raw_backend.into_inner();
@@ -366,7 +386,7 @@ impl Checker<'_> {
                     .expect("a weight out of range was written");
                 self.report_at(at, problem);
             }
-            let address = self.resolve(&raw_backend.address);
+            let (address, host) = self.resolve(&raw_backend.address, nameservers);
             backends.push(BackendConfig {
                 name: raw_backend.name.get_ref().clone(),
                 id: id.get_ref().clone(),
@@ -374,18 +394,30 @@ impl Checker<'_> {
                 weight,
                 state: raw_backend.state,
                 backup: raw_backend.backup,
+                host,
+                discovered: false,
             });
         }
         backends
     }
 
-    fn resolve(&mut self, address: &Spanned<String>) -> SocketAddr {
+    /// A backend's address and, when it was written as a host name, the name (looked up
+    /// again at run time): through `nameservers`, or the system's resolver when empty.
+    fn resolve(
+        &mut self,
+        address: &Spanned<String>,
+        nameservers: &[SocketAddr],
+    ) -> (SocketAddr, Option<String>) {
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         let text = address.get_ref();
-        let has_port = text
+        if let Ok(literal) = text.parse::<SocketAddr>() {
+            return (literal, None);
+        }
+        let Some((host, port)) = text
             .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !has_port {
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .filter(|(host, _)| !host.is_empty())
+        else {
             self.report_at(
                 address,
                 format!(
@@ -393,25 +425,93 @@ impl Checker<'_> {
                     text.trim_end_matches(':')
                 ),
             );
-            return unspecified;
-        }
-        match text.to_socket_addrs().map(|mut found| found.next()) {
-            Ok(Some(resolved)) => resolved,
+            return (unspecified, None);
+        };
+        let found = if nameservers.is_empty() {
+            text.to_socket_addrs()
+                .map(|found| found.collect::<Vec<_>>())
+                .map_err(|error| format!("{error}: check the host name and the resolver (/etc/resolv.conf), or write an IP address"))
+        } else {
+            crate::dns::host_blocking(nameservers, host, port, LOAD_LOOKUP_TIMEOUT).map_err(
+                |error| {
+                    let servers: Vec<String> = nameservers.iter().map(ToString::to_string).collect();
+                    format!("{error}: check the host name and the name servers ({}), or write an IP address", servers.join(", "))
+                },
+            )
+        };
+        match found.map(|found| found.first().copied()) {
+            Ok(Some(resolved)) => (resolved, Some(host.to_string())),
             Ok(None) => {
                 self.report_at(
                     address,
                     format!("cannot resolve backend address {text:?}: the resolver found no address for it: check the host name, or write an IP address"),
                 );
-                unspecified
+                (unspecified, None)
             }
             Err(error) => {
                 self.report_at(
                     address,
-                    format!("cannot resolve backend address {text:?}: {error}: check the host name and the resolver (/etc/resolv.conf), or write an IP address"),
+                    format!("cannot resolve backend address {text:?}: {error}"),
                 );
-                unspecified
+                (unspecified, None)
             }
         }
+    }
+
+    /// `[resolver]`, with its defaults when absent.
+    fn resolver(&mut self, raw: Option<file::RawResolver>) -> ResolverConfig {
+        let Some(raw) = raw else {
+            return ResolverConfig::default();
+        };
+        let nameservers = self.nameservers_of(raw.nameservers.as_deref().unwrap_or_default());
+        let refresh = |value: &Option<Spanned<file::DurationValue>>, default| {
+            value.as_ref().map_or(default, |d| d.get_ref().0)
+        };
+        let min_refresh = refresh(&raw.min_refresh, file::DEFAULT_MIN_REFRESH);
+        let max_refresh = refresh(&raw.max_refresh, file::DEFAULT_MAX_REFRESH);
+        if let Some(at) = &raw.min_refresh
+            && min_refresh.is_zero()
+        {
+            self.report_at(at, "min_refresh must be above zero, such as \"1s\": a TTL of 0 would have stickyd ask without pause".into());
+        }
+        if min_refresh > max_refresh {
+            let at = raw.max_refresh.as_ref().or(raw.min_refresh.as_ref());
+            self.report(
+                at.map(Spanned::span),
+                format!("min_refresh ({min_refresh:?}) is above max_refresh ({max_refresh:?}): make min_refresh the smaller"),
+            );
+        }
+        ResolverConfig {
+            nameservers,
+            min_refresh,
+            max_refresh,
+        }
+    }
+
+    /// A service's `discovery` table.
+    fn discovery(&mut self, raw: file::RawDiscovery) -> DiscoveryConfig {
+        let name = raw.dns_srv.get_ref();
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ':') {
+            self.report_at(
+                &raw.dns_srv,
+                format!(r#"dns_srv {name:?} is not an SRV name: write one such as "_http._tcp.app.example""#),
+            );
+        }
+        DiscoveryConfig {
+            dns_srv: name.clone(),
+            nameservers: self.nameservers_of(raw.resolvers.as_deref().unwrap_or_default()),
+        }
+    }
+
+    /// Name server addresses as written (`IP` or `IP:port`), each problem reported at its own.
+    fn nameservers_of(&mut self, raw: &[Spanned<String>]) -> Vec<SocketAddr> {
+        raw.iter()
+            .filter_map(|server| {
+                crate::dns::parse_nameserver(server.get_ref())
+                    .map_err(|problem| self.report_at(server, problem))
+                    .ok()
+            })
+            .collect()
     }
 
     /// `https_only`: every listener that proxies speaks TLS (the insert cookie's `Secure`
@@ -1080,6 +1180,10 @@ pub(super) fn weight_problem(weight: u32) -> Option<String> {
     (!(1..=file::MAX_WEIGHT).contains(&weight))
         .then(|| format!("weight must be from 1 to {}", file::MAX_WEIGHT))
 }
+
+/// How long loading a config waits for a backend host name's address from `[resolver]
+/// nameservers.
+const LOAD_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `"200"` or `"200-399"`, within 100..=599.
 fn parse_status_range(text: &str) -> Option<(u16, u16)> {

@@ -72,6 +72,7 @@ pub struct RawConfig {
     pub pin_threads: Option<bool>,
     pub shutdown_grace: Option<Spanned<DurationValue>>,
     pub admin: Option<Spanned<RawAdmin>>,
+    pub resolver: Option<Spanned<RawResolver>>,
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<RawService>>,
 }
@@ -106,6 +107,28 @@ pub struct RawAdmin {
     pub max_connections: Option<Spanned<usize>>,
 }
 
+/// The `[resolver]` table: how backend host names and SRV records are looked up at run time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    pub nameservers: Option<Vec<Spanned<String>>>,
+    pub min_refresh: Option<Spanned<DurationValue>>,
+    pub max_refresh: Option<Spanned<DurationValue>>,
+}
+
+/// Shortest time between two lookups of one name, whatever its TTL says. Default: 1 s.
+pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
+/// Longest time between two lookups of one name, whatever its TTL says. Default: 5 min.
+pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(5 * 60);
+
+/// A service's `discovery` table: its backends from DNS SRV records.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub dns_srv: Spanned<String>,
+    pub resolvers: Option<Vec<Spanned<String>>>,
+}
+
 /// Most admin connections served at once; more wait in the accept queue. Default: 64.
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 
@@ -136,6 +159,7 @@ pub struct RawService {
     pub debug_header: bool,
     pub session_idle: Option<Spanned<DurationValue>>,
     pub drain_timeout: Option<Spanned<DurationValue>>,
+    pub discovery: Option<Spanned<RawDiscovery>>,
     pub health: Option<Spanned<RawHealth>>,
     pub limits: Option<Spanned<RawLimits>>,
     pub affinity: Option<Spanned<RawAffinity>>,

@@ -41,9 +41,44 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// The admin listener; off when `[admin]` is absent.
     pub admin: Option<AdminConfig>,
+    /// How backend host names and SRV records are looked up at run time (`[resolver]`).
+    pub resolver: ResolverConfig,
     /// What loads but is likely a mistake, as `PATH:LINE:COL: warning: ...`: `check` prints
     /// them, the daemon logs them at start and reload.
     pub warnings: Vec<Problem>,
+}
+
+/// How backend host names and SRV records are looked up (`[resolver]`): at load, and again
+/// at run time when their answer's TTL runs out, within `min_refresh` and `max_refresh`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// Name servers to ask (`IP` or `IP:port`); empty: the system's (`/etc/resolv.conf`).
+    /// Default: empty.
+    pub nameservers: Vec<SocketAddr>,
+    /// Shortest time between two lookups of one name, however short its TTL. Default: 1 s.
+    pub min_refresh: Duration,
+    /// Longest time between two lookups of one name, however long its TTL. Default: 5 min.
+    pub max_refresh: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> ResolverConfig {
+        ResolverConfig {
+            nameservers: Vec::new(),
+            min_refresh: file::DEFAULT_MIN_REFRESH,
+            max_refresh: file::DEFAULT_MAX_REFRESH,
+        }
+    }
+}
+
+/// A service's backends from DNS SRV records (`discovery = { dns_srv = "...", resolvers =
+/// [...] }`): one backend per target host and port (RFC 2782), kept in step with the records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// The SRV name, e.g. `_http._tcp.app.example`.
+    pub dns_srv: String,
+    /// Name servers for this service's lookups; empty: `[resolver] nameservers`.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// The admin listener: metrics, status, backend states, stick-table inspection.
@@ -126,6 +161,9 @@ pub struct ServiceConfig {
     /// once it has no live session and no request in flight, or when this has passed.
     /// Default: 1 h.
     pub drain_timeout: Duration,
+    /// Backends from DNS SRV records besides (or instead of) `[[service.backend]]`.
+    /// Default: none.
+    pub discovery: Option<DiscoveryConfig>,
     /// Health checking.
     pub health: HealthConfig,
     /// Limits on client requests and connections.
@@ -247,7 +285,7 @@ pub enum BackendRefused {
 }
 
 /// One backend server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
     /// Unique name within the service, used in logs.
     pub name: String,
@@ -261,6 +299,12 @@ pub struct BackendConfig {
     pub state: AdminState,
     /// Takes traffic only while no primary backend is usable. Default: false.
     pub backup: bool,
+    /// The host name `address` was resolved from, looked up again on its TTL; `None` for an
+    /// IP address.
+    pub host: Option<String>,
+    /// Made from an SRV record of the service's `discovery`: drained and dropped when the
+    /// record goes.
+    pub discovered: bool,
 }
 
 impl BackendConfig {
@@ -275,6 +319,8 @@ impl BackendConfig {
             weight: file::DEFAULT_WEIGHT,
             state: AdminState::Ready,
             backup: false,
+            host: None,
+            discovered: false,
         }
     }
 }

@@ -30,8 +30,13 @@ pub struct Admin {
 
 impl Admin {
     pub async fn start(backends: &[TestBackend], extra: &str) -> Admin {
-        let text = config(&backends.iter().collect::<Vec<_>>(), extra);
-        let config = Config::parse(&text, "<test>").unwrap_or_else(|error| panic!("{error}"));
+        Admin::start_on(&config(&backends.iter().collect::<Vec<_>>(), extra)).await
+    }
+
+    /// stickyd on the config `text` (its first service listening on `127.0.0.1:0`), with its
+    /// admin listener.
+    pub async fn start_on(text: &str) -> Admin {
+        let config = Config::parse(text, "<test>").unwrap_or_else(|error| panic!("{error}"));
         let listeners = stickyd::server::bind(&config).await.unwrap();
         let proxy = format!("http://{}", listeners[0].local_addr().unwrap());
         let runtime = Services::start(config, listeners);

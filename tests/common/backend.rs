@@ -100,6 +100,7 @@ pub struct Builder {
     name: String,
     delay: Duration,
     plain: bool,
+    address: SocketAddr,
 }
 
 impl Builder {
@@ -117,9 +118,16 @@ impl Builder {
         self
     }
 
-    /// Starts the backend on 127.0.0.1:0.
+    /// Listens on `address` (another loopback address, a port of the test's choice).
+    /// Default: 127.0.0.1:0.
+    pub fn at(mut self, address: SocketAddr) -> Builder {
+        self.address = address;
+        self
+    }
+
+    /// Starts the backend.
     pub async fn spawn(self) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(self.address).await.unwrap();
         let backend = TestBackend {
             name: self.name.clone(),
             addr: listener.local_addr().unwrap(),
@@ -214,6 +222,7 @@ impl TestBackend {
             name: name.to_string(),
             delay: Duration::ZERO,
             plain: false,
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 

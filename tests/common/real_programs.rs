@@ -48,6 +48,7 @@ pub fn install_line(program: &str) -> &'static str {
         "dpkg-shlibdeps" => "apt-get install dpkg-dev",
         "adduser" => "apt-get install adduser",
         "chromium" | "chromedriver" => "apt-get install chromium chromium-driver",
+        "dnsmasq" => "apt-get install dnsmasq-base",
         other => panic!(
             "no install line for {other:?}: add one to install_line in tests/common/real_programs.rs"
         ),
