@@ -103,7 +103,7 @@ fn redis(c: &mut Criterion) {
     let url = format!("redis://127.0.0.1:{}/0", server.1);
     let store = runtime.block_on(async {
         SharedTable::new(
-            &url,
+            &stickyd::config::RedisTarget::Server(url),
             "bench:",
             "web",
             1_000_000,

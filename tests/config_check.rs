@@ -388,6 +388,21 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
             "6:10",
             "write key = \"cookie:NAME\"",
         ),
+        (
+            &shared_table_service("redis+sentinel://10.0.0.1:26379,10.0.0.2:port/mymaster"),
+            "8:13",
+            "invalid redis_url: sentinel address \"10.0.0.2:port\" is not host:port: write e.g. \"10.0.0.1:26379\"",
+        ),
+        (
+            &shared_table_service("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379"),
+            "8:13",
+            "invalid redis_url: names no master: add the name the sentinels monitor it under",
+        ),
+        (
+            &shared_table_service("redis//127.0.0.1:6379"),
+            "8:13",
+            "invalid redis_url: ",
+        ),
     ];
     for (index, (text, place, message)) in cases.into_iter().enumerate() {
         let path = write_config(&format!("case{index}"), text);
@@ -406,6 +421,14 @@ fn hash_service(affinity_line: &str) -> String {
     format!(
         "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[service.affinity]\nstrategy = \"hash\"\n{affinity_line}\n\
          [[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
+    )
+}
+
+/// A valid service with a stick table in Redis at `redis_url`, on the eighth line of the file.
+fn shared_table_service(redis_url: &str) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[service.affinity]\nstrategy = \"stick-table\"\ncookie = \"sid\"\n\
+         store = \"redis\"\nredis_url = \"{redis_url}\"\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
     )
 }
 

@@ -3,92 +3,14 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
-
+use common::redis::{Browsing, Redis, new_sessions_until_stored, shared_table};
 use common::{Browser, Daemon, config, spawn_backends, within_timeout};
-
-/// A `redis-server` of the test's own: loopback, no persistence, killed when dropped.
-struct Redis {
-    port: u16,
-    child: Child,
-}
-
-impl Redis {
-    /// Starts on a free port and waits until it answers PING.
-    async fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::start_on(port).await
-    }
-
-    async fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--enable-debug-command",
-                "local",
-            ])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start redis-server");
-        let redis = Redis { port, child };
-        let client = redis.client();
-        // redis-server has no readiness signal: poll PING until it answers (bounded by the test timeout).
-        loop {
-            if let Ok(mut connection) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .is_ok()
-            {
-                return redis;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn client(&self) -> redis::Client {
-        redis::Client::open(format!("redis://127.0.0.1:{}/0", self.port)).unwrap()
-    }
-
-    async fn kill(mut self) -> u16 {
-        self.child.kill().await.unwrap();
-        self.port
-    }
-}
 
 /// True when `redis-server` is on PATH. Missing, it fails the test with
 /// `apt-get install redis-server`; only under `STICKYD_TEST_ALLOW_MISSING=1` is the answer false
 /// instead, and the test returns early.
 fn redis_present() -> bool {
     common::require_program("redis-server")
-}
-
-fn shared_table(redis: &Redis) -> String {
-    format!(
-        "[service.affinity]\nstrategy = \"stick-table\"\ncookie = \"sid\"\nstore = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"test:\"\n",
-        redis.url()
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +24,10 @@ async fn two_instances_agree_through_redis_and_a_restart_loses_no_session() {
         let path = common::temp_file("redis-two.toml");
         std::fs::write(
             &path,
-            config(&backends.iter().collect::<Vec<_>>(), &shared_table(&redis)),
+            config(
+                &backends.iter().collect::<Vec<_>>(),
+                &shared_table(&redis.url()),
+            ),
         )
         .unwrap();
         let (mut a, mut b) = (Daemon::start(&path), Daemon::start(&path));
@@ -144,14 +69,6 @@ async fn two_instances_agree_through_redis_and_a_restart_loses_no_session() {
     .await;
 }
 
-/// What the browsing clients saw.
-#[derive(Default)]
-struct Tally {
-    requests: AtomicU64,
-    failed: AtomicU64,
-    moved: AtomicU64,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_and_stall_fail_no_request_and_keep_seen_sessions_sticky() {
     if !redis_present() {
@@ -160,69 +77,34 @@ async fn a_redis_outage_and_stall_fail_no_request_and_keep_seen_sessions_sticky(
     within_timeout(async {
         let redis = Redis::start().await;
         let backends = spawn_backends(3).await;
-        let proxy = common::start_proxy(&config(&backends.iter().collect::<Vec<_>>(), &shared_table(&redis))).await;
-        let tally = Arc::new(Tally::default());
-        let (stop, stopped) = watch::channel(false);
-        let (progress_in, mut progress) = watch::channel(0u64);
-        let progress_in = Arc::new(progress_in);
-        let mut clients = Vec::new();
+        let proxy = common::start_proxy(&config(&backends.iter().collect::<Vec<_>>(), &shared_table(&redis.url()))).await;
+        let url = proxy.url("/session/sid");
+        let mut sessions = Vec::new();
         for _ in 0..6 {
-            let (url, tally, mut stopped, progress_in) = (proxy.url("/session/sid"), Arc::clone(&tally), stopped.clone(), Arc::clone(&progress_in));
-            clients.push(tokio::spawn(async move {
-                let mut browser = Browser::new();
-                let bound = browser.get(&url).await.backend().to_string();
-                while !*stopped.borrow_and_update() {
-                    let page = browser.get(&url).await;
-                    let total = tally.requests.fetch_add(1, Ordering::Relaxed) + 1;
-                    if page.status != 200 {
-                        tally.failed.fetch_add(1, Ordering::Relaxed);
-                    } else if page.backend() != bound {
-                        tally.moved.fetch_add(1, Ordering::Relaxed);
-                    }
-                    progress_in.send_replace(total);
-                }
-            }));
+            let mut browser = Browser::new();
+            let bound = browser.get(&url).await.backend().to_string();
+            sessions.push((browser, bound));
         }
-        let mut advance = async |by: u64| {
-            let target = *progress.borrow() + by;
-            progress.wait_for(|done| *done >= target).await.unwrap();
-        };
-        advance(300).await;
+        let mut browsing = Browsing::start(&url, sessions);
+        browsing.advance(300).await;
         // A stall: Redis blocks for 400 ms; every call times out at 50 ms and the local table answers.
-        let mut stalled = redis.client().get_multiplexed_async_connection().await.unwrap();
+        let mut stalled = redis.connection().await;
         let stall = tokio::spawn(async move { redis::cmd("DEBUG").arg("SLEEP").arg("0.4").query_async::<()>(&mut stalled).await });
-        advance(200).await;
+        browsing.advance(200).await;
         stall.await.unwrap().expect("DEBUG SLEEP stalls Redis");
         // An outage: Redis dies, then comes back on the same port.
         let port = redis.kill().await;
-        advance(500).await;
+        browsing.advance(500).await;
         let redis = Redis::start_on(port).await;
-        advance(500).await;
-        stop.send_replace(true);
-        for client in clients {
-            client.await.unwrap();
-        }
-        let (requests, failed, moved) =
-            (tally.requests.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed), tally.moved.load(Ordering::Relaxed));
+        browsing.advance(500).await;
+        let (tally, _) = browsing.stop().await;
+        let (requests, failed, moved) = (tally.requests, tally.failed, tally.moved);
         println!("redis fault test: {requests} requests through a 400 ms stall, a kill and a restart; {failed} failed; {moved} left their backend");
         assert_eq!(failed, 0);
         assert_eq!(moved, 0, "sessions seen by this instance must stay sticky through the outage");
         // Sharing resumes once the client has reconnected (with backoff): new sessions reach
         // the restarted Redis again. Poll, bounded by the test timeout.
-        let mut connection = redis.client().get_multiplexed_async_connection().await.unwrap();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut browser = Browser::new();
-            let backend = browser.get(&proxy.url("/session/sid")).await.backend().to_string();
-            let key = format!("test:web:{}", browser.jar["sid"]);
-            let stored: Option<String> = redis::cmd("GET").arg(key).query_async(&mut connection).await.unwrap();
-            if stored.is_some() {
-                assert_eq!(stored.as_deref(), Some(backend.as_str()));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let attempts = new_sessions_until_stored(&proxy, &mut redis.connection().await).await;
         println!("sharing resumed after the restart: the {attempts}. new session reached Redis");
     })
     .await;
@@ -236,14 +118,10 @@ async fn a_reservation_lives_reservation_ttl_in_redis_until_a_backend_confirms_t
     within_timeout(async {
         let redis = Redis::start().await;
         let backends = spawn_backends(2).await;
-        let table = format!("{}reservation_ttl = \"2s\"\n", shared_table(&redis));
+        let table = format!("{}reservation_ttl = \"2s\"\n", shared_table(&redis.url()));
         let proxy =
             common::start_proxy(&config(&backends.iter().collect::<Vec<_>>(), &table)).await;
-        let mut connection = redis
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut connection = redis.connection().await;
         let mut key = async |session: &str| -> (Option<String>, i64) {
             let key = format!("test:web:{session}");
             let mut pipe = redis::pipe();

@@ -652,21 +652,22 @@ impl Checker<'_> {
             }
             return StoreConfig::Memory;
         }
-        let url = match &raw.redis_url {
-            Some(url) => {
-                if let Err(error) = redis::Client::open(url.get_ref().as_str()) {
-                    self.report_at(url, format!(r#"invalid redis_url: {error}: write e.g. "redis://127.0.0.1:6379/0" or "rediss://host:6380""#));
+        let target = match &raw.redis_url {
+            Some(url) => match parse_redis_url(url.get_ref()) {
+                Ok(target) => target,
+                Err(error) => {
+                    self.report_at(url, format!("invalid redis_url: {error}"));
+                    RedisTarget::Server(String::new())
                 }
-                url.get_ref().clone()
-            }
+            },
             None => {
                 let at = raw.store.as_ref().expect("store = redis was written");
-                self.report_at(at, r#"store = "redis" needs redis_url, e.g. redis_url = "redis://127.0.0.1:6379/0""#.into());
-                String::new()
+                self.report_at(at, r#"store = "redis" needs redis_url, e.g. redis_url = "redis://127.0.0.1:6379/0" (or "redis+sentinel://host1:26379,host2:26379,host3:26379/mymaster")"#.into());
+                RedisTarget::Server(String::new())
             }
         };
         StoreConfig::Redis {
-            url,
+            target,
             key_prefix: raw.key_prefix.as_ref().map_or_else(
                 || file::DEFAULT_KEY_PREFIX.to_string(),
                 |p| p.get_ref().clone(),

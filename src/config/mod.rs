@@ -8,6 +8,7 @@
 mod check;
 pub(crate) mod file;
 mod hints;
+mod redis_url;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use rustls::sign::CertifiedKey;
 pub use crate::seal::{SealConfig, SealMode};
 pub use crate::telemetry::AccessFormat;
 pub use file::{AdminState, Balance, Fallback, SameSite};
+pub use redis_url::{RedisTarget, RedisUrlError, SentinelTarget, parse_redis_url};
 
 /// Everything stickyd runs on.
 #[derive(Debug, Clone)]
@@ -506,10 +508,12 @@ pub struct StickTableConfig {
 pub enum StoreConfig {
     /// In this process: empty after a restart, not shared.
     Memory,
-    /// Shared through Redis by every instance with the same `url` and `key_prefix`.
+    /// Shared through Redis by every instance with the same `target` and `key_prefix`.
     Redis {
-        /// `redis://[user:password@]host:port/db` or `rediss://` (TLS).
-        url: String,
+        /// The server, from `redis_url`: `redis://[user:password@]host:port/db`, `rediss://`
+        /// (TLS), or `redis+sentinel://host1:port1,host2:port2/MASTER_NAME[/db]` (the master
+        /// Redis Sentinel names, found again after a failover).
+        target: RedisTarget,
         /// Prefix of every key. Default: `stickyd:`.
         key_prefix: String,
         /// Time one Redis call may take before the local table answers. Default: 50 ms.

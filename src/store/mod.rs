@@ -2,9 +2,11 @@
 //!
 //! [`StickTable`] holds the bindings and their lifetimes; where they live is an enum, not a
 //! trait object: the set is closed (in memory, or shared through Redis with a local table in
-//! front). Its methods are `async` for Redis.
+//! front: [`shared`], over one server or the master Redis Sentinel names: [`link`]). Its
+//! methods are `async` for Redis.
 
 pub mod expiring;
+pub mod link;
 pub mod sessions;
 pub mod shared;
 
@@ -49,12 +51,12 @@ impl StickTable {
         let backing = match &config.store {
             StoreConfig::Memory => Backing::Memory(ExpiringMap::new(config.max_entries)),
             StoreConfig::Redis {
-                url,
+                target,
                 key_prefix,
                 timeout,
             } => {
                 let store = SharedTable::new(
-                    url,
+                    target,
                     key_prefix,
                     service,
                     config.max_entries,

@@ -4,8 +4,10 @@
 //! (`SET .. PX`), and in the local in-memory table in front of it: hot lookups stay off the network,
 //! and when Redis is down, slow or flapping the local table answers alone. A request never
 //! fails because of Redis: every call is bounded by `redis_timeout` (default 50 ms), errors
-//! are counted and logged once per outage, and the connection manager reconnects with
-//! exponential backoff, after which sharing resumes.
+//! are counted and logged once per outage, and the connection is set up again with
+//! exponential backoff, after which sharing resumes. Redis is one server, or the master Redis
+//! Sentinel names, searched for again after a failed call so that a failover moves the table to
+//! the promoted replica ([`super::link`]).
 //!
 //! - A lookup that misses locally asks Redis (`GET` + `PTTL`) and keeps the answer locally.
 //! - A new session's reservation is `SET key id NX GET PX reservation_ttl`: the first instance
@@ -15,36 +17,68 @@
 //!   full TTL (`SET .. PX`).
 //! - A redispatch moves the session and keeps the key's TTL (`SET .. XX KEEPTTL`, Redis 6.0+),
 //!   or reserves it anew when the key is gone (`SET .. NX PX reservation_ttl`), atomically.
-//! - A local hit refreshes the Redis TTL (`PEXPIRE .. GT`, never shortening it) at most every
-//!   [`REFRESH_EVERY`], and at least twice per lifetime of a short-lived entry.
+//! - A local hit refreshes the Redis TTL (`PEXPIRE .. GT`, never shortening it) in a background
+//!   task, so the request never waits, at most once per [`refresh_interval`] of the entry's
+//!   lifetime: an eighth of it, but at least 1 s and at most half of it. A session in use keeps
+//!   at least 7/8 of its lifetime in Redis (half, for lifetimes under 2 s), and costs one
+//!   `PEXPIRE` per eighth of its lifetime per instance, whatever its request rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::expiring::ExpiringMap;
+use super::link::Link;
+use crate::config::RedisTarget;
 use crate::pool::BackendId;
 
-/// Longest time between two Redis TTL refreshes of one session on local hits (an entry whose
-/// lifetime is under twice this is refreshed every half lifetime).
-pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// Local hits of one session refresh its Redis TTL at most once per this fraction of its
+/// lifetime (8: once per `ttl / 8`, 225 s under the default 30 min `ttl`). Proportional, not a
+/// fixed period: the refresh exists to keep a key in use from expiring, and an eighth of the
+/// lifetime does that with margin (the key never falls below 7/8 of it while in use), whatever
+/// the TTL. 1 000 000 hot sessions under the default `ttl` cost about 4 400 `PEXPIRE`/s per
+/// instance, where a fixed 10 s period cost up to 100 000/s.
+pub const REFRESH_FRACTION: u32 = 8;
+
+/// Shortest time between two Redis TTL refreshes of one session on local hits (1 s), so that a
+/// short-lived entry (a reservation of a few seconds) is not refreshed every few hundred
+/// milliseconds; for a lifetime under 2 s, half the lifetime instead (see [`refresh_interval`]).
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The time local hits of a session with lifetime `ttl` wait before they refresh its Redis TTL
+/// again: `ttl / 8` ([`REFRESH_FRACTION`]), but at least [`MIN_REFRESH_INTERVAL`] (1 s) and
+/// never more than `ttl / 2`, so a key in use is refreshed at least twice per lifetime and
+/// never expires while its session is in use. Examples: 30 min -> 225 s, 10 s -> 1.25 s,
+/// 4 s -> 1 s, 1 s -> 500 ms.
+pub fn refresh_interval(ttl: Duration) -> Duration {
+    (ttl / REFRESH_FRACTION).max(MIN_REFRESH_INTERVAL.min(ttl / 2))
+}
 
 /// Redis-backed stick table with a local table in front.
 pub struct SharedTable {
     local: ExpiringMap,
     /// Sessions whose Redis TTL was refreshed lately, used as a set (the backend an entry
-    /// holds is never read): each entry lives for the throttle window ([`REFRESH_EVERY`], or
-    /// half a short lifetime) from its refresh.
+    /// holds is never read): each entry lives for [`refresh_interval`] of the session's
+    /// lifetime from its refresh.
     refreshed: ExpiringMap,
-    redis: ConnectionManager,
+    /// Shared with the refresh tasks.
+    remote: Arc<Remote>,
     /// `<key_prefix><service>:`
     namespace: String,
+}
+
+/// The Redis side of a table: its connection and how its calls are bounded and counted.
+struct Remote {
+    link: Link,
+    /// Longest one call may take (`redis_timeout`).
     timeout: Duration,
+    /// Failed or timed-out calls (`stickyd_redis_errors_total`).
     errors: Counter,
-    reachable: Arc<AtomicBool>,
+    /// False during an outage, so its start and end are logged once each.
+    reachable: AtomicBool,
 }
 
 impl std::fmt::Debug for SharedTable {
@@ -59,42 +93,42 @@ impl std::fmt::Debug for SharedTable {
 /// Why a Redis stick table could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedTableError {
-    /// The URL is not a Redis URL the client understands.
-    #[error("invalid redis_url: {0}")]
-    Url(#[from] redis::RedisError),
+    /// The `redis` crate cannot use the target (its URL was validated with the config, so this
+    /// is not expected).
+    #[error("cannot use redis_url: {source}")]
+    Client {
+        /// What the `redis` crate said.
+        #[from]
+        source: redis::RedisError,
+    },
 }
 
 impl SharedTable {
-    /// A store for `service` on `url` (`redis://` or `rediss://`), keys under `key_prefix`,
-    /// each call bounded by `timeout`, errors counted in `errors`. Connects lazily: Redis may be
-    /// down at start. Must be called inside a tokio runtime.
+    /// A store for `service` on `target` (one server, or the master Redis Sentinel names), keys
+    /// under `key_prefix`, each call bounded by `timeout`, errors counted in `errors`. Redis may
+    /// be down at start: one server is connected to lazily, and the search for a Sentinel
+    /// master starts in the background. Must be called inside a tokio runtime.
     ///
     /// # Errors
-    /// [`SharedTableError::Url`] for a URL the client cannot use.
+    /// [`SharedTableError::Client`] for a target the `redis` crate cannot use.
     pub fn new(
-        url: &str,
+        target: &RedisTarget,
         key_prefix: &str,
         service: &str,
         max_entries: u64,
         timeout: Duration,
         errors: Counter,
     ) -> Result<SharedTable, SharedTableError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(100))
-            .set_max_delay(Duration::from_secs(5));
-        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(SharedTable {
             local: ExpiringMap::new(max_entries),
             refreshed: ExpiringMap::new(max_entries),
-            redis,
+            remote: Arc::new(Remote {
+                link: Link::new(target, timeout)?,
+                timeout,
+                errors,
+                reachable: AtomicBool::new(true),
+            }),
             namespace: format!("{key_prefix}{service}:"),
-            timeout,
-            errors,
-            reachable: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -118,7 +152,8 @@ impl SharedTable {
         let mut command = redis::cmd("GET");
         command.arg(self.key(session));
         let answer: Option<Option<String>> = self
-            .call(command.query_async(&mut self.redis.clone()))
+            .remote
+            .call(async |redis| command.query_async(redis).await)
             .await;
         match answer {
             Some(id) => id.map(|id| BackendId::from(id.as_str())),
@@ -132,8 +167,10 @@ impl SharedTable {
         let key = self.key(session);
         let mut pipe = redis::pipe();
         pipe.get(&key).pttl(&key);
-        let answer: Option<(Option<String>, i64)> =
-            self.call(pipe.query_async(&mut self.redis.clone())).await;
+        let answer: Option<(Option<String>, i64)> = self
+            .remote
+            .call(async |redis| pipe.query_async(redis).await)
+            .await;
         match answer {
             Some((Some(id), remaining_ms)) if remaining_ms > 0 => {
                 let backend = BackendId::from(id.as_str());
@@ -165,8 +202,10 @@ impl SharedTable {
             .arg(millis(ttl))
             .cmd("PTTL")
             .arg(&key);
-        let previous: Option<(Option<String>, i64)> =
-            self.call(pipe.query_async(&mut self.redis.clone())).await;
+        let previous: Option<(Option<String>, i64)> = self
+            .remote
+            .call(async |redis| pipe.query_async(redis).await)
+            .await;
         match previous {
             Some((Some(holder), remaining_ms)) => {
                 let holder = BackendId::from(holder.as_str());
@@ -193,7 +232,8 @@ impl SharedTable {
             .arg("PX")
             .arg(millis(ttl));
         let _: Option<()> = self
-            .call(command.query_async(&mut self.redis.clone()))
+            .remote
+            .call(async |redis| command.query_async(redis).await)
             .await;
     }
 
@@ -220,7 +260,10 @@ impl SharedTable {
             .ignore()
             .cmd("PTTL")
             .arg(&key);
-        let answer: Option<(i64,)> = self.call(pipe.query_async(&mut self.redis.clone())).await;
+        let answer: Option<(i64,)> = self
+            .remote
+            .call(async |redis| pipe.query_async(redis).await)
+            .await;
         let ttl = answer.map_or(reservation_ttl, |(remaining_ms,)| {
             remaining(remaining_ms, reservation_ttl)
         });
@@ -233,7 +276,8 @@ impl SharedTable {
         let mut command = redis::cmd("DEL");
         command.arg(self.key(session));
         let _: Option<()> = self
-            .call(command.query_async(&mut self.redis.clone()))
+            .remote
+            .call(async |redis| command.query_async(redis).await)
             .await;
     }
 
@@ -242,50 +286,23 @@ impl SharedTable {
         &self.local
     }
 
-    /// Refreshes the Redis TTL of a session hit locally, at most every [`REFRESH_EVERY`] and
-    /// at least twice per `ttl`, without making the request wait. `GT`: a refresh never
-    /// shortens a key (another instance may have confirmed a session this one holds as a
-    /// reservation).
+    /// Refreshes the Redis TTL of a session hit locally, at most once per
+    /// [`refresh_interval`] of `ttl`, in a task of its own so the request never waits. `GT`: a
+    /// refresh never shortens a key (another instance may have confirmed a session this one
+    /// holds as a reservation).
     fn refresh_later(&self, session: &str, backend: &BackendId, ttl: Duration) {
         if self.refreshed.peek(session).is_some() {
             return;
         }
-        self.refreshed
-            .bind(session, backend, REFRESH_EVERY.min(ttl / 2));
-        let (mut redis, key, timeout) = (self.redis.clone(), self.key(session), self.timeout);
-        let (errors, reachable) = (self.errors.clone(), Arc::clone(&self.reachable));
+        self.refreshed.bind(session, backend, refresh_interval(ttl));
+        let (remote, key) = (Arc::clone(&self.remote), self.key(session));
         tokio::spawn(async move {
             let mut command = redis::cmd("PEXPIRE");
             command.arg(key).arg(millis(ttl)).arg("GT");
-            let outcome =
-                tokio::time::timeout(timeout, command.query_async::<i64>(&mut redis)).await;
-            note(
-                outcome
-                    .map_err(|_| ())
-                    .and_then(|result| result.map_err(|_| ()))
-                    .is_ok(),
-                &errors,
-                &reachable,
-            );
+            let _: Option<i64> = remote
+                .call(async |redis| command.query_async(redis).await)
+                .await;
         });
-    }
-
-    /// Runs one Redis call within the timeout; `None` (counted, logged once per outage) when
-    /// it fails or is too slow.
-    async fn call<T>(
-        &self,
-        request: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Option<T> {
-        let result = match tokio::time::timeout(self.timeout, request).await {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "redis call failed");
-                None
-            }
-            Err(_) => None,
-        };
-        note(result.is_some(), &self.errors, &self.reachable);
-        result
     }
 
     fn key(&self, session: &str) -> String {
@@ -293,18 +310,47 @@ impl SharedTable {
     }
 }
 
-/// Counts a failed call, and logs the start and the end of an outage once each.
-fn note(ok: bool, errors: &Counter, reachable: &AtomicBool) {
-    if ok {
-        if !reachable.swap(true, Ordering::Relaxed) {
-            tracing::info!("redis reachable again: stick-table sharing resumed");
+impl Remote {
+    /// Runs one Redis call on the current connection within the timeout; `None` (counted,
+    /// logged once per outage) when it fails or is too slow, and then the link looks for the
+    /// master again if it can move (Sentinel).
+    async fn call<T>(
+        &self,
+        request: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let mut connection = self.link.connection().await?;
+            request(&mut connection).await
+        })
+        .await;
+        let result = match outcome {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "redis call failed");
+                None
+            }
+            Err(_) => None,
+        };
+        if result.is_none() {
+            self.link.failed();
         }
-    } else {
-        errors.inc();
-        if reachable.swap(false, Ordering::Relaxed) {
-            tracing::warn!(
-                "redis unavailable or slow: serving stick-table lookups from this instance's table"
-            );
+        self.note(result.is_some());
+        result
+    }
+
+    /// Counts a failed call, and logs the start and the end of an outage once each.
+    fn note(&self, ok: bool) {
+        if ok {
+            if !self.reachable.swap(true, Ordering::Relaxed) {
+                tracing::info!("redis reachable again: stick-table sharing resumed");
+            }
+        } else {
+            self.errors.inc();
+            if self.reachable.swap(false, Ordering::Relaxed) {
+                tracing::warn!(
+                    "redis unavailable or slow: serving stick-table lookups from this instance's table"
+                );
+            }
         }
     }
 }
@@ -319,4 +365,57 @@ fn remaining(remaining_ms: i64, otherwise: Duration) -> Duration {
 
 fn millis(duration: Duration) -> u64 {
     duration.as_millis().clamp(1, u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_lifetime_is_refreshed_once_per_eighth_of_it() {
+        for (ttl, interval) in [
+            (Duration::from_secs(30 * 60), Duration::from_secs(225)),
+            (Duration::from_secs(3600), Duration::from_secs(450)),
+            (
+                Duration::from_secs(24 * 3600),
+                Duration::from_secs(3 * 3600),
+            ),
+            (Duration::from_secs(10), Duration::from_millis(1250)),
+            (Duration::from_secs(8), Duration::from_secs(1)),
+        ] {
+            assert_eq!(refresh_interval(ttl), interval, "ttl {ttl:?}");
+        }
+    }
+
+    #[test]
+    fn a_short_lifetime_waits_at_least_a_second_and_at_most_half_of_it() {
+        for (ttl, interval) in [
+            (Duration::from_secs(4), Duration::from_secs(1)),
+            (Duration::from_secs(2), Duration::from_secs(1)),
+            (Duration::from_millis(1500), Duration::from_millis(750)),
+            (Duration::from_secs(1), Duration::from_millis(500)),
+            (Duration::from_millis(100), Duration::from_millis(50)),
+        ] {
+            assert_eq!(refresh_interval(ttl), interval, "ttl {ttl:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_in_use_never_falls_below_seven_eighths_or_half_of_its_lifetime() {
+        for ms in (1..=200u64)
+            .chain((200..=100_000).step_by(997))
+            .chain([7_200_000])
+        {
+            let ttl = Duration::from_millis(ms);
+            let interval = refresh_interval(ttl);
+            assert!(interval <= ttl / 2, "ttl {ttl:?}: {interval:?}");
+            assert!(
+                interval >= (ttl / 2).min(MIN_REFRESH_INTERVAL),
+                "ttl {ttl:?}: {interval:?}"
+            );
+            if ttl >= MIN_REFRESH_INTERVAL * REFRESH_FRACTION {
+                assert!(ttl - interval >= ttl * 7 / 8, "ttl {ttl:?}: {interval:?}");
+            }
+        }
+    }
 }

@@ -18,6 +18,7 @@ mod backend;
 pub mod raw;
 mod raw_backend;
 mod real_programs;
+pub mod redis;
 #[allow(unused_imports)] // each test file uses its own part of the harness
 pub use backend::*;
 #[allow(unused_imports)] // each test file uses its own part of the harness

@@ -1,7 +1,8 @@
-//! The rule for tests that need a real program (node, npm, php, redis-server, curl): no test
-//! passes without testing. The harness installs what it can itself (`npm ci` from the lock files
-//! in `tests/backends/<app>/`); a program it cannot install fails the test with the line that
-//! installs it, unless the developer opts out with [`ALLOW_MISSING`]`=1`, which CI never sets.
+//! The rule for tests that need a real program (node, npm, php, redis-server, redis-sentinel,
+//! curl): no test passes without testing. The harness installs what it can itself (`npm ci`
+//! from the lock files in `tests/backends/<app>/`); a program it cannot install fails the test
+//! with the line that installs it, unless the developer opts out with [`ALLOW_MISSING`]`=1`,
+//! which CI never sets.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -42,6 +43,7 @@ pub fn install_line(program: &str) -> &'static str {
         "node" | "npm" => "apt-get install nodejs npm",
         "php" => "apt-get install php-cli",
         "redis-server" => "apt-get install redis-server",
+        "redis-sentinel" => "apt-get install redis-sentinel",
         "curl" => "apt-get install curl",
         "cargo-deb" => "cargo install cargo-deb --locked",
         "dpkg" | "dpkg-deb" => "apt-get install dpkg",
