@@ -145,7 +145,7 @@ impl Metrics {
             );
             registry.register(
                 "affinity_outcomes",
-                "How each request's backend was chosen: hit, new, redispatch, invalid",
+                "How each request's backend was chosen: hit, new, redispatch, invalid, rebalance",
                 metrics.outcomes.clone(),
             );
             registry.register(
@@ -290,11 +290,12 @@ impl Metrics {
 }
 
 /// The affinity outcomes counted, in the order of `ServiceMetrics::outcomes`.
-const OUTCOMES: [Outcome; 4] = [
+const OUTCOMES: [Outcome; 5] = [
     Outcome::Hit,
     Outcome::New,
     Outcome::Redispatch,
     Outcome::Invalid,
+    Outcome::Rebalance,
 ];
 
 /// The pre-built metric handles of one service.
@@ -305,8 +306,8 @@ pub struct ServiceMetrics {
     /// stickyd's own answers, per status class.
     own_answers: [Counter; 5],
     latency: Histogram,
-    /// hit, new, redispatch, invalid.
-    outcomes: [Counter; 4],
+    /// hit, new, redispatch, invalid, rebalance.
+    outcomes: [Counter; 5],
     /// Open client connections of the service.
     pub connections: Gauge,
     /// Connections refused for a bad PROXY header.
@@ -356,8 +357,8 @@ impl ServiceMetrics {
         self.own_answers.each_ref().map(Counter::get)
     }
 
-    /// Requests so far per affinity outcome: hit, new, redispatch, invalid.
-    pub fn outcomes(&self) -> [(Outcome, u64); 4] {
+    /// Requests so far per affinity outcome: hit, new, redispatch, invalid, rebalance.
+    pub fn outcomes(&self) -> [(Outcome, u64); 5] {
         OUTCOMES.map(|outcome| (outcome, self.outcomes[Self::outcome_index(outcome)].get()))
     }
 
@@ -367,6 +368,7 @@ impl ServiceMetrics {
             Outcome::New => 1,
             Outcome::Redispatch => 2,
             Outcome::Invalid => 3,
+            Outcome::Rebalance => 4,
         }
     }
 }

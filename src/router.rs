@@ -43,6 +43,8 @@ pub struct Router {
     metrics: ServiceMetrics,
     /// Live sessions per backend, for cookie and hash strategies.
     sessions: Option<Arc<LiveSessions>>,
+    /// `rebalance_after`: a binding unused this long may move off a backend above its share.
+    rebalance_after: Option<Duration>,
 }
 
 /// Response header naming the backend and affinity outcome, when the service's `debug_header`
@@ -87,6 +89,9 @@ struct Choice {
     reissue: Option<Vec<u8>>,
     /// What the request says of its session's identity, for the live-session count.
     identity: Option<SessionIdentity>,
+    /// The binding has gone unused for longer than `rebalance_after`: it may be placed anew
+    /// if its backend holds more than its share.
+    stale: bool,
 }
 
 impl Router {
@@ -167,6 +172,7 @@ impl Router {
                 max_body: config.limits.max_body,
             },
             debug_header: config.debug_header,
+            rebalance_after: config.rebalance_after,
             metrics: service_metrics,
             sessions,
         }
@@ -261,9 +267,11 @@ impl Router {
                     }
                     _ => None,
                 };
+                let stale = self.is_stale(&stickiness, identity.as_ref());
                 let choice = Choice {
                     reissue,
                     identity,
+                    stale,
                     ..self.lookup(stickiness, Intent::Route).await
                 };
                 let upgrade = head::is_upgrade(&head);
@@ -343,6 +351,21 @@ impl Router {
         self.decide(&choice, &[], intent)
     }
 
+    /// Whether a request pinned to a backend by its cookie carries a binding unused for longer
+    /// than `rebalance_after` (as the live-session tracker saw its session's requests). Never
+    /// without `rebalance_after`, and never for a session the tracker cannot tell apart.
+    fn is_stale(&self, stickiness: &Stickiness, identity: Option<&SessionIdentity>) -> bool {
+        let (Some(after), Some(sessions), Some(identity), Stickiness::Pinned(..)) =
+            (self.rebalance_after, &self.sessions, identity, stickiness)
+        else {
+            return false;
+        };
+        // The identity as the tracker stored it: the cookies this request carries.
+        self.affinity
+            .live_identity(identity, &http::HeaderMap::new())
+            .is_some_and(|live| sessions.idle_longer_than(live, after))
+    }
+
     /// Turns what the request said into the binding it names: a pinned backend, or the stick
     /// table's entry for its session (read again from the shared store when the entry's
     /// backend cannot take it, since another instance may have moved the session).
@@ -355,6 +378,7 @@ impl Router {
             session: None,
             hash: None,
             identity: None,
+            stale: false,
         };
         match stickiness {
             Stickiness::Pinned(backend, times) => Choice {
@@ -426,6 +450,19 @@ impl Router {
             }
         };
         let (backend, outcome) = match choice.backend {
+            Some(bound)
+                if choice.stale
+                    && self.pool.accepts_bound(bound)
+                    && !failed.contains(&bound)
+                    && self.pool.above_share(bound) =>
+            {
+                match place(Outcome::Rebalance) {
+                    // The balancer put it back where it was: nothing moves.
+                    (Some(placed), _) if placed == bound => (Some(bound), choice.outcome),
+                    (Some(placed), outcome) => (Some(placed), outcome),
+                    (None, _) => (Some(bound), choice.outcome),
+                }
+            }
             Some(bound) if self.pool.accepts_bound(bound) && !failed.contains(&bound) => {
                 (Some(bound), choice.outcome)
             }
@@ -452,7 +489,7 @@ impl Router {
         let mut last_error: Option<ProxyError> = None;
         loop {
             let decision = self.decide(&choice, &failed, Intent::Route);
-            let moved = decision.outcome == Outcome::Redispatch && decision.bound.is_some();
+            let moved = decision.outcome.moves() && decision.bound.is_some();
             if moved && choice.reissue.is_none() {
                 choice.reissue = self.affinity.session_to_reissue(request.headers());
             }
@@ -536,7 +573,7 @@ impl Router {
         let id = &self.pool.get(backend).id;
         match outcome {
             Outcome::Hit => backend,
-            Outcome::Redispatch => {
+            Outcome::Redispatch | Outcome::Rebalance => {
                 table.rebind(session, id).await;
                 backend
             }

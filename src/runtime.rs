@@ -586,7 +586,8 @@ impl Services {
     }
 
     /// Starts the tasks of the service whose router is in `slot`: its health checks, under
-    /// `least-sessions` the live-session count every [`SESSION_COUNT_EVERY`], and with host
+    /// `least-sessions` or `rebalance_after` the live-session count every
+    /// [`SESSION_COUNT_EVERY`], and with host
     /// names or SRV discovery the DNS lookups that follow them.
     fn start_tasks(&self, service: &ServiceConfig, slot: &ArcSwap<Router>) -> CancellationToken {
         let stop = self.stop.child_token();
@@ -599,7 +600,7 @@ impl Services {
             transitions,
             stop.clone(),
         ));
-        if service.balance == Balance::LeastSessions {
+        if service.balance == Balance::LeastSessions || service.rebalance_after.is_some() {
             tokio::spawn(count_sessions(router, stop.clone()));
         }
         if service.discovery.is_some() || service.backends.iter().any(|b| b.host.is_some()) {

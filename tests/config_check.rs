@@ -389,6 +389,26 @@ fn unknown_keys_and_bad_values_are_named_with_their_place() {
             "write key = \"cookie:NAME\"",
         ),
         (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nrebalance_after = \"30m\"\n[service.affinity]\nstrategy = \"hash\"\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            "4:19",
+            "rebalance_after applies to strategy = \"insert\" or \"prefix\"",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nrebalance_after = \"2h\"\n[service.affinity]\nstrategy = \"insert\"\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            "4:19",
+            "is above session_idle (1800s), past which stickyd forgets",
+        ),
+        (
+            "[resolver]\nnameservers = [\"dns.example\"]\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+            "2:16",
+            "name server \"dns.example\" is not an address",
+        ),
+        (
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\ndiscovery = { dns_srv = \"\" }\n",
+            "4:25",
+            "dns_srv \"\" is not an SRV name",
+        ),
+        (
             &shared_table_service("redis+sentinel://10.0.0.1:26379,10.0.0.2:port/mymaster"),
             "8:13",
             "invalid redis_url: sentinel address \"10.0.0.2:port\" is not host:port: write e.g. \"10.0.0.1:26379\"",

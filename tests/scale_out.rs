@@ -137,3 +137,92 @@ async fn slow_start_keeps_least_sessions_from_flooding_an_added_backend() {
     })
     .await;
 }
+
+/// A farm where b1 holds every session and b2, b3 have just joined empty: 12 sessions made
+/// while b2 and b3 were draining, then both set ready. `extra` adds service keys.
+async fn lopsided(extra: &str) -> (Vec<TestBackend>, common::admin::Admin, Vec<Browser>) {
+    let backends = spawn_backends(3).await;
+    let admin = common::admin::Admin::start(
+        &backends,
+        &format!(
+            "balance = \"least-sessions\"\n{extra}\n[service.affinity]\nstrategy = \"insert\"\n"
+        ),
+    )
+    .await;
+    let state = |backend: &str, state: &'static str| {
+        let admin = &admin;
+        let path = format!("/services/web/backends/{backend}/state");
+        async move { admin.call(http::Method::PUT, &path, state).await }
+    };
+    state("b2", "drain").await;
+    state("b3", "drain").await;
+    let url = format!("{}/session/app", admin.proxy);
+    let mut sessions = Vec::new();
+    for _ in 0..12 {
+        let mut browser = Browser::new();
+        assert_eq!(browser.get(&url).await.backend(), "b1");
+        sessions.push(browser);
+    }
+    state("b2", "ready").await;
+    state("b3", "ready").await;
+    (backends, admin, sessions)
+}
+
+#[tokio::test]
+async fn bindings_unused_past_rebalance_after_move_off_a_full_backend_and_live_ones_never_do() {
+    within_timeout(async {
+        let (_backends, admin, mut sessions) =
+            lopsided("rebalance_after = \"400ms\"\nsession_idle = \"10s\"").await;
+        let url = format!("{}/session/app", admin.proxy);
+        let (live, idle) = sessions.split_at_mut(4);
+        // Four sessions keep sending; the other eight go quiet past rebalance_after.
+        let quiet = std::time::Instant::now();
+        while quiet.elapsed() < std::time::Duration::from_millis(600) {
+            for browser in live.iter_mut() {
+                assert_eq!(browser.get(&url).await.backend(), "b1");
+            }
+            // A client's pace.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Every session sends again: the live ones stay, the idle ones spread over b2 and b3.
+        for browser in live.iter_mut() {
+            assert_eq!(
+                browser.get(&url).await.backend(),
+                "b1",
+                "a live binding moved"
+            );
+        }
+        let mut moved_to = Vec::new();
+        for browser in idle.iter_mut() {
+            moved_to.push(browser.get(&url).await.backend().to_string());
+        }
+        let on = |name: &str| moved_to.iter().filter(|backend| *backend == name).count();
+        assert_eq!((on("b1"), on("b2"), on("b3")), (0, 4, 4), "{moved_to:?}");
+        // The cookie was rewritten: each moved session stays where it went.
+        for (browser, backend) in idle.iter_mut().zip(&moved_to) {
+            assert_eq!(browser.get(&url).await.backend(), backend);
+        }
+        let (_, status) = admin.json(http::Method::GET, "/status", "").await;
+        assert_eq!(
+            status["services"][0]["affinity"]["rebalance"], 8,
+            "{status}"
+        );
+        admin.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_rebalance_after_an_idle_binding_stays_on_its_full_backend() {
+    within_timeout(async {
+        let (_backends, admin, mut sessions) = lopsided("session_idle = \"10s\"").await;
+        let url = format!("{}/session/app", admin.proxy);
+        // Idle past what rebalance_after would have been.
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        for browser in sessions.iter_mut() {
+            assert_eq!(browser.get(&url).await.backend(), "b1");
+        }
+        admin.stop().await;
+    })
+    .await;
+}

@@ -170,7 +170,7 @@ async fn assert_page_matches(chromium: &Chromium, status: &Value) {
         service["open_tunnels"].to_string()
     );
     assert_eq!(shown("strategy").await, "insert");
-    for outcome in ["hit", "new", "redispatch", "invalid"] {
+    for outcome in ["hit", "new", "redispatch", "invalid", "rebalance"] {
         assert_eq!(
             chromium
                 .field("web", None, &format!("affinity-{outcome}"))

@@ -584,6 +584,12 @@ async fn resolve(router: &Router, query: &str) -> AdminResponse {
                 target.map_or_else(|| "the balancer's pick".to_string(), name),
             ),
         }),
+        (Outcome::Rebalance, bound, target) => json!({
+            "backend": target.map(name),
+            "bound": bound.map(name),
+            "outcome": "rebalance",
+            "reason": "bound, but unused for longer than rebalance_after on a backend above its share: it would be placed anew and the binding move",
+        }),
         (Outcome::Hit, None, Some(backend)) => json!({
             "backend": name(backend),
             "outcome": "hit",

@@ -71,17 +71,29 @@ pub enum Outcome {
     Redispatch,
     /// The affinity value was forged, garbled or stale: treated as a new session.
     Invalid,
+    /// The session's backend was usable, but the binding had gone unused for longer than
+    /// `rebalance_after` while its backend held more than its share of sessions: the balancer
+    /// placed it anew and the binding was rewritten. The app had forgotten that session
+    /// already, so moving it costs nothing.
+    Rebalance,
 }
 
 impl Outcome {
-    /// The word used in logs: `hit`, `new`, `redispatch`, `invalid`.
+    /// The word used in logs: `hit`, `new`, `redispatch`, `invalid`, `rebalance`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",
             Outcome::New => "new",
             Outcome::Redispatch => "redispatch",
             Outcome::Invalid => "invalid",
+            Outcome::Rebalance => "rebalance",
         }
+    }
+
+    /// Whether the request left the backend its binding named for another one, so the
+    /// binding must be rewritten: a redispatch or a rebalance.
+    pub fn moves(self) -> bool {
+        matches!(self, Outcome::Redispatch | Outcome::Rebalance)
     }
 }
 

@@ -66,14 +66,14 @@ impl Prefix {
 
     /// Prefixes every `Set-Cookie` of the app's cookie with the (sealed) `backend_id`,
     /// attributes untouched, whatever bytes the field holds. After a redispatch, or when a
-    /// sealed prefix is due for a refresh, and the app set no new cookie, re-issues the
+    /// sealed prefix is due for a refresh, and the app set no new cookie (a rebalance too), re-issues the
     /// client's session value (`session`, as the backend saw it) under the new prefix, so the
     /// client stops asking for the old backend.
     pub fn on_response(&self, backend_id: &str, binding: &Binding<'_>, headers: &mut HeaderMap) {
         let now = self.codec.now();
         let kept = binding.outcome == Outcome::Hit;
-        let reissue = binding.outcome == Outcome::Redispatch
-            || (kept && self.codec.refresh_due(binding.times, now));
+        let reissue =
+            binding.outcome.moves() || (kept && self.codec.refresh_due(binding.times, now));
         let is_ours = |field: &HeaderValue| {
             cookies::set_cookie_name(field.as_bytes())
                 .is_some_and(|(name, _)| name == self.cookie.as_bytes())

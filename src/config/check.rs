@@ -288,6 +288,10 @@ impl Checker<'_> {
                 "balance = \"least-sessions\" with no affinity has no sessions to count: it places requests in turn, as round-robin does".into(),
             );
         }
+        let session_idle = raw
+            .session_idle
+            .as_ref()
+            .map_or(file::DEFAULT_SESSION_IDLE, |d| d.get_ref().0);
         let trusted_proxies = match &raw.trusted_proxies {
             Some(list) => self.networks(list.get_ref()),
             None => Vec::new(),
@@ -327,12 +331,11 @@ impl Checker<'_> {
             tls,
             failback: raw.failback.unwrap_or(true),
             debug_header: raw.debug_header,
-            session_idle: raw
-                .session_idle
-                .map_or(file::DEFAULT_SESSION_IDLE, |d| d.into_inner().0),
+            session_idle,
             drain_timeout: raw
                 .drain_timeout
                 .map_or(file::DEFAULT_DRAIN_TIMEOUT, |d| d.into_inner().0),
+            rebalance_after: self.rebalance_after(&raw.rebalance_after, &affinity, session_idle),
             discovery,
             health: self.health(raw.health.map(Spanned::into_inner)),
             limits: self.limits(raw.limits.map(Spanned::into_inner)),
@@ -456,6 +459,29 @@ impl Checker<'_> {
                 (unspecified, None)
             }
         }
+    }
+
+    /// `rebalance_after`: for insert and prefix only (a stick table's entry ends with the app's
+    /// session, a hash has no binding to move), above zero, and within `session_idle`.
+    fn rebalance_after(
+        &mut self,
+        raw: &Option<Spanned<file::DurationValue>>,
+        affinity: &AffinityConfig,
+        session_idle: Duration,
+    ) -> Option<Duration> {
+        let at = raw.as_ref()?;
+        let after = at.get_ref().0;
+        if !matches!(
+            affinity,
+            AffinityConfig::Insert(_) | AffinityConfig::Prefix(_)
+        ) {
+            self.report_at(at, r#"rebalance_after applies to strategy = "insert" or "prefix", whose cookies can outlive the app's session: remove it"#.into());
+        } else if after.is_zero() {
+            self.report_at(at, "rebalance_after must be above zero: set it to the app's session timeout, such as \"30m\"".into());
+        } else if after > session_idle {
+            self.report_at(at, format!("rebalance_after ({after:?}) is above session_idle ({session_idle:?}), past which stickyd forgets a session's last request: raise session_idle to at least rebalance_after"));
+        }
+        Some(after)
     }
 
     /// `[resolver]`, with its defaults when absent.

@@ -159,6 +159,7 @@ pub struct RawService {
     pub debug_header: bool,
     pub session_idle: Option<Spanned<DurationValue>>,
     pub drain_timeout: Option<Spanned<DurationValue>>,
+    pub rebalance_after: Option<Spanned<DurationValue>>,
     pub discovery: Option<Spanned<RawDiscovery>>,
     pub health: Option<Spanned<RawHealth>>,
     pub limits: Option<Spanned<RawLimits>>,

@@ -163,6 +163,14 @@ pub struct ServiceConfig {
     /// once it has no live session and no request in flight, or when this has passed.
     /// Default: 1 h.
     pub drain_timeout: Duration,
+    /// Opt-in: an insert or prefix binding unused for longer than this may be placed anew on
+    /// its next request when its backend holds more than its share of live sessions, so that
+    /// cookies that outlived their app session do not keep an old backend full. Set it to the
+    /// app's session timeout: past it the app has forgotten the session, and moving it costs
+    /// nothing. A binding used within it never moves. At most `session_idle` (stickyd forgets
+    /// a session's last request after that). Default: none (bindings never move while their
+    /// backend can take them).
+    pub rebalance_after: Option<Duration>,
     /// Backends from DNS SRV records besides (or instead of) `[[service.backend]]`.
     /// Default: none.
     pub discovery: Option<DiscoveryConfig>,

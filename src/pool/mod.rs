@@ -387,6 +387,21 @@ impl Pool {
         }
     }
 
+    /// Whether `index` holds more than its share of live sessions: more sessions per unit of
+    /// (effective) weight than the backends taking new sessions hold together. The counts are
+    /// [`Backend::session_load`]'s.
+    pub fn above_share(&self, index: usize) -> bool {
+        let (mut load, mut weight) = (0u128, 0u128);
+        for other in (0..self.backends.len()).filter(|&other| self.accepts_new(other)) {
+            load += u128::from(self.backends[other].session_load());
+            weight += u128::from(self.effective_weight(other));
+        }
+        let own_load = u128::from(self.backends[index].session_load());
+        let own_weight = u128::from(self.effective_weight(index));
+        // own_load / own_weight > load / weight, cross-multiplied.
+        weight > 0 && own_load * weight > load * own_weight
+    }
+
     /// A new session was placed on `index`: it weighs in its [`Backend::session_load`] until
     /// the next count.
     pub fn count_placement(&self, index: usize) {

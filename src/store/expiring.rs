@@ -128,6 +128,18 @@ impl<K: Key + ?Sized> ExpiringMap<K> {
         Some(BackendId::clone(&binding.backend))
     }
 
+    /// How long `session`'s binding has gone unused (its lifetime less what is left of it),
+    /// changing nothing; `None` when it has no live binding.
+    pub fn unused_for(&self, session: &K) -> Option<Duration> {
+        let now = now_ms();
+        let shard = self.shard(session);
+        let binding = shard.get(session).filter(|binding| binding.is_live(now))?;
+        let left = binding.deadline_ms.saturating_sub(now);
+        Some(Duration::from_millis(
+            u64::from(binding.ttl_ms).saturating_sub(left),
+        ))
+    }
+
     /// The backend bound to `session` and the binding's lifetime; the read restarts it.
     pub fn get_with_ttl(&self, session: &K) -> Option<(BackendId, Duration)> {
         let now = now_ms();

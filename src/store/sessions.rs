@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::expiring::ExpiringMap;
 use crate::pool::BackendId;
@@ -23,6 +23,8 @@ pub struct LiveSessions {
     seen: ExpiringMap<u64>,
     /// The idle window, in milliseconds; a reload may change it.
     idle_ms: AtomicU64,
+    /// When tracking began: a session it has not seen since is idle at least that long.
+    since: Instant,
 }
 
 /// Most session identities remembered; past it the least recently seen are forgotten.
@@ -34,6 +36,7 @@ impl LiveSessions {
         LiveSessions {
             seen: ExpiringMap::new(MAX_TRACKED_SESSIONS),
             idle_ms: AtomicU64::new(millis(idle)),
+            since: Instant::now(),
         }
     }
 
@@ -60,6 +63,18 @@ impl LiveSessions {
         match self.seen.get_with_ttl(&identity) {
             Some((held, window)) if held == *backend && window == idle => {}
             _ => self.seen.bind(&identity, backend, idle),
+        }
+    }
+
+    /// Whether session `identity` has gone without a request for longer than `after`, as far
+    /// as this tracker can tell: false while it is live within `after`, and false for a
+    /// session it does not know while it has been tracking for less than `after` (after a
+    /// start, every session is unknown, and none may be taken for idle). `after` must not be
+    /// above the idle window, past which sessions are forgotten.
+    pub fn idle_longer_than(&self, identity: u64, after: Duration) -> bool {
+        match self.seen.unused_for(&identity) {
+            Some(unused) => unused > after,
+            None => self.since.elapsed() > after,
         }
     }
 
@@ -109,6 +124,27 @@ mod tests {
         assert!(
             sessions.per_backend().is_empty(),
             "the session kept the old window"
+        );
+    }
+
+    #[test]
+    fn a_session_is_idle_past_the_window_asked_and_an_unknown_one_only_once_tracking_is_older() {
+        let sessions = LiveSessions::new(Duration::from_secs(60));
+        let after = Duration::from_millis(100);
+        sessions.touch(1, &BackendId::from("a"));
+        assert!(!sessions.idle_longer_than(1, after));
+        assert!(
+            !sessions.idle_longer_than(2, after),
+            "unknown, but tracking began too lately to tell"
+        );
+        // Waiting out the window is the behaviour under test.
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(sessions.idle_longer_than(1, after));
+        assert!(sessions.idle_longer_than(2, after));
+        sessions.touch(1, &BackendId::from("a"));
+        assert!(
+            !sessions.idle_longer_than(1, after),
+            "a request makes it live"
         );
     }
 

@@ -132,6 +132,7 @@ function serviceSection(service) {
       el("dt", {}, "new"), el("dd", {}, field("affinity-new")),
       el("dt", {}, "redispatch"), el("dd", {}, field("affinity-redispatch")),
       el("dt", {}, "invalid"), el("dd", {}, field("affinity-invalid")),
+      el("dt", {}, "rebalance"), el("dd", {}, field("affinity-rebalance")),
     ),
     el(
       "table",
