@@ -202,33 +202,36 @@ impl Services {
 
     /// The current router of the service called `name`.
     pub fn router(&self, name: &str) -> Option<Arc<Router>> {
-        let state = self.state.lock().expect("runtime state lock");
-        state
-            .services
-            .iter()
-            .find(|service| service.name == name)
-            .map(|service| service.slot.load_full())
+        self.with_service(name, |service| service.slot.load_full())
     }
 
     /// The backends of service `name` being removed at run time (draining until dropped).
     pub fn removing(&self, name: &str) -> Vec<String> {
+        self.with_service(name, |service| service.removing.clone())
+            .unwrap_or_default()
+    }
+
+    /// The addresses the service called `name` listens on now (ports resolved).
+    pub fn local_addrs(&self, name: &str) -> Vec<SocketAddr> {
+        self.with_service(name, |service| {
+            service
+                .listeners
+                .iter()
+                .map(|listener| listener.local)
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// `read` of the running service called `name`, under the state lock; `None` when there
+    /// is no such service.
+    fn with_service<T>(&self, name: &str, read: impl FnOnce(&ServiceHandle) -> T) -> Option<T> {
         let state = self.state.lock().expect("runtime state lock");
         state
             .services
             .iter()
             .find(|service| service.name == name)
-            .map_or_else(Vec::new, |service| service.removing.clone())
-    }
-
-    /// The addresses the service called `name` listens on now (ports resolved).
-    pub fn local_addrs(&self, name: &str) -> Vec<SocketAddr> {
-        let state = self.state.lock().expect("runtime state lock");
-        state
-            .services
-            .iter()
-            .filter(|service| service.name == name)
-            .flat_map(|service| service.listeners.iter().map(|listener| listener.local))
-            .collect()
+            .map(read)
     }
 
     /// Successful and failed reloads since start.

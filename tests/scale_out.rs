@@ -42,17 +42,12 @@ impl ScaleOut {
 }
 
 fn toml(backends: &[TestBackend], service: &str) -> String {
-    let mut text = format!(
-        "shutdown_grace = \"5s\"\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n\
-         {service}\n[service.affinity]\nstrategy = \"insert\"\n"
-    );
-    for backend in backends {
-        text.push_str(&format!(
-            "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\n",
-            backend.name, backend.addr
-        ));
-    }
-    text
+    let affinity = format!("{service}\n[service.affinity]\nstrategy = \"insert\"\n");
+    let backends: Vec<&TestBackend> = backends.iter().collect();
+    format!(
+        "shutdown_grace = \"5s\"\n{}",
+        common::config(&backends, &affinity)
+    )
 }
 
 fn parse(text: &str) -> Config {
