@@ -123,7 +123,7 @@ fn redis(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let mut next = 0usize;
     // Every lookup misses the local table and goes to Redis: the cost of sharing.
-    group.bench_function("lookup (GET+PTTL, local table bypassed)", |b| {
+    group.bench_function("lookup (EVAL of GET and PTTL, local table bypassed)", |b| {
         b.to_async(&runtime).iter(|| {
             next = (next + 7919) % 10_000;
             store.get_fresh(black_box(&sessions[next]))

@@ -76,6 +76,7 @@ fn every_program_the_tests_start_has_its_debian_install_line() {
         ("php", "apt-get install php-cli"),
         ("redis-server", "apt-get install redis-server"),
         ("redis-sentinel", "apt-get install redis-sentinel"),
+        ("redis-cli", "apt-get install redis-tools"),
         ("curl", "apt-get install curl"),
         ("chromium", "apt-get install chromium chromium-driver"),
         ("chromedriver", "apt-get install chromium chromium-driver"),

@@ -688,7 +688,7 @@ impl Checker<'_> {
             },
             None => {
                 let at = raw.store.as_ref().expect("store = redis was written");
-                self.report_at(at, r#"store = "redis" needs redis_url, e.g. redis_url = "redis://127.0.0.1:6379/0" (or "redis+sentinel://host1:26379,host2:26379,host3:26379/mymaster")"#.into());
+                self.report_at(at, r#"store = "redis" needs redis_url, e.g. redis_url = "redis://127.0.0.1:6379/0" (or "redis+sentinel://host1:26379,host2:26379,host3:26379/mymaster", or "redis+cluster://host1:6379,host2:6379")"#.into());
                 RedisTarget::Server(String::new())
             }
         };

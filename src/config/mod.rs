@@ -519,8 +519,9 @@ pub enum StoreConfig {
     /// Shared through Redis by every instance with the same `target` and `key_prefix`.
     Redis {
         /// The server, from `redis_url`: `redis://[user:password@]host:port/db`, `rediss://`
-        /// (TLS), or `redis+sentinel://host1:port1,host2:port2/MASTER_NAME[/db]` (the master
-        /// Redis Sentinel names, found again after a failover).
+        /// (TLS), `redis+sentinel://host1:port1,host2:port2/MASTER_NAME[/db]` (the master
+        /// Redis Sentinel names, found again after a failover), or
+        /// `redis+cluster://host1:port1,host2:port2` (a Redis Cluster's seed nodes).
         target: RedisTarget,
         /// Prefix of every key. Default: `stickyd:`.
         key_prefix: String,

@@ -1,5 +1,5 @@
-//! The connection to the Redis that holds a shared stick table: one server, or the master that
-//! Redis Sentinel names.
+//! The connection to the Redis that holds a shared stick table: one server, the master that
+//! Redis Sentinel names, or a Redis Cluster.
 //!
 //! One server is reached through the `redis` crate's connection manager, which reconnects to
 //! its address with backoff. Through Sentinel, the address itself can change: a failover
@@ -11,6 +11,16 @@
 //! swaps the new connection in for the calls that follow. Until a master is found, calls fail
 //! (within the table's `redis_timeout` while the first attempt runs, at once after it failed)
 //! and the local table answers, as in any Redis outage.
+//!
+//! A Redis Cluster is reached through the `redis` crate's async cluster client, which does the
+//! following itself: it connects to the seed nodes in the background (so the cluster may be
+//! down at start), reads the slot map (`CLUSTER SLOTS`), sends each command to the master that
+//! holds its key's slot, follows `MOVED` redirections (a slot resharded, a master failed over
+//! to its replica) and reads the map again, follows `ASK` ones (a slot being migrated), and
+//! connects to the seeds again when no node answers. Every command the table sends names one
+//! key (its Lua scripts declare their one key), so each call goes to one slot, on one master
+//! (Redis Cluster specification, "Key distribution model"), and a redirection of any of them is
+//! followed. Nothing is searched for after a failed call: the client does it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -18,7 +28,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::Notify;
 
 use crate::config::{RedisTarget, SentinelTarget};
@@ -43,6 +56,15 @@ pub const SEARCH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// first connection needs a few round trips.
 pub const MIN_CONNECTION_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// Times the cluster client sends one call again (5), following redirections. A `MOVED` (a
+/// slot moved, a failover) costs one more attempt, an `ASK` (a slot being migrated) one too, but
+/// the client sends `ASKING` and the redirected command as two requests on the connection it
+/// shares with the table's other calls, so another call to the same node can take the one-time
+/// `ASKING` flag in between; the command is then answered `MOVED` back to the old node, which
+/// says `ASK` again: two more attempts. Every call stays bounded by the table's
+/// `redis_timeout` whatever this is, and a call given up on is dropped by the client.
+pub const CLUSTER_RETRIES: u32 = 5;
+
 /// The connection to the table's Redis; cheap to clone (shared handles).
 #[derive(Clone)]
 pub enum Link {
@@ -50,12 +72,53 @@ pub enum Link {
     Server(ConnectionManager),
     /// The master Redis Sentinel names, searched for again after a failed call.
     Sentinel(Arc<SentinelLink>),
+    /// A Redis Cluster; the cluster client follows its slot map and reconnects by itself.
+    Cluster(ClusterConnection),
+}
+
+/// A connection the table's calls run on: the one server's or the Sentinel master's
+/// connection manager, or the cluster client, which sends each command to its key's master.
+/// Cheap to clone (a shared handle).
+#[derive(Clone)]
+pub enum Connection {
+    /// One server, or the master Sentinel named.
+    Manager(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Manager(manager) => manager.req_packed_command(cmd),
+            Connection::Cluster(cluster) => cluster.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Manager(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Manager(manager) => manager.get_db(),
+            Connection::Cluster(cluster) => cluster.get_db(),
+        }
+    }
 }
 
 impl Link {
     /// A link to `target`, each call bounded by `timeout`. Connects lazily to one server; for
-    /// Sentinel, starts the search for the master at once, in the background. Must be called
-    /// inside a tokio runtime.
+    /// Sentinel, starts the search for the master at once, in the background; for a Cluster,
+    /// connects to the seed nodes in the background. Must be called inside a tokio runtime.
     ///
     /// # Errors
     /// What the `redis` crate says about a target it cannot use (the URL was validated with
@@ -87,6 +150,18 @@ impl Link {
                 link.search();
                 Ok(Link::Sentinel(link))
             }
+            RedisTarget::Cluster {
+                nodes,
+                tls,
+                username,
+                password,
+            } => Ok(Link::Cluster(cluster_connection(
+                nodes,
+                *tls,
+                username.as_deref(),
+                password.as_deref(),
+                timeout,
+            )?)),
         }
     }
 
@@ -95,15 +170,17 @@ impl Link {
     ///
     /// # Errors
     /// With Sentinel, when no search has found a master yet.
-    pub async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+    pub async fn connection(&self) -> redis::RedisResult<Connection> {
         match self {
-            Link::Server(manager) => Ok(manager.clone()),
-            Link::Sentinel(link) => link.connection().await,
+            Link::Server(manager) => Ok(Connection::Manager(manager.clone())),
+            Link::Sentinel(link) => link.connection().await.map(Connection::Manager),
+            Link::Cluster(cluster) => Ok(Connection::Cluster(cluster.clone())),
         }
     }
 
     /// A call failed or timed out: with Sentinel, the master may have moved, so search for it
-    /// (unless a search is running). One server needs nothing: its manager reconnects.
+    /// (unless a search is running). One server needs nothing: its manager reconnects; nor
+    /// does a Cluster: its client reads the slot map again or reconnects to the seeds.
     pub fn failed(&self) {
         if let Link::Sentinel(link) = self {
             link.search();
@@ -258,4 +335,43 @@ fn sentinel_client(target: &SentinelTarget) -> redis::RedisResult<SentinelClient
         builder = builder.set_client_to_redis_password(password);
     }
     builder.build()
+}
+
+/// The `redis` crate's async cluster connection to the cluster whose seed `nodes` are given
+/// as (host, port), over TLS with `tls` (certificates checked, `TlsMode::Secure`), with the
+/// nodes' `username` and `password`. Connects in the background: the first calls wait for the
+/// slot map (bounded by the table's timeout), and calls made while no node answers make the
+/// client connect to the seeds again. Each node connection is set up within `timeout` (at
+/// least [`MIN_CONNECTION_TIMEOUT`]), each answer awaited at most `timeout`, each call sent at
+/// most [`CLUSTER_RETRIES`] more times.
+fn cluster_connection(
+    nodes: &[(String, u16)],
+    tls: bool,
+    username: Option<&str>,
+    password: Option<&str>,
+    timeout: Duration,
+) -> redis::RedisResult<ClusterConnection> {
+    let connection_timeout = timeout.max(MIN_CONNECTION_TIMEOUT);
+    let seeds = nodes
+        .iter()
+        .map(|(host, port)| redis::ConnectionAddr::Tcp(host.clone(), *port));
+    let mut builder = ClusterClientBuilder::new(seeds)
+        .connection_timeout(connection_timeout)
+        .response_timeout(timeout)
+        .retries(CLUSTER_RETRIES);
+    if tls {
+        builder = builder.tls(redis::TlsMode::Secure);
+    }
+    if let Some(username) = username {
+        builder = builder.username(username);
+    }
+    if let Some(password) = password {
+        builder = builder.password(password);
+    }
+    let config = ClusterConfig::new()
+        .set_connection_timeout(connection_timeout)
+        .set_response_timeout(timeout);
+    Ok(builder
+        .build()?
+        .get_pending_async_connection_with_config(config))
 }

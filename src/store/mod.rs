@@ -2,8 +2,8 @@
 //!
 //! [`StickTable`] holds the bindings and their lifetimes; where they live is an enum, not a
 //! trait object: the set is closed (in memory, or shared through Redis with a local table in
-//! front: [`shared`], over one server or the master Redis Sentinel names: [`link`]). Its
-//! methods are `async` for Redis.
+//! front: [`shared`], over one server, the master Redis Sentinel names, or a Redis Cluster:
+//! [`link`]). Its methods are `async` for Redis.
 
 pub mod expiring;
 pub mod link;

@@ -5,18 +5,22 @@
 //! and when Redis is down, slow or flapping the local table answers alone. A request never
 //! fails because of Redis: every call is bounded by `redis_timeout` (default 50 ms), errors
 //! are counted and logged once per outage, and the connection is set up again with
-//! exponential backoff, after which sharing resumes. Redis is one server, or the master Redis
+//! exponential backoff, after which sharing resumes. Redis is one server, the master Redis
 //! Sentinel names, searched for again after a failed call so that a failover moves the table to
-//! the promoted replica ([`super::link`]).
+//! the promoted replica, or a Redis Cluster, where each key lives on the master of its slot
+//! ([`super::link`]). Every call names one key, so it goes to one slot, as Cluster requires.
 //!
-//! - A lookup that misses locally asks Redis (`GET` + `PTTL`) and keeps the answer locally.
-//! - A new session's reservation is `SET key id NX GET PX reservation_ttl`: the first instance
-//!   to reserve wins, and every other instance adopts its choice (Redis 7.0+). A reservation
-//!   lives `reservation_ttl` (seconds), so ids that only clients carried leave no lasting key.
+//! - A lookup that misses locally asks Redis (`GET` and `PTTL`, in one Lua script:
+//!   [`LOOKUP_SCRIPT`]) and keeps the answer locally.
+//! - A new session's reservation is `SET key id NX GET PX reservation_ttl` (with the `PTTL` of
+//!   the key, in one Lua script: [`RESERVE_SCRIPT`]): the first instance to reserve wins, and
+//!   every other instance adopts its choice (Redis 7.0+). A reservation lives
+//!   `reservation_ttl` (seconds), so ids that only clients carried leave no lasting key.
 //! - A confirmation (the app's `Set-Cookie`) and an admin rebind are written through with the
 //!   full TTL (`SET .. PX`).
 //! - A redispatch moves the session and keeps the key's TTL (`SET .. XX KEEPTTL`, Redis 6.0+),
-//!   or reserves it anew when the key is gone (`SET .. NX PX reservation_ttl`), atomically.
+//!   or reserves it anew when the key is gone (`SET .. NX PX reservation_ttl`), atomically, in
+//!   one Lua script ([`REBIND_SCRIPT`]).
 //! - A local hit refreshes the Redis TTL (`PEXPIRE .. GT`, never shortening it) in a background
 //!   task, so the request never waits, at most once per [`refresh_interval`] of the entry's
 //!   lifetime: an eighth of it, but at least 1 s and at most half of it. A session in use keeps
@@ -28,10 +32,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use redis::aio::ConnectionManager;
 
 use super::expiring::ExpiringMap;
-use super::link::Link;
+use super::link::{Connection, Link};
 use crate::config::RedisTarget;
 use crate::pool::BackendId;
 
@@ -56,6 +59,38 @@ pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 pub fn refresh_interval(ttl: Duration) -> Duration {
     (ttl / REFRESH_FRACTION).max(MIN_REFRESH_INTERVAL.min(ttl / 2))
 }
+
+/// A lookup as one command on one key (`EVAL`, `KEYS[1]` the key): `GET key` and `PTTL key`;
+/// answers `[backend id or nil, PTTL in ms]`. One command rather than a pipeline of two: while a
+/// Redis Cluster migrates the key's slot, the cluster client follows an `ASK` redirection by
+/// sending `ASKING` once, which lets only the next command through (Redis Cluster
+/// specification, "ASK redirection"), so the second command of a pipeline is refused again
+/// and again.
+pub const LOOKUP_SCRIPT: &str = "\
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}";
+
+/// A reservation as one atomic step on one key (`EVAL`, `KEYS[1]` the key, `ARGV[1]` the
+/// backend id, `ARGV[2]` the reservation lifetime in ms): `SET key id NX GET PX ms`, then
+/// `PTTL key`; answers `[holder or nil, PTTL in ms]`. A script rather than a `MULTI`/`EXEC`
+/// transaction: Redis Cluster routes it by its one declared key like any single command, and the
+/// cluster client follows a `MOVED` or `ASK` redirection for it (a slot resharded or being
+/// migrated, a failover); for a transaction it does not: the node answers the queued commands
+/// with the redirection and aborts the transaction (`EXECABORT`), and the client gives that back
+/// as is. A script is atomic (Redis manual, "Scripting with Lua": "Redis guarantees the script's
+/// atomic execution"); one server and Sentinel run the same script.
+pub const RESERVE_SCRIPT: &str = "\
+local holder = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
+return {holder, redis.call('PTTL', KEYS[1])}";
+
+/// A move as one atomic step on one key (`EVAL`, `KEYS[1]` the key, `ARGV[1]` the backend id,
+/// `ARGV[2]` the reservation lifetime in ms): `SET key id XX KEEPTTL` (the key keeps its
+/// lifetime), else, when there is no key, `SET key id NX PX ms` (a reservation); answers the
+/// key's `PTTL` in ms. A script for the reasons [`RESERVE_SCRIPT`] gives.
+pub const REBIND_SCRIPT: &str = "\
+if not redis.call('SET', KEYS[1], ARGV[1], 'XX', 'KEEPTTL') then
+  redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+end
+return redis.call('PTTL', KEYS[1])";
 
 /// Redis-backed stick table with a local table in front.
 pub struct SharedTable {
@@ -104,10 +139,11 @@ pub enum SharedTableError {
 }
 
 impl SharedTable {
-    /// A store for `service` on `target` (one server, or the master Redis Sentinel names), keys
-    /// under `key_prefix`, each call bounded by `timeout`, errors counted in `errors`. Redis may
-    /// be down at start: one server is connected to lazily, and the search for a Sentinel
-    /// master starts in the background. Must be called inside a tokio runtime.
+    /// A store for `service` on `target` (one server, the master Redis Sentinel names, or a
+    /// Redis Cluster), keys under `key_prefix`, each call bounded by `timeout`, errors counted
+    /// in `errors`. Redis may be down at start: one server is connected to lazily, and the
+    /// search for a Sentinel master and the connection to a Cluster's seed nodes start in the
+    /// background. Must be called inside a tokio runtime.
     ///
     /// # Errors
     /// [`SharedTableError::Client`] for a target the `redis` crate cannot use.
@@ -164,12 +200,11 @@ impl SharedTable {
     /// The binding Redis holds for `session`, bypassing the local table (another instance may
     /// have rebound it); kept locally. Falls back to the local table when Redis fails.
     pub async fn get_fresh(&self, session: &str) -> Option<BackendId> {
-        let key = self.key(session);
-        let mut pipe = redis::pipe();
-        pipe.get(&key).pttl(&key);
+        let mut command = redis::cmd("EVAL");
+        command.arg(LOOKUP_SCRIPT).arg(1).arg(self.key(session));
         let answer: Option<(Option<String>, i64)> = self
             .remote
-            .call(async |redis| pipe.query_async(redis).await)
+            .call(async |redis| command.query_async(redis).await)
             .await;
         match answer {
             Some((Some(id), remaining_ms)) if remaining_ms > 0 => {
@@ -187,24 +222,20 @@ impl SharedTable {
     }
 
     /// Binds `session` to `backend` for `ttl` (the reservation lifetime) unless some instance
-    /// already did; returns the binding that holds. A holder found in Redis is kept locally for
-    /// what is left of its TTL, as [`SharedTable::get_fresh`] does.
+    /// already did, in one atomic step ([`RESERVE_SCRIPT`]); returns the binding that holds. A
+    /// holder found in Redis is kept locally for what is left of its TTL, as
+    /// [`SharedTable::get_fresh`] does.
     pub async fn reserve(&self, session: &str, backend: &BackendId, ttl: Duration) -> BackendId {
-        let key = self.key(session);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(&key)
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(RESERVE_SCRIPT)
+            .arg(1)
+            .arg(self.key(session))
             .arg(&**backend)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(millis(ttl))
-            .cmd("PTTL")
-            .arg(&key);
+            .arg(millis(ttl));
         let previous: Option<(Option<String>, i64)> = self
             .remote
-            .call(async |redis| pipe.query_async(redis).await)
+            .call(async |redis| command.query_async(redis).await)
             .await;
         match previous {
             Some((Some(holder), remaining_ms)) => {
@@ -239,32 +270,21 @@ impl SharedTable {
 
     /// Moves `session` to `backend` here and in Redis, keeping the key's TTL (`SET .. XX
     /// KEEPTTL`), or reserving it for `reservation_ttl` when Redis holds no key (`SET .. NX
-    /// PX`), in one transaction. The local binding keeps its own lifetime, else takes what is
-    /// left of the key's, else `reservation_ttl`.
+    /// PX`), in one atomic step ([`REBIND_SCRIPT`]). The local binding keeps its own lifetime,
+    /// else takes what is left of the key's, else `reservation_ttl`.
     pub async fn rebind(&self, session: &str, backend: &BackendId, reservation_ttl: Duration) {
-        let key = self.key(session);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(&key)
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(REBIND_SCRIPT)
+            .arg(1)
+            .arg(self.key(session))
             .arg(&**backend)
-            .arg("XX")
-            .arg("KEEPTTL")
-            .ignore()
-            .cmd("SET")
-            .arg(&key)
-            .arg(&**backend)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(reservation_ttl))
-            .ignore()
-            .cmd("PTTL")
-            .arg(&key);
-        let answer: Option<(i64,)> = self
+            .arg(millis(reservation_ttl));
+        let answer: Option<i64> = self
             .remote
-            .call(async |redis| pipe.query_async(redis).await)
+            .call(async |redis| command.query_async(redis).await)
             .await;
-        let ttl = answer.map_or(reservation_ttl, |(remaining_ms,)| {
+        let ttl = answer.map_or(reservation_ttl, |remaining_ms| {
             remaining(remaining_ms, reservation_ttl)
         });
         self.local.rebind(session, backend, ttl);
@@ -316,7 +336,7 @@ impl Remote {
     /// master again if it can move (Sentinel).
     async fn call<T>(
         &self,
-        request: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        request: impl AsyncFnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Option<T> {
         let outcome = tokio::time::timeout(self.timeout, async {
             let mut connection = self.link.connection().await?;

@@ -1,8 +1,8 @@
 //! The rule for tests that need a real program (node, npm, php, redis-server, redis-sentinel,
-//! curl): no test passes without testing. The harness installs what it can itself (`npm ci`
-//! from the lock files in `tests/backends/<app>/`); a program it cannot install fails the test
-//! with the line that installs it, unless the developer opts out with [`ALLOW_MISSING`]`=1`,
-//! which CI never sets.
+//! redis-cli, dnsmasq, chromium, curl, the packaging tools): no test passes without testing.
+//! The harness installs what it can itself (`npm ci` from the lock files in
+//! `tests/backends/<app>/`); a program it cannot install fails the test with the line that
+//! installs it, unless the developer opts out with [`ALLOW_MISSING`]`=1`, which CI never sets.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -44,6 +44,7 @@ pub fn install_line(program: &str) -> &'static str {
         "php" => "apt-get install php-cli",
         "redis-server" => "apt-get install redis-server",
         "redis-sentinel" => "apt-get install redis-sentinel",
+        "redis-cli" => "apt-get install redis-tools",
         "curl" => "apt-get install curl",
         "cargo-deb" => "cargo install cargo-deb --locked",
         "dpkg" | "dpkg-deb" => "apt-get install dpkg",

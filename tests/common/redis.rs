@@ -1,6 +1,6 @@
 //! Redis for the tests: `redis-server` started by the test on a free loopback port (a primary,
-//! or a replica of one), and browsers that keep requesting through stickyd while a test breaks
-//! Redis, tallying what they saw.
+//! a replica of one, or the masters of a Redis Cluster), and browsers that keep requesting
+//! through stickyd while a test breaks Redis, tallying what they saw.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -288,4 +288,203 @@ impl Browsing {
         };
         (tally, sessions)
     }
+}
+
+/// A Redis Cluster of the test's own: `masters` `redis-server` processes in cluster mode on free
+/// loopback ports (each with its cluster bus on a second free port, `--cluster-port`, so that a
+/// client port above 55535 does not push the default bus port, client port + 10000, past 65535),
+/// no persistence, their node files in a temporary directory; the slots split evenly between
+/// them by `redis-cli --cluster create` with no replicas. Every server is killed, and the
+/// directory removed, when dropped.
+pub struct RedisCluster {
+    /// The client port of each master, in the order `redis-cli` was given them.
+    pub ports: Vec<u16>,
+    dir: std::path::PathBuf,
+    servers: Vec<Child>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` servers (3 at least: `redis-cli --cluster create` refuses fewer),
+    /// creates the cluster, and waits until every node says `cluster_state:ok` (every slot
+    /// served, as that node sees it).
+    pub async fn start(masters: usize) -> RedisCluster {
+        RedisCluster::start_on(&cluster_ports(masters)).await
+    }
+
+    /// [`RedisCluster::start`] on the given (client port, bus port) pairs, one per master.
+    pub async fn start_on(pairs: &[(u16, u16)]) -> RedisCluster {
+        let masters = pairs.len();
+        // A directory per cluster: tests run in parallel, and a node whose file disappears
+        // exits when it next saves its cluster config.
+        let dir = super::temp_file(&format!("redis-cluster-{}", pairs[0].0));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ports = Vec::with_capacity(masters);
+        let mut servers = Vec::with_capacity(masters);
+        for &(port, bus) in pairs {
+            let server = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--cluster-port",
+                    &bus.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    dir.join(format!("nodes-{port}.conf")).to_str().unwrap(),
+                    "--dir",
+                    dir.to_str().expect("a UTF-8 temp dir"),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--logfile",
+                    dir.join(format!("{port}.log")).to_str().unwrap(),
+                ])
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start redis-server in cluster mode");
+            servers.push(server);
+            ports.push(port);
+        }
+        // The servers are killed on drop from here on, whatever fails below.
+        let mut cluster = RedisCluster {
+            ports,
+            dir,
+            servers,
+        };
+        for index in 0..masters {
+            cluster.connect_when_up(index).await;
+        }
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.ports.iter().map(|port| format!("127.0.0.1:{port}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        for index in 0..masters {
+            let mut connection = cluster.connect_when_up(index).await;
+            while !cluster_info(&mut connection)
+                .await
+                .contains("cluster_state:ok")
+            {
+                cluster.all_running();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        cluster
+    }
+
+    /// A connection to master number `index` once it answers PING (polled, as
+    /// [`connect_when_up`] does), failing at once with its log if a server has exited.
+    async fn connect_when_up(&mut self, index: usize) -> redis::aio::MultiplexedConnection {
+        let client =
+            redis::Client::open(format!("redis://127.0.0.1:{}", self.ports[index])).unwrap();
+        loop {
+            self.all_running();
+            if let Ok(mut connection) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .is_ok()
+            {
+                return connection;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Panics with its log when a server of the cluster has exited (a port taken meanwhile, a
+    /// node file lost), rather than letting the test wait for its timeout.
+    fn all_running(&mut self) {
+        for (server, port) in self.servers.iter_mut().zip(&self.ports) {
+            if let Ok(Some(status)) = server.try_wait() {
+                let log = std::fs::read_to_string(self.dir.join(format!("{port}.log")));
+                panic!(
+                    "redis-server on port {port} exited ({status}) while the cluster started: {}",
+                    log.unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// `redis+cluster://127.0.0.1:A,127.0.0.1:B,...`: every master as a seed.
+    pub fn url(&self) -> String {
+        cluster_url(&self.ports)
+    }
+
+    /// Kills master number `index` (SIGKILL, as a crash); the cluster has no replica to promote,
+    /// so its slots stay unserved.
+    pub async fn kill(&mut self, index: usize) {
+        self.servers[index].kill().await.unwrap();
+    }
+
+    /// A connection to the master on `port` alone (no redirection followed): what that node
+    /// holds itself.
+    pub async fn node(&self, port: u16) -> redis::aio::MultiplexedConnection {
+        connect_when_up(port).await
+    }
+
+    /// A cluster connection of the test's own, which sends each command to its key's master.
+    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+        let seeds: Vec<String> = self
+            .ports
+            .iter()
+            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .collect();
+        redis::cluster::ClusterClient::new(seeds)
+            .unwrap()
+            .get_async_connection()
+            .await
+            .expect("connect to the test's cluster")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `masters` pairs of free loopback ports, (client port, cluster bus port), for
+/// [`RedisCluster::start_on`]: every port picked while the others are still held, so no two
+/// are the same.
+pub fn cluster_ports(masters: usize) -> Vec<(u16, u16)> {
+    let held: Vec<std::net::TcpListener> = (0..masters * 2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let picked: Vec<u16> = held
+        .iter()
+        .map(|listener| listener.local_addr().unwrap().port())
+        .collect();
+    picked.chunks(2).map(|pair| (pair[0], pair[1])).collect()
+}
+
+/// `redis+cluster://127.0.0.1:A,127.0.0.1:B,...` for masters on the client `ports`.
+pub fn cluster_url(ports: &[u16]) -> String {
+    let seeds: Vec<String> = ports
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    format!("redis+cluster://{}", seeds.join(","))
+}
+
+/// The `CLUSTER INFO` text of the node on `connection`.
+pub async fn cluster_info(connection: &mut redis::aio::MultiplexedConnection) -> String {
+    redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(connection)
+        .await
+        .unwrap()
 }
