@@ -14,7 +14,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::redis::{Browsing, RedisCluster, cluster_ports, cluster_url, shared_table};
-use common::{Browser, config, spawn_backends, start_proxy, within_timeout};
+use common::{Browser, config, open_session, spawn_backends, start_proxy, within_timeout};
 
 /// Masters in each test's cluster (the fewest `redis-cli --cluster create` accepts).
 const MASTERS: usize = 3;
@@ -56,12 +56,7 @@ async fn two_instances_agree_through_a_redis_cluster_and_its_masters_share_the_k
         Browser::new().get(&b.url("/")).await;
         let mut sessions = Vec::new();
         for _ in 0..15 {
-            let mut browser = Browser::new();
-            let learned = browser
-                .get(&a.url("/session/sid"))
-                .await
-                .backend()
-                .to_string();
+            let (mut browser, learned) = open_session(&a.url("/session/sid")).await;
             let session = browser.jar["sid"].clone();
             for _ in 0..3 {
                 assert_eq!(
@@ -137,12 +132,7 @@ async fn a_reservation_and_a_redispatch_keep_their_lifetimes_on_a_redis_cluster(
         }
         let mut confirmed = Vec::new();
         for _ in 0..6 {
-            let mut browser = Browser::new();
-            let backend = browser
-                .get(&proxy.url("/session/sid"))
-                .await
-                .backend()
-                .to_string();
+            let (browser, backend) = open_session(&proxy.url("/session/sid")).await;
             let session = browser.jar["sid"].clone();
             let (bound, ttl) = key(&mut connection, &session).await;
             assert_eq!(bound.as_deref(), Some(backend.as_str()), "{session}");
@@ -412,12 +402,7 @@ async fn a_cluster_down_when_stickyd_starts_is_used_once_it_is_up() {
         ))
         .await;
         // No node answers: sessions are served from this instance's table.
-        let mut early = Browser::new();
-        let bound = early
-            .get(&proxy.url("/session/sid"))
-            .await
-            .backend()
-            .to_string();
+        let (mut early, bound) = open_session(&proxy.url("/session/sid")).await;
         assert_eq!(early.get(&proxy.url("/")).await.backend(), bound);
         let cluster = RedisCluster::start_on(&pairs).await;
         // The cluster client connects to the seeds again when a call finds no node: new
@@ -426,12 +411,7 @@ async fn a_cluster_down_when_stickyd_starts_is_used_once_it_is_up() {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut browser = Browser::new();
-            let backend = browser
-                .get(&proxy.url("/session/sid"))
-                .await
-                .backend()
-                .to_string();
+            let (browser, backend) = open_session(&proxy.url("/session/sid")).await;
             let (stored, _) = key(&mut connection, &browser.jar["sid"]).await;
             if let Some(stored) = stored {
                 assert_eq!(stored, backend);

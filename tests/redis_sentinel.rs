@@ -30,7 +30,7 @@ use tokio::process::{Child, Command};
 use common::redis::{
     Browsing, Redis, connect_when_up, free_port, new_sessions_until_stored, shared_table, stored,
 };
-use common::{Browser, config, spawn_backends, start_proxy, within_timeout};
+use common::{config, open_session, spawn_backends, start_proxy, within_timeout};
 
 /// The name the sentinels monitor the primary under.
 const MASTER: &str = "mymaster";
@@ -208,12 +208,7 @@ async fn a_sentinel_failover_fails_no_request_and_the_table_follows_the_promoted
         new_sessions_until_stored(&proxy, &mut on_primary).await;
         let mut sessions = Vec::new();
         for _ in 0..SESSIONS {
-            let mut browser = Browser::new();
-            let backend = browser
-                .get(&proxy.url("/session/sid"))
-                .await
-                .backend()
-                .to_string();
+            let (browser, backend) = open_session(&proxy.url("/session/sid")).await;
             let held = stored(&mut on_primary, &browser.jar["sid"]).await;
             assert_eq!(
                 held.as_deref(),
@@ -284,12 +279,7 @@ async fn a_sentinel_failover_fails_no_request_and_the_table_follows_the_promoted
 
         // After the failover, every new session is written to the new master.
         for _ in 0..10 {
-            let mut browser = Browser::new();
-            let backend = browser
-                .get(&proxy.url("/session/sid"))
-                .await
-                .backend()
-                .to_string();
+            let (browser, backend) = open_session(&proxy.url("/session/sid")).await;
             let held = stored(&mut on_replica, &browser.jar["sid"]).await;
             assert_eq!(
                 held.as_deref(),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::redis::{Browsing, Redis, new_sessions_until_stored, shared_table};
-use common::{Browser, Daemon, config, spawn_backends, within_timeout};
+use common::{Browser, Daemon, config, open_session, spawn_backends, within_timeout};
 
 /// True when `redis-server` is on PATH. Missing, it fails the test with
 /// `apt-get install redis-server`; only under `STICKYD_TEST_ALLOW_MISSING=1` is the answer false
@@ -40,12 +40,7 @@ async fn two_instances_agree_through_redis_and_a_restart_loses_no_session() {
         Browser::new().get(&url_b).await;
         let mut sessions = Vec::new();
         for _ in 0..5 {
-            let mut browser = Browser::new();
-            let learned = browser
-                .get(&format!("{url_a}session/sid"))
-                .await
-                .backend()
-                .to_string();
+            let (mut browser, learned) = open_session(&format!("{url_a}session/sid")).await;
             for _ in 0..3 {
                 assert_eq!(
                     browser.get(&url_b).await.backend(),

@@ -265,6 +265,13 @@ impl Browser {
     }
 }
 
+/// A new session: a fresh [`Browser`] that GETs `url` once, and the backend that answered.
+pub async fn open_session(url: &str) -> (Browser, String) {
+    let mut browser = Browser::new();
+    let backend = browser.get(url).await.backend().to_string();
+    (browser, backend)
+}
+
 /// GETs `url` once without a jar, with one `Cookie` field per entry of `fields`, each sent
 /// byte for byte (obs-text included: RFC 6265 §5.4 lets user agents send it).
 pub async fn get_with_cookie_fields(url: &str, fields: &[&[u8]]) -> Page {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use super::{Browser, Proxy};
+use super::{Browser, Proxy, open_session};
 
 /// The `[service.affinity]` of a stick table on cookie `sid` shared through the Redis at `url`,
 /// its keys under `test:` (a binding of service `web` is the key `test:web:<session>`).
@@ -43,12 +43,7 @@ pub async fn new_sessions_until_stored(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let mut browser = Browser::new();
-        let backend = browser
-            .get(&proxy.url("/session/sid"))
-            .await
-            .backend()
-            .to_string();
+        let (browser, backend) = open_session(&proxy.url("/session/sid")).await;
         if let Some(stored) = stored(connection, &browser.jar["sid"]).await {
             assert_eq!(
                 stored, backend,
@@ -73,8 +68,18 @@ pub fn free_port() -> u16 {
 /// A multiplexed connection to the Redis (or sentinel) on loopback `port`, once it answers
 /// PING. The programs have no readiness signal: PING is polled (bounded by the test timeout).
 pub async fn connect_when_up(port: u16) -> redis::aio::MultiplexedConnection {
+    connect_when_up_checking(port, || {}).await
+}
+
+/// [`connect_when_up`], calling `check` before each try (to fail at once when the program
+/// has exited).
+async fn connect_when_up_checking(
+    port: u16,
+    mut check: impl FnMut(),
+) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
     loop {
+        check();
         if let Ok(mut connection) = client.get_multiplexed_async_connection().await
             && redis::cmd("PING")
                 .query_async::<String>(&mut connection)
@@ -389,20 +394,8 @@ impl RedisCluster {
     /// A connection to master number `index` once it answers PING (polled, as
     /// [`connect_when_up`] does), failing at once with its log if a server has exited.
     async fn connect_when_up(&mut self, index: usize) -> redis::aio::MultiplexedConnection {
-        let client =
-            redis::Client::open(format!("redis://127.0.0.1:{}", self.ports[index])).unwrap();
-        loop {
-            self.all_running();
-            if let Ok(mut connection) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .is_ok()
-            {
-                return connection;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let port = self.ports[index];
+        connect_when_up_checking(port, || self.all_running()).await
     }
 
     /// Panics with its log when a server of the cluster has exited (a port taken meanwhile, a
