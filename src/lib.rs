@@ -2,14 +2,16 @@
 //!
 //! # Layout
 //! - [`access`]: the access log's line, written when the response body is done.
-//! - [`cli`]: the command line (`run`, `check`, `demo`).
+//! - [`cli`]: the command line (`run`, `check`, `demo`, `man`, `completions`).
 //! - [`config`]: the TOML file, read and validated into [`config::Config`].
 //! - [`daemon`]: the daemon under systemd: notify, SIGHUP reload, SIGTERM stop.
 //! - [`server`]: accept loops over bound listeners, graceful shutdown.
-//! - [`runtime`]: the running services behind swappable slots; reload.
+//! - [`runtime`]: the running services behind swappable slots; reload, backends added and
+//!   removed at run time and by DNS.
 //! - [`router`]: one service's request path: affinity, balance, redispatch, forward, record.
 //! - [`affinity`]: the strategies (insert, prefix, stick table), synchronous and pure.
-//! - [`balance`]: how a new session picks a backend (round-robin, least-connections, random).
+//! - [`balance`]: how a new session picks a backend (round-robin, least-connections, random,
+//!   least-sessions), on weights ramped by slow start.
 //! - [`pool`]: backends and their live state (in-flight count, passive ejection).
 //! - [`store`]: where stick-table bindings live (in memory or shared through Redis) and the live-session tracker.
 //! - [`proxy`]: forwarding one request: head rewriting, pooled backend connections, streaming
@@ -17,7 +19,8 @@
 //! - [`proxy_protocol`]: the PROXY protocol header (v1, v2) on listeners behind an L4 balancer.
 //! - [`metrics`]: Prometheus metrics, pre-built handles per service and backend.
 //! - [`error`]: what can go wrong on a request and which status it becomes.
-//! - [`admin`]: the admin listener: metrics, status, backend states, stick table, resolve.
+//! - [`admin`]: the admin listener: the status page, metrics, status, backend states and
+//!   backends added or removed, stick table, resolve.
 //! - [`demo`]: `stickyd demo`, demo backends behind a proxy.
 //! - [`telemetry`]: logging setup.
 //! - [`clock`]: the monotonic millisecond clock of ejection and TTL deadlines.
