@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::config::{BackendConfig, ResolverConfig, ServiceConfig, file};
+use crate::config::{BackendConfig, ResolverConfig, ServiceConfig, file, is_token};
 use crate::dns::{Resolver, SrvTarget};
 
 /// What one round of lookups found for a service.
@@ -93,15 +93,7 @@ pub fn target_backends(targets: &[SrvTarget]) -> Vec<BackendConfig> {
         .map(|target| {
             let id = target_id(&target.host, target.port);
             let name = format!("{}-{}", target.host, target.port);
-            let name = if name.len() <= file::MAX_ID_BYTES
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            {
-                name
-            } else {
-                id.clone()
-            };
+            let name = if is_token(&name) { name } else { id.clone() };
             BackendConfig {
                 id,
                 weight: u32::from(target.weight).clamp(1, file::MAX_WEIGHT),

@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    AdminState, BackendConfig, BackendRefused, Balance, Config, ListenerConfig, ServiceConfig,
+    AdminState, BackendConfig, BackendRefused, Balance, Config, ListenerConfig, ResolverConfig,
+    ServiceConfig,
 };
 use crate::discovery;
 use crate::metrics::{BackendLabels, Metrics, ServiceLabels, ServiceMetrics, StateLabels};
@@ -152,7 +153,7 @@ impl Services {
                     None,
                     &running.metrics,
                 )));
-                let tasks = running.start_tasks(service, &slot);
+                let tasks = running.start_tasks(service, &config.resolver, &slot);
                 // A redirect to a TLS listener on port 0 (tests) goes to the port it was given.
                 let https_port = bound
                     .iter()
@@ -355,7 +356,7 @@ impl Services {
                 Some(position) => {
                     let mut handle = previous.swap_remove(position);
                     handle.removing.clear();
-                    let metrics = self.renew_router(&mut handle, service);
+                    let metrics = self.renew_router(&mut handle, service, &config.resolver);
                     handle.listeners.retain(|listener| {
                         let configured = service
                             .listeners
@@ -383,7 +384,7 @@ impl Services {
                         None,
                         &self.metrics,
                     )));
-                    let tasks = self.start_tasks(service, &slot);
+                    let tasks = self.start_tasks(service, &config.resolver, &slot);
                     ServiceHandle {
                         name: service.name.clone(),
                         removing: Vec::new(),
@@ -439,8 +440,7 @@ impl Services {
         let mut config = state.config.services[index].clone();
         config.add_backend(backend.clone())?;
         tracing::info!(service = %service, backend = %backend.name, address = %backend.address, "backend added through the admin API");
-        self.renew_router(&mut state.services[index], &config);
-        state.config.services[index] = config;
+        self.replace_service(&mut state, index, config);
         Ok(())
     }
 
@@ -527,8 +527,7 @@ impl Services {
             }
         }
         if changed {
-            self.renew_router(&mut state.services[index], &plan.service);
-            state.config.services[index] = plan.service;
+            self.replace_service(&mut state, index, plan.service);
         }
         for backend in &plan.drain {
             self.start_removal(&mut state, index, backend);
@@ -545,34 +544,48 @@ impl Services {
     }
 
     /// Drops backend `backend` of `service` if its removal is still pending (no reload
-    /// cancelled it); returns whether it did.
-    fn drop_backend(&self, service: &str, backend: &str) -> bool {
+    /// cancelled it).
+    fn drop_backend(&self, service: &str, backend: &str) {
         let mut state = self.state.lock().expect("runtime state lock");
         let Ok(index) = state.service_index(service) else {
-            return false;
+            return;
         };
         let handle = &mut state.services[index];
         let Some(pending) = handle.removing.iter().position(|name| name == backend) else {
-            return false;
+            return;
         };
         handle.removing.swap_remove(pending);
         let mut config = state.config.services[index].clone();
         config.backends.retain(|other| other.name != backend);
-        self.renew_router(&mut state.services[index], &config);
-        state.config.services[index] = config;
+        self.replace_service(&mut state, index, config);
         tracing::info!(service = %service, backend = %backend, "backend removed");
-        true
+    }
+
+    /// Makes `config` the running config of service `index` (a change at run time: the admin
+    /// API, DNS, a removal's end), with a router built from it.
+    fn replace_service(&self, state: &mut State, index: usize, config: ServiceConfig) {
+        let State {
+            config: running,
+            services,
+        } = state;
+        self.renew_router(&mut services[index], &config, &running.resolver);
+        running.services[index] = config;
     }
 
     /// Builds `service`'s router anew from `config` (adopting the running one's backend
     /// state, stick table and live sessions), swaps it in, and restarts the service's tasks on
     /// it. Returns the new router's metric handles.
-    fn renew_router(&self, handle: &mut ServiceHandle, config: &ServiceConfig) -> ServiceMetrics {
+    fn renew_router(
+        &self,
+        handle: &mut ServiceHandle,
+        config: &ServiceConfig,
+        resolver: &ResolverConfig,
+    ) -> ServiceMetrics {
         let router = Router::new(config, Some(&handle.slot.load()), &self.metrics);
         let metrics = router.metrics().clone();
         handle.slot.store(Arc::new(router));
         handle.tasks.cancel();
-        handle.tasks = self.start_tasks(config, &handle.slot);
+        handle.tasks = self.start_tasks(config, resolver, &handle.slot);
         metrics
     }
 
@@ -592,7 +605,12 @@ impl Services {
     /// `least-sessions` or `rebalance_after` the live-session count every
     /// [`SESSION_COUNT_EVERY`], and with host
     /// names or SRV discovery the DNS lookups that follow them.
-    fn start_tasks(&self, service: &ServiceConfig, slot: &ArcSwap<Router>) -> CancellationToken {
+    fn start_tasks(
+        &self,
+        service: &ServiceConfig,
+        resolver: &ResolverConfig,
+        slot: &ArcSwap<Router>,
+    ) -> CancellationToken {
         let stop = self.stop.child_token();
         let router = slot.load_full();
         let transitions = router.metrics().health_transitions.clone();
@@ -609,7 +627,8 @@ impl Services {
         if service.discovery.is_some() || service.backends.iter().any(|b| b.host.is_some()) {
             tokio::spawn(follow_dns(
                 self.this.clone(),
-                service.name.clone(),
+                service.clone(),
+                resolver.clone(),
                 stop.clone(),
             ));
         }
@@ -671,7 +690,7 @@ const REMOVAL_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// flight, or after `drain_timeout`; gives up when stickyd stops or a reload forgets the
 /// removal.
 async fn finish_removal(
-    services: std::sync::Weak<Services>,
+    services: Weak<Services>,
     service: String,
     backend: String,
     drain_timeout: Duration,
@@ -732,49 +751,35 @@ fn keep_discovered(config: &mut Config, running: &Config) {
     }
 }
 
-/// Looks up what DNS says of service `service` ([`discovery::look_up`]) and applies it, again
-/// and again as the answers' TTLs run out, until `stop` (a reload or a change restarts it).
-async fn follow_dns(services: Weak<Services>, service: String, stop: CancellationToken) {
-    let Some((config, bounds)) = services.upgrade().and_then(|running| {
-        let state = running.state.lock().expect("runtime state lock");
-        let index = state.service_index(&service).ok()?;
-        Some((
-            state.config.services[index].clone(),
-            state.config.resolver.clone(),
-        ))
-    }) else {
-        return;
-    };
-    let nameservers = match &config.discovery {
-        Some(discovery) if !discovery.nameservers.is_empty() => &discovery.nameservers,
-        _ => &bounds.nameservers,
-    };
+/// Looks up what DNS says of service `config` ([`discovery::look_up`]) and applies it, again
+/// and again as the answers' TTLs run out, until `stop`. Any change to the service's config
+/// restarts it with the new one ([`Services::renew_router`]).
+async fn follow_dns(
+    services: Weak<Services>,
+    config: ServiceConfig,
+    bounds: ResolverConfig,
+    stop: CancellationToken,
+) {
+    let nameservers = config.nameservers(&bounds);
     let resolver = match crate::dns::Resolver::new(nameservers) {
         Ok(resolver) => resolver,
         Err(problem) => {
-            tracing::error!(service = %service, "{problem}: backends are not followed in DNS");
+            tracing::error!(service = %config.name, "{problem}: backends are not followed in DNS");
             return;
         }
     };
-    let mut config = config;
     loop {
         let found = tokio::select! {
             () = stop.cancelled() => return,
             found = discovery::look_up(&resolver, &config, &bounds) => found,
         };
         for problem in &found.problems {
-            tracing::warn!(service = %service, "DNS lookup failed, backends kept as they are: {problem}");
+            tracing::warn!(service = %config.name, "DNS lookup failed, backends kept as they are: {problem}");
         }
         let Some(running) = services.upgrade() else {
             return;
         };
-        running.apply_dns(&service, &found).await;
-        {
-            let state = running.state.lock().expect("runtime state lock");
-            if let Ok(index) = state.service_index(&service) {
-                config = state.config.services[index].clone();
-            }
-        }
+        running.apply_dns(&config.name, &found).await;
         drop(running);
         tokio::select! {
             () = stop.cancelled() => return,

@@ -241,10 +241,8 @@ impl Checker<'_> {
         let discovery = raw
             .discovery
             .map(|discovery| self.discovery(discovery.into_inner()));
-        let nameservers = match &discovery {
-            Some(discovery) if !discovery.nameservers.is_empty() => discovery.nameservers.clone(),
-            _ => self.nameservers.clone(),
-        };
+        let nameservers =
+            DiscoveryConfig::nameservers_or(discovery.as_ref(), &self.nameservers).to_vec();
         let backends = match raw.backends {
             Some(backends) => self.backends(backends.into_inner(), &nameservers),
             None => Vec::new(),

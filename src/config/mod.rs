@@ -83,6 +83,25 @@ pub struct DiscoveryConfig {
     pub nameservers: Vec<SocketAddr>,
 }
 
+/// Whether `text` may be a backend's name or id as the config file writes them: letters,
+/// digits, `.`, `_` and `-`, at most 64 bytes.
+pub fn is_token(text: &str) -> bool {
+    check::token_problem(text, "").is_none()
+}
+
+impl DiscoveryConfig {
+    /// `discovery`'s own name servers when it names any, else `fallback` (`[resolver]`'s).
+    pub fn nameservers_or<'a>(
+        discovery: Option<&'a DiscoveryConfig>,
+        fallback: &'a [SocketAddr],
+    ) -> &'a [SocketAddr] {
+        match discovery {
+            Some(discovery) if !discovery.nameservers.is_empty() => &discovery.nameservers,
+            _ => fallback,
+        }
+    }
+}
+
 /// The admin listener: metrics, status, backend states, stick-table inspection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
@@ -188,6 +207,12 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
+    /// The name servers this service's DNS lookups ask: its `discovery.resolvers`, else the
+    /// `[resolver] nameservers` of `resolver`; empty means the system's.
+    pub fn nameservers<'a>(&'a self, resolver: &'a ResolverConfig) -> &'a [SocketAddr] {
+        DiscoveryConfig::nameservers_or(self.discovery.as_ref(), &resolver.nameservers)
+    }
+
     /// Adds `backend` to the service, as the admin API's `POST` does; the file's rules apply.
     ///
     /// # Errors

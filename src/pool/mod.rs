@@ -364,8 +364,11 @@ impl Pool {
     pub fn effective_weight(&self, index: usize) -> u64 {
         let full = u64::from(self.backends[index].weight) * 1000;
         let ramp = self.policy.slow_start.as_millis() as u64;
+        if ramp == 0 {
+            return full;
+        }
         let joined = self.backends[index].state.joined_ms.load(Ordering::Relaxed);
-        if ramp == 0 || joined == NEVER {
+        if joined == NEVER {
             return full;
         }
         let elapsed = now_ms().saturating_sub(joined);

@@ -65,6 +65,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `redis-server` on loopback `port`, its files in `dir`, with no persistence; more options
+/// may follow.
+fn server_command(port: u16, dir: &std::path::Path) -> Command {
+    let mut command = Command::new("redis-server");
+    command.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        dir.to_str().expect("a UTF-8 temp dir"),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    command
+}
+
 /// A multiplexed connection to the Redis (or sentinel) on loopback `port`, once it answers
 /// PING. The programs have no readiness signal: PING is polled (bounded by the test timeout).
 pub async fn connect_when_up(port: u16) -> redis::aio::MultiplexedConnection {
@@ -133,18 +152,8 @@ impl Redis {
     async fn start_with(port: u16, extra: &[&str]) -> Redis {
         let dir = super::temp_file(&format!("redis-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
+        let child = server_command(port, &dir)
             .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                dir.to_str().expect("a UTF-8 temp dir"),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
                 "--enable-debug-command",
                 "local",
                 // A replica's first sync starts at once, not after the default 5 s wait for
@@ -327,24 +336,14 @@ impl RedisCluster {
         let mut ports = Vec::with_capacity(masters);
         let mut servers = Vec::with_capacity(masters);
         for &(port, bus) in pairs {
-            let server = Command::new("redis-server")
+            let server = server_command(port, &dir)
                 .args([
-                    "--port",
-                    &port.to_string(),
                     "--cluster-port",
                     &bus.to_string(),
-                    "--bind",
-                    "127.0.0.1",
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     dir.join(format!("nodes-{port}.conf")).to_str().unwrap(),
-                    "--dir",
-                    dir.to_str().expect("a UTF-8 temp dir"),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
                     "--logfile",
                     dir.join(format!("{port}.log")).to_str().unwrap(),
                 ])
